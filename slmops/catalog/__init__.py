@@ -1,0 +1,5 @@
+"""The model catalog: families and variants as validated data, search and estimates."""
+
+from slmops.catalog.schema import CAPABILITIES, TASKS, Catalog, Family, OfflineSource, SizeClass, Variant, load_catalog
+
+__all__ = ["CAPABILITIES", "TASKS", "Catalog", "Family", "OfflineSource", "SizeClass", "Variant", "load_catalog"]

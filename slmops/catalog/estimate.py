@@ -1,0 +1,129 @@
+"""Human-readable sizes, memory estimates and device compatibility (the seed's utilities).
+
+The estimate is weights + KV cache + runtime overhead. Bytes per weight and
+which devices run which precision are data (``PRECISIONS``), not branches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from slmops.catalog.schema import Variant
+from slmops.errors import ConfigError
+
+Precision = Literal["fp32", "fp16", "int8", "int4"]
+
+
+@dataclass(frozen=True)
+class PrecisionSpec:
+    """Storage cost of one weight and where the precision runs."""
+
+    weight_bytes: float  # bytes per quantized weight, scales and zero points included
+    embedding_bytes: float  # bytes per embedding weight (weight-only quantizers leave Gather fp32)
+    kv_bytes: int  # bytes per KV-cache element
+    devices: tuple[str, ...]
+
+
+# Weight-only MatMulNBits with block 32 stores one fp32 scale per block (+4/32 byte)
+# and, asymmetric, a packed zero point; embeddings stay fp32 in the ORT recipes.
+PRECISIONS: dict[str, PrecisionSpec] = {
+    "fp32": PrecisionSpec(4.0, 4.0, 4, ("cpu", "cuda")),
+    "fp16": PrecisionSpec(2.0, 2.0, 2, ("cuda",)),
+    "int8": PrecisionSpec(1.0 + 4 / 32 + 1 / 32, 4.0, 4, ("cpu", "cuda")),
+    "int4": PrecisionSpec(0.5 + 4 / 32 + 0.5 / 32, 4.0, 4, ("cpu", "cuda")),
+}
+RUNTIME_OVERHEAD_BYTES = 80 * 2**20  # onnxruntime + tokenizer + Python, measured resident before a model loads
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes needed to run a variant; ``total`` is what a memory budget is checked against."""
+
+    weights: int
+    kv_cache: int
+    activations: int
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.activations + self.overhead
+
+
+def precision_spec(precision: str) -> PrecisionSpec:
+    """The spec for a precision name; raises ConfigError naming the known ones."""
+    try:
+        return PRECISIONS[precision]
+    except KeyError:
+        raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}") from None
+
+
+def estimate_memory(
+    variant: Variant, *, precision: str = "fp32", context_length: int | None = None, batch: int = 1
+) -> MemoryEstimate:
+    """Estimate memory for running ``variant`` at ``precision`` with ``batch`` sequences of ``context_length``."""
+    spec = precision_spec(precision)
+    ctx = variant.context_length if context_length is None else context_length
+    if ctx <= 0 or ctx > variant.context_length:
+        raise ConfigError(
+            f"context_length={ctx} is out of range for {variant.id}; use 1..{variant.context_length}"
+        )
+    if batch < 1:
+        raise ConfigError(f"batch={batch} must be at least 1")
+    embed = variant.vocab_size * variant.hidden_size
+    weights = int(embed * spec.embedding_bytes + max(variant.params - embed, 0) * spec.weight_bytes)
+    if variant.task == "causal-lm":
+        kv = 2 * variant.layers * variant.kv_heads * variant.head_dim * ctx * batch * spec.kv_bytes
+        # one step of logits plus the widest hidden activations, fp32
+        activations = batch * (variant.vocab_size + 8 * variant.hidden_size) * 4 * min(ctx, 512)
+    else:
+        kv = 0
+        activations = batch * ctx * variant.hidden_size * 4 * 8
+    return MemoryEstimate(weights=weights, kv_cache=kv, activations=activations, overhead=RUNTIME_OVERHEAD_BYTES)
+
+
+@dataclass(frozen=True)
+class DeviceClass:
+    """A class of target hardware and the memory an app may use on it."""
+
+    name: str
+    kind: str  # "cpu" or "cuda"
+    memory_bytes: int
+
+
+DEVICE_CLASSES: tuple[DeviceClass, ...] = (
+    DeviceClass("raspberry-pi-4gb", "cpu", 2 * 2**30),
+    DeviceClass("phone-8gb", "cpu", 3 * 2**30),
+    DeviceClass("laptop-16gb", "cpu", 8 * 2**30),
+    DeviceClass("server-64gb", "cpu", 48 * 2**30),
+    DeviceClass("gpu-t4-16gb", "cuda", 15 * 2**30),
+    DeviceClass("gpu-h100-80gb", "cuda", 78 * 2**30),
+)
+
+
+def device_compatibility(
+    variant: Variant, *, precision: str = "fp32", context_length: int | None = None
+) -> dict[str, bool]:
+    """For each device class: does ``variant`` at ``precision`` run there and fit in its memory?"""
+    spec = precision_spec(precision)
+    need = estimate_memory(variant, precision=precision, context_length=context_length).total
+    return {d.name: d.kind in spec.devices and need <= d.memory_bytes for d in DEVICE_CLASSES}
+
+
+def format_params(params: int) -> str:
+    """135000000 -> '135M'; 1100000000 -> '1.1B'."""
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if params >= div:
+            value = params / div
+            text = f"{value:.1f}" if value < 100 else f"{value:.0f}"
+            return text.removesuffix(".0") + unit
+    return str(params)
+
+
+def format_bytes(size: float) -> str:
+    """1536 -> '1.5 KiB' (binary units)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")

@@ -1,0 +1,106 @@
+"""Exporters: registered components turning an HF folder into an ONNX artifact folder.
+
+optimum is the general route for every task. Which optimum task each slmops
+task maps to is data (``OPTIMUM_TASKS``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from slmops.catalog.schema import Variant
+from slmops.errors import ExportError
+from slmops.export.modelcard import ModelCard, read_pooling
+
+logger = logging.getLogger(__name__)
+
+Exporter = Callable[[Variant, Path, Path], ModelCard]
+EXPORTERS: dict[str, Exporter] = {}
+
+OPTIMUM_TASKS: dict[str, str] = {
+    "causal-lm": "text-generation-with-past",
+    "sentence-embedding": "feature-extraction",
+    "cross-encoder": "text-classification",
+    "fill-mask": "fill-mask",
+}
+# Files that travel with the graph so the runtime needs nothing else.
+SIDECAR_FILES: tuple[str, ...] = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "modules.json",
+    "sentence_bert_config.json",
+    "1_Pooling/config.json",
+)
+
+
+def register_exporter(name: str) -> Callable[[Exporter], Exporter]:
+    """Decorator registering an exporter under ``name``."""
+
+    def deco(fn: Exporter) -> Exporter:
+        EXPORTERS[name] = fn
+        return fn
+
+    return deco
+
+
+def copy_sidecars(src: Path, out: Path) -> None:
+    """Copy tokenizer/config/pooling files from the HF folder next to the graph."""
+    for name in SIDECAR_FILES:
+        if (src / name).is_file():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / name, out / name)
+
+
+def build_model_card(variant: Variant, src: Path, *, graph: str) -> ModelCard:
+    """Model card from the HF config (eos ids, context) and the catalog (task)."""
+    config = json.loads((src / "config.json").read_text())
+    gen_path = src / "generation_config.json"
+    gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
+    eos = gen.get("eos_token_id", config.get("eos_token_id"))
+    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+    head_dim = config.get("head_dim") or (config["hidden_size"] // config["num_attention_heads"])
+    return ModelCard(
+        variant=variant.id,
+        task=variant.task,
+        graph=graph,  # type: ignore[arg-type]
+        context_length=config.get("max_position_embeddings", variant.context_length),
+        eos_token_ids=eos_ids,
+        pad_token_id=config.get("pad_token_id"),
+        pooling=read_pooling(src) if variant.task == "sentence-embedding" else None,
+        num_labels=len(config.get("id2label", {})) or None if variant.task == "cross-encoder" else None,
+        kv_heads=config.get("num_key_value_heads", config.get("num_attention_heads")),
+        head_dim=head_dim,
+        layers=config.get("num_hidden_layers"),
+    )
+
+
+@register_exporter("optimum")
+def export_optimum(variant: Variant, src: Path, out: Path) -> ModelCard:
+    """optimum's ONNX exporter with its own validation against PyTorch."""
+    from optimum.exporters.onnx import main_export  # heavy: imported only here
+
+    task = OPTIMUM_TASKS[variant.task]
+    try:
+        main_export(
+            model_name_or_path=str(src),
+            output=out,
+            task=task,
+            device="cpu",
+            trust_remote_code=variant.remote_code,
+            do_validation=True,
+        )
+    except Exception as exc:  # optimum raises bare ValueError/RuntimeError/KeyError
+        raise ExportError(f"optimum export of {variant.id} (task {task}) failed: {exc}") from exc
+    if not (out / "model.onnx").is_file():
+        raise ExportError(f"optimum export of {variant.id} wrote no model.onnx into {out}")
+    copy_sidecars(src, out)
+    graph = "optimum-decoder" if variant.task == "causal-lm" else "optimum-encoder"
+    return build_model_card(variant, src, graph=graph)

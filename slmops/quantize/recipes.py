@@ -1,0 +1,77 @@
+"""Quantization recipes: data in configs/recipes.yaml, validated here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from slmops.errors import ConfigError
+
+Method = Literal["none", "matmul_nbits", "dynamic_int8"]
+
+
+class Recipe(BaseModel):
+    """One way to turn an fp32 export into a candidate, and where it applies."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    description: str = ""
+    method: Method
+    precision: Literal["fp32", "fp16", "int8", "int4"]
+    tasks: list[Literal["causal-lm", "sentence-embedding", "cross-encoder", "fill-mask"]]
+    devices: list[Literal["cpu", "cuda"]]
+    bits: Literal[4, 8] | None = None
+    block_size: int | None = Field(default=None, ge=16)
+    symmetric: bool = True
+    accuracy_level: Literal[0, 1, 2, 3, 4] | None = None
+    per_channel: bool = False
+    reduce_range: bool = False
+
+    @model_validator(mode="after")
+    def _method_fields(self) -> Recipe:
+        if self.method == "matmul_nbits":
+            if self.bits is None or self.block_size is None:
+                raise ValueError("matmul_nbits needs bits (4 or 8) and block_size")
+            if self.block_size & (self.block_size - 1):
+                raise ValueError(f"block_size={self.block_size} must be a power of two")
+            if self.precision != f"int{self.bits}":
+                raise ValueError(f"precision {self.precision!r} does not match bits={self.bits}")
+        elif self.bits is not None or self.block_size is not None:
+            raise ValueError(f"bits/block_size only apply to method matmul_nbits, not {self.method!r}")
+        if self.method == "dynamic_int8" and self.precision != "int8":
+            raise ValueError("dynamic_int8 has precision int8")
+        if self.method == "none" and self.precision != "fp32":
+            raise ValueError("method none keeps precision fp32")
+        return self
+
+    def supports(self, task: str, device: str) -> bool:
+        return task in self.tasks and device in self.devices
+
+
+def load_recipes(path: Path | None = None) -> dict[str, Recipe]:
+    """Recipes by name from ``<config_dir>/recipes.yaml``; raises ConfigError naming the recipe and field."""
+    if path is None:
+        from slmops.settings import get_settings
+
+        path = get_settings().config_dir / "recipes.yaml"
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"recipes file {path} not found; set SLMOPS_CONFIG_DIR") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("recipes"), dict):
+        raise ConfigError(f"{path}: expected a top-level 'recipes:' mapping of name -> recipe")
+    recipes = {}
+    for name, raw in data["recipes"].items():
+        try:
+            recipes[name] = Recipe.model_validate({**(raw or {}), "name": name})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"]) or "(entry)"
+            raise ConfigError(f"{path}: recipe {name!r}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
+    return recipes

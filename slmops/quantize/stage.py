@@ -1,0 +1,56 @@
+"""The quantize stage entry point used by the CLI, DVC and the Prefect flow."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from slmops.artifacts import Manifest, atomic_folder, link_or_copy, read_manifest, write_manifest
+from slmops.catalog.schema import Variant
+from slmops.errors import ConfigError, QuantizeError
+from slmops.export.modelcard import MODEL_CARD_NAME, read_model_card
+from slmops.quantize.ort import QUANTIZERS
+from slmops.quantize.recipes import Recipe
+from slmops.artifacts import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+
+def quantize(variant: Variant, recipe: Recipe, *, src: Path, out: Path, device: str = "cpu") -> Manifest:
+    """Apply ``recipe`` to the export in ``src``, writing a complete candidate folder to ``out``.
+
+    Raises ConfigError if the recipe does not support the variant's task or the device,
+    IntegrityError if ``src`` is not a finished export, QuantizeError if quantization fails.
+    """
+    exported = read_manifest(src)
+    if not recipe.supports(variant.task, device):
+        raise ConfigError(
+            f"recipe {recipe.name!r} supports tasks {recipe.tasks} on {recipe.devices}, "
+            f"not {variant.task} on {device}; pick another recipe for {variant.id}"
+        )
+    card = read_model_card(src)
+    with atomic_folder(out) as tmp:
+        for rel in exported.files:
+            if rel == card.onnx_file or rel == f"{card.onnx_file}_data" or rel == MODEL_CARD_NAME:
+                continue
+            link_or_copy(Path(src) / rel, tmp / rel)
+        try:
+            QUANTIZERS[recipe.method](Path(src) / card.onnx_file, tmp / card.onnx_file, recipe)
+        except Exception as exc:
+            raise QuantizeError(f"recipe {recipe.name!r} failed on {variant.id}: {exc}") from exc
+        card.model_copy(update={"precision": recipe.precision, "recipe": recipe.name}).write(tmp)
+        write_json_atomic(tmp / "recipe.json", recipe.model_dump(mode="json"))
+        for leftover in tmp.glob("*-opt.onnx"):  # ORT's pre-processing scratch files
+            leftover.unlink()
+        shutil.rmtree(tmp / "__pycache__", ignore_errors=True)
+        manifest = write_manifest(
+            tmp,
+            stage="quantize",
+            variant=variant.id,
+            source=exported.source,
+            revision=exported.revision,
+            info={"recipe": recipe.name, "precision": recipe.precision, "export_digest": exported.digest()},
+        )
+    logger.info("quantized %s with %s", variant.id, recipe.name)
+    return manifest

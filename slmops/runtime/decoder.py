@@ -1,0 +1,180 @@
+"""Causal LM runtime: optimum's decoder-with-past graph, a token loop, text streaming with stop strings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from slmops.errors import ContextLengthError, GenerationParamsError
+from slmops.export.modelcard import ModelCard
+from slmops.runtime.params import GenerationParams
+from slmops.runtime.sampling import Sampler
+from slmops.runtime.tokenizer import Tokenizer
+
+_ORT_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+class OptimumDecoderGraph:
+    """Feeds optimum's ``text-generation-with-past`` graph: KV cache in, present KV out."""
+
+    def __init__(self, session) -> None:  # noqa: ANN001 - ort.InferenceSession
+        self.session = session
+        inputs = {i.name: i for i in session.get_inputs()}
+        self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
+        self.present_names = ["present." + n.removeprefix("past_key_values.") for n in self.past_names]
+        self.output_names = ["logits", *self.present_names]
+        first = inputs[self.past_names[0]]
+        self.kv_heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
+        self.kv_dtype = _ORT_FLOAT.get(first.type, np.float32)
+        self.has_position_ids = "position_ids" in inputs
+
+    def empty_cache(self, batch: int = 1) -> list[np.ndarray]:
+        return [np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.kv_dtype) for _ in self.past_names]
+
+    def forward(self, ids: np.ndarray, cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Run ``ids`` (batch, seq) after ``cache``; returns logits (batch, seq, vocab) and the grown cache."""
+        past = cache[0].shape[2]
+        batch, seq = ids.shape
+        feed = {"input_ids": ids.astype(np.int64), "attention_mask": np.ones((batch, past + seq), dtype=np.int64)}
+        if self.has_position_ids:
+            feed["position_ids"] = np.broadcast_to(np.arange(past, past + seq, dtype=np.int64), (batch, seq))
+        feed.update(zip(self.past_names, cache))
+        logits, *present = self.session.run(self.output_names, feed)
+        return logits, present
+
+
+GRAPHS = {"optimum-decoder": OptimumDecoderGraph}
+
+
+class TextModel:
+    """Generation and chat over a causal-LM artifact folder."""
+
+    def __init__(self, folder: Path, card: ModelCard, session) -> None:  # noqa: ANN001
+        self.folder = Path(folder)
+        self.card = card
+        self.tokenizer = Tokenizer(folder)
+        self.graph = GRAPHS[card.graph](session)
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """Logits (seq, vocab) for a token sequence, in one forward pass (used by the quality gates)."""
+        logits, _ = self.graph.forward(np.asarray([ids], dtype=np.int64), self.graph.empty_cache())
+        return logits[0]
+
+    # -- generation ------------------------------------------------------------------------------
+    def prompt_ids(
+        self, prompt: str | None = None, messages: list[dict[str, str]] | None = None
+    ) -> list[int]:
+        """Token ids for a plain prompt or for chat messages rendered with the model's template."""
+        if (prompt is None) == (messages is None):
+            raise GenerationParamsError("pass exactly one of prompt= or messages=")
+        if messages is not None:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        else:
+            if not isinstance(prompt, str) or not prompt:
+                raise GenerationParamsError(f"prompt={prompt!r} must be a non-empty string")
+            text = prompt
+        return self.tokenizer.encode(text, add_special_tokens=True)
+
+    def _fit_context(self, ids: list[int], params: GenerationParams) -> list[int]:
+        limit = self.card.context_length
+        if params.max_tokens >= limit:
+            raise ContextLengthError(f"max_tokens={params.max_tokens} must be below the context length {limit}")
+        if len(ids) + params.max_tokens > limit:
+            if not params.truncate:
+                raise ContextLengthError(
+                    f"prompt of {len(ids)} tokens + max_tokens={params.max_tokens} exceeds the context length "
+                    f"{limit}; shorten the prompt, lower max_tokens, or pass truncate=True"
+                )
+            ids = ids[len(ids) + params.max_tokens - limit :]
+        return ids
+
+    def token_stream(self, ids: list[int], params: GenerationParams) -> Iterator[int]:
+        """Yield generated token ids until an end token, a stop token or max_tokens."""
+        ids = self._fit_context(ids, params)
+        sampler = Sampler(params)
+        end = set(self.card.eos_token_ids) | set(params.stop_token_ids)
+        seen = np.asarray(ids, dtype=np.int64)
+        logits, cache = self.graph.forward(seen[None, :], self.graph.empty_cache())
+        for step in range(params.max_tokens):
+            token = sampler(logits[0, -1], seen)
+            if token in end:
+                return
+            yield token
+            if step + 1 == params.max_tokens:
+                return
+            seen = np.append(seen, token)
+            logits, cache = self.graph.forward(np.asarray([[token]], dtype=np.int64), cache)
+
+    def stream(
+        self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, **options: object
+    ) -> Iterator[str]:
+        """Yield text deltas. Joined, they equal :meth:`generate`'s result for the same options and seed."""
+        params = options.pop("params", None) or GenerationParams.build(**options)  # type: ignore[arg-type]
+        ids = self.prompt_ids(prompt, messages)
+        return _text_deltas(self.tokenizer, self.token_stream(ids, params), params.stop)  # type: ignore[arg-type]
+
+    def generate(
+        self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, **options: object
+    ) -> str:
+        """Generate a completion for ``prompt`` or a reply to chat ``messages``.
+
+        Options are :class:`GenerationParams` fields (max_tokens, temperature, top_k, top_p,
+        repetition_penalty, stop, stop_token_ids, seed, truncate). Raises GenerationParamsError.
+        """
+        return "".join(self.stream(prompt, messages=messages, **options))
+
+    def chat(self, messages: list[dict[str, str]], **options: object) -> str:
+        """The assistant's reply to ``messages``."""
+        return self.generate(messages=messages, **options)
+
+    def generate_batch(self, prompts: list[str], **options: object) -> list[str]:
+        """Completions for several prompts with the same options."""
+        if not prompts:
+            raise GenerationParamsError("prompts is empty; pass at least one prompt")
+        return [self.generate(p, **dict(options)) for p in prompts]
+
+
+def _text_deltas(tokenizer: Tokenizer, tokens: Iterator[int], stops: tuple[str, ...]) -> Iterator[str]:
+    """Turn token ids into text deltas: never split a multi-byte character, never emit past a stop string."""
+    generated: list[int] = []
+    emitted = 0
+    longest_stop = max((len(s) for s in stops), default=0)
+    text = ""
+    for token in tokens:
+        generated.append(token)
+        text = tokenizer.decode(generated)
+        if text.endswith("\ufffd"):
+            continue  # an incomplete UTF-8 sequence; wait for its next byte
+        cut = _find_stop(text, stops, start=max(0, emitted - longest_stop))
+        if cut is not None:
+            if cut > emitted:
+                yield text[emitted:cut]
+            return
+        safe = len(text) - _held_back(text, stops)
+        if safe > emitted:
+            yield text[emitted:safe]
+            emitted = safe
+    if len(text) > emitted:
+        cut = _find_stop(text, stops, start=max(0, emitted - longest_stop))
+        end = len(text) if cut is None else cut
+        if end > emitted:
+            yield text[emitted:end]
+
+
+def _find_stop(text: str, stops: tuple[str, ...], *, start: int) -> int | None:
+    hits = [i for s in stops if (i := text.find(s, start)) != -1]
+    return min(hits) if hits else None
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of some stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best

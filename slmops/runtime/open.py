@@ -1,0 +1,33 @@
+"""Open a verified artifact folder as the runtime model for its task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slmops.artifacts import read_manifest
+from slmops.export.modelcard import read_model_card
+from slmops.runtime.decoder import TextModel
+from slmops.runtime.encoder import EmbeddingModel, RerankModel
+from slmops.runtime.session import create_session
+
+MODEL_CLASSES = {
+    "causal-lm": TextModel,
+    "sentence-embedding": EmbeddingModel,
+    "cross-encoder": RerankModel,
+}
+
+Model = TextModel | EmbeddingModel | RerankModel
+
+
+def open_folder(folder: Path, *, device: str = "cpu", threads: int | None = None, verify: bool = True) -> Model:
+    """The runtime model for an artifact folder. Raises IntegrityError on a bad manifest/hash, ModelLoadError otherwise."""
+    folder = Path(folder)
+    read_manifest(folder, verify=verify)
+    card = read_model_card(folder)
+    cls = MODEL_CLASSES.get(card.task)
+    if cls is None:
+        from slmops.errors import ModelLoadError
+
+        raise ModelLoadError(f"the runtime does not serve task {card.task!r} yet (served: {', '.join(MODEL_CLASSES)})")
+    session = create_session(folder / card.onnx_file, device=device, threads=threads)
+    return cls(folder, card, session)

@@ -1,0 +1,52 @@
+"""Generation parameters, validated with messages that name the bad value."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from slmops.errors import GenerationParamsError
+
+
+class GenerationParams(BaseModel):
+    """Sampling and stopping options for :meth:`slmops.runtime.TextModel.generate`.
+
+    ``temperature=0`` is greedy decoding. ``top_k=0`` and ``top_p=1`` disable those filters.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_tokens: int = Field(default=256, ge=1, le=1_000_000)
+    temperature: float = Field(default=0.7, ge=0.0, le=100.0)
+    top_k: int = Field(default=0, ge=0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    seed: int | None = None
+    truncate: bool = Field(default=False, description="Drop the start of a too-long prompt instead of raising.")
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = (value,)
+        if value is not None and any((not isinstance(s, str)) or s == "" for s in value):
+            raise ValueError("stop strings must be non-empty strings")
+        return value
+
+    @classmethod
+    def build(cls, **kwargs: Any) -> GenerationParams:
+        """Validate keyword options; raises GenerationParamsError naming each bad option and its value."""
+        try:
+            return cls(**{k: v for k, v in kwargs.items() if v is not None})
+        except ValidationError as exc:
+            parts = []
+            for err in exc.errors():
+                name = ".".join(str(p) for p in err["loc"]) or "params"
+                if err["type"] == "extra_forbidden":
+                    parts.append(f"unknown option {name!r}; valid options: {', '.join(cls.model_fields)}")
+                else:
+                    parts.append(f"{name}={err.get('input')!r}: {err['msg']}")
+            raise GenerationParamsError("invalid generation parameters: " + "; ".join(parts)) from None

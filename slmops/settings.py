@@ -1,0 +1,69 @@
+"""Every environment variable slmops reads, in one place.
+
+Values come from ``SLMOPS_*`` variables (and the Hugging Face variables that
+huggingface_hub itself honours, so one ``HF_ENDPOINT`` steers both). Nothing is
+read or created at import time: call :func:`get_settings`.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+class Settings(BaseSettings):
+    """Process-wide settings. Build with :func:`get_settings`."""
+
+    model_config = SettingsConfigDict(env_prefix="SLMOPS_", extra="ignore", frozen=True)
+
+    config_dir: Path = Field(
+        default=Path("configs"), description="Folder holding catalog.yaml, usecases.yaml, recipes.yaml, pipeline.yaml."
+    )
+    artifacts_dir: Path = Field(default=Path("artifacts"), description="Where pipeline stages write their outputs.")
+    tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SLMOPS_TRACKING_URI", "MLFLOW_TRACKING_URI"),
+        description="MLflow tracking/registry URI. Default: a SQLite store in mlruns/ beside its artifacts.",
+    )
+    mlruns_dir: Path = Field(default=Path("mlruns"), description="Local MLflow store used when no tracking URI is set.")
+    cache_dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "slmops",
+        description="Runtime loader cache for downloaded model artifacts.",
+    )
+    hf_endpoint: str | None = Field(default=None, validation_alias=AliasChoices("SLMOPS_HF_ENDPOINT", "HF_ENDPOINT"))
+    hf_offline: bool = Field(default=False, validation_alias=AliasChoices("SLMOPS_OFFLINE", "HF_HUB_OFFLINE"))
+    hf_token: str | None = Field(default=None, validation_alias=AliasChoices("SLMOPS_HF_TOKEN", "HF_TOKEN"), repr=False)
+    hf_cache_dir: Path | None = Field(default=None, description="huggingface_hub cache; default: its own (HF_HOME).")
+    threads: int = Field(default_factory=_default_threads, ge=1, description="Intra-op threads for onnxruntime.")
+    device: Literal["cpu", "cuda"] = "cpu"
+    log_level: str = "WARNING"
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
+
+    def resolved_tracking_uri(self) -> str:
+        """The MLflow URI to use: the configured one, or SQLite under ``mlruns_dir``."""
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{(self.mlruns_dir / 'mlflow.db').resolve()}"
+
+    def resolved_artifact_root(self) -> str:
+        """Default artifact location for new experiments in the local store."""
+        return (self.mlruns_dir / "artifacts").resolve().as_uri()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, read once per process (tests clear the cache)."""
+    return Settings()
