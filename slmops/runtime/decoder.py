@@ -95,7 +95,7 @@ class TextModel:
         """Yield generated token ids until an end token, a stop token or max_tokens."""
         ids = self._fit_context(ids, params)
         sampler = Sampler(params)
-        end = set(self.card.eos_token_ids) | set(params.stop_token_ids)
+        end = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.card.eos_token_ids))
         seen = np.asarray(ids, dtype=np.int64)
         logits, cache = self.graph.forward(seen[None, :], self.graph.empty_cache())
         for step in range(params.max_tokens):

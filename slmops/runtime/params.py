@@ -26,6 +26,7 @@ class GenerationParams(BaseModel):
     stop_token_ids: tuple[int, ...] = ()
     seed: int | None = None
     truncate: bool = Field(default=False, description="Drop the start of a too-long prompt instead of raising.")
+    ignore_eos: bool = Field(default=False, description="Keep generating past end tokens (benchmarks).")
 
     @field_validator("stop", mode="before")
     @classmethod

@@ -1,0 +1,85 @@
+"""Quality-gate thresholds per task (configs/gates.yaml) and the verdict on a candidate's metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from slmops.errors import ConfigError
+
+
+class DecoderGate(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_ppl_ratio: float = Field(gt=1.0, description="Candidate PPL / reference PPL must not exceed this.")
+    min_top1_agreement: float = Field(ge=0.0, le=1.0, description="Teacher-forced argmax agreement with the reference.")
+
+
+class EmbeddingGate(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_cosine_mean: float = Field(ge=-1.0, le=1.0)
+    min_cosine_min: float = Field(ge=-1.0, le=1.0)
+    min_topk_agreement: float = Field(ge=0.0, le=1.0)
+    top_k: int = Field(default=3, ge=1)
+
+
+class RerankGate(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_spearman: float = Field(ge=-1.0, le=1.0)
+
+
+class Gates(BaseModel):
+    """Thresholds for each task; a task without a gate cannot produce eligible candidates."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    causal_lm: DecoderGate = Field(alias="causal-lm")
+    sentence_embedding: EmbeddingGate = Field(alias="sentence-embedding")
+    cross_encoder: RerankGate | None = Field(default=None, alias="cross-encoder")
+
+    def check(self, task: str, metrics: dict[str, float]) -> list[str]:
+        """Reasons the metrics fail the task's gate (empty list: passed)."""
+        reasons: list[str] = []
+        if task == "causal-lm":
+            g = self.causal_lm
+            if metrics["ppl_ratio"] > g.max_ppl_ratio:
+                reasons.append(f"ppl_ratio {metrics['ppl_ratio']:.4f} > {g.max_ppl_ratio}")
+            if metrics["top1_agreement"] < g.min_top1_agreement:
+                reasons.append(f"top1_agreement {metrics['top1_agreement']:.4f} < {g.min_top1_agreement}")
+        elif task == "sentence-embedding":
+            e = self.sentence_embedding
+            if metrics["cosine_mean"] < e.min_cosine_mean:
+                reasons.append(f"cosine_mean {metrics['cosine_mean']:.4f} < {e.min_cosine_mean}")
+            if metrics["cosine_min"] < e.min_cosine_min:
+                reasons.append(f"cosine_min {metrics['cosine_min']:.4f} < {e.min_cosine_min}")
+            if metrics["topk_agreement"] < e.min_topk_agreement:
+                reasons.append(f"topk_agreement {metrics['topk_agreement']:.4f} < {e.min_topk_agreement}")
+        elif task == "cross-encoder" and self.cross_encoder is not None:
+            if metrics["spearman"] < self.cross_encoder.min_spearman:
+                reasons.append(f"spearman {metrics['spearman']:.4f} < {self.cross_encoder.min_spearman}")
+        else:
+            reasons.append(f"no quality gate is configured for task {task!r}")
+        return reasons
+
+
+def load_gates(path: Path | None = None) -> Gates:
+    """Parse ``<config_dir>/gates.yaml``; raises ConfigError naming the task and field."""
+    if path is None:
+        from slmops.settings import get_settings
+
+        path = get_settings().config_dir / "gates.yaml"
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return Gates.model_validate(data)
+    except FileNotFoundError:
+        raise ConfigError(f"gates file {path} not found; set SLMOPS_CONFIG_DIR") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{path}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
