@@ -21,6 +21,18 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def _peak_rss_mb() -> float:
+    """Peak RSS of this process image: VmHWM (reset at exec, unlike ru_maxrss, which a child
+    inherits from the parent that forked it), else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _percentiles(values: list[float]) -> dict[str, float]:
     arr = np.asarray(values)
     return {"p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95))}
@@ -93,7 +105,7 @@ def main() -> int:
             "load_s": load_s,
             "rss_start_mb": rss_start,
             "rss_after_load_mb": rss_loaded,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mb": _peak_rss_mb(),
             "providers": model.session.get_providers() if hasattr(model, "session") else model.graph.session.get_providers(),
             "pid": __import__("os").getpid(),
             "torch_imported": "torch" in sys.modules,

@@ -127,3 +127,17 @@ def format_bytes(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+_SUFFIX = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9}
+
+
+def parse_params(text: str) -> int:
+    """'200M' -> 200000000, '1.1B' -> 1100000000, '5000' -> 5000; raises ConfigError on anything else."""
+    raw = text.strip().upper()
+    try:
+        if raw and raw[-1] in _SUFFIX:
+            return int(float(raw[:-1]) * _SUFFIX[raw[-1]])
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"parameter count {text!r} is not a number like 200M, 1.1B or 5000000") from None

@@ -69,6 +69,10 @@ def search(catalog: Catalog, text: str, *, limit: int = 10) -> list[tuple[Varian
                     best = max(best, weight * 2)
                 elif token in field:
                     best = max(best, weight)
+                elif len(token) >= 4 and any(
+                    difflib.SequenceMatcher(None, token, w).ratio() >= 0.8 for w in words
+                ):  # a typo: "smol2" ~ "smollm2"
+                    best = max(best, weight * 0.5)
             if best == 0.0:
                 break
             total += best

@@ -1,0 +1,1 @@
+"""Prefect flows: orchestration only; every step is an slmops.pipeline function."""

@@ -1,0 +1,77 @@
+"""The build flow: fetch -> export -> quantize -> evaluate -> benchmark -> register per variant, then recommend.
+
+Run it with ``python -m flows.build [VARIANT ...]`` (``make run`` does), or schedule it
+with ``python -m flows.deploy``. Tasks run one at a time so benchmarks never share the CPU.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from slmops import pipeline
+from slmops.project import Project
+
+
+@task(name="fetch", retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE)
+def fetch(variant: str) -> dict[str, Any]:
+    return pipeline.fetch(Project.load(), variant)
+
+
+@task(name="export", cache_policy=NO_CACHE)
+def export(variant: str) -> dict[str, Any]:
+    return pipeline.export(Project.load(), variant)
+
+
+@task(name="quantize", cache_policy=NO_CACHE)
+def quantize(variant: str) -> dict[str, Any]:
+    return pipeline.quantize(Project.load(), variant)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(variant: str) -> dict[str, Any]:
+    return pipeline.evaluate(Project.load(), variant)
+
+
+@task(name="benchmark", cache_policy=NO_CACHE)
+def benchmark(variant: str) -> dict[str, Any]:
+    return pipeline.benchmark(Project.load(), variant)
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register(variant: str) -> dict[str, Any]:
+    return pipeline.register(Project.load(), variant)
+
+
+@task(name="recommend", cache_policy=NO_CACHE)
+def recommend() -> dict[str, Any]:
+    return pipeline.recommend(Project.load())
+
+
+@flow(name="slmops-build", task_runner=ThreadPoolTaskRunner(max_workers=1))
+def build(variants: list[str] | None = None) -> dict[str, Any]:
+    """Build, gate, benchmark and register the selected variants, then set the use-case aliases."""
+    project = Project.load()  # fail fast on bad configs, before any work
+    selected = variants or list(project.config.selection)
+    for variant in selected:
+        project.selected(variant)
+    registered = []
+    for variant in selected:
+        fetched = fetch.submit(variant)
+        exported = export.submit(variant, wait_for=[fetched])
+        quantized = quantize.submit(variant, wait_for=[exported])
+        evaluated = evaluate.submit(variant, wait_for=[quantized])
+        benched = benchmark.submit(variant, wait_for=[evaluated])
+        registered.append(register.submit(variant, wait_for=[evaluated, benched]))
+    return recommend.submit(wait_for=registered).result()
+
+
+if __name__ == "__main__":
+    from slmops.cli.common import cli_errors
+    from slmops.cli.stages import print_recommendations
+
+    cli_errors(lambda: print_recommendations(build(sys.argv[1:] or None)))()

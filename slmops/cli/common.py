@@ -1,0 +1,53 @@
+"""Shared CLI plumbing: one-line errors, logging set-up, the project, JSON output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from slmops.errors import SlmopsError
+
+F = TypeVar("F", bound=Callable[..., Any])
+console = Console()
+err_console = Console(stderr=True)
+
+
+def cli_errors(fn: F) -> F:
+    """Turn any SlmopsError into one red line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SlmopsError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(verbose: int) -> None:
+    """Configure handlers once, at the entry point (library modules only create loggers)."""
+    from rich.logging import RichHandler
+
+    from slmops.settings import get_settings
+
+    level = {0: get_settings().log_level, 1: "INFO"}.get(verbose, "DEBUG")
+    logging.basicConfig(level="WARNING", handlers=[RichHandler(console=err_console, show_path=False)], format="%(message)s", force=True)
+    logging.getLogger("slmops").setLevel(level)
+
+
+def project() -> Any:
+    from slmops.project import Project
+
+    return Project.load()
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))

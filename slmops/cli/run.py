@@ -1,0 +1,84 @@
+"""Using registered models: generate/chat, embed, rerank, and the demo that `make run` ends with."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from slmops.cli.common import cli_errors, console, print_json
+
+
+@cli_errors
+def generate(
+    target: Annotated[str, typer.Argument(help="Use case (alias), models:/ URI or artifact folder.")] = "chat-cpu",
+    prompt: Annotated[str | None, typer.Option(help="Plain-text prompt (no chat template).")] = None,
+    chat: Annotated[str | None, typer.Option(help="A user message, sent through the chat template.")] = None,
+    max_tokens: int = 128,
+    temperature: float = 0.7,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    seed: int | None = None,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
+) -> None:
+    """Stream a completion (or a chat reply) from a registered model."""
+    from slmops import load
+
+    if (prompt is None) == (chat is None):
+        from slmops.errors import GenerationParamsError
+
+        raise GenerationParamsError("pass exactly one of --prompt or --chat")
+    model = load(target)
+    if not hasattr(model, "stream"):
+        from slmops.errors import GenerationParamsError
+
+        raise GenerationParamsError(f"{target!r} is a {model.card.task} model; it cannot generate text")
+    options = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                   repetition_penalty=repetition_penalty, seed=seed, stop=tuple(stop or ()))
+    messages = [{"role": "user", "content": chat}] if chat is not None else None
+    for delta in model.stream(prompt, messages=messages, **options):
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+@cli_errors
+def embed(
+    texts: Annotated[list[str], typer.Argument(help="Texts to embed.")],
+    target: Annotated[str, typer.Option(help="Use case (alias), models:/ URI or folder.")] = "embeddings-cpu",
+) -> None:
+    """Print embeddings and their cosine-similarity matrix."""
+    from slmops import load
+
+    model = load(target)
+    vectors = model.embed(texts)
+    print_json({"dim": int(vectors.shape[1]), "similarity": (vectors @ vectors.T).round(4).tolist()})
+
+
+@cli_errors
+def demo(
+    chat_target: str = "chat-cpu",
+    embed_target: str = "embeddings-cpu",
+) -> None:
+    """Load the recommended models, print a chat reply and an embedding similarity."""
+    import json
+
+    from slmops import load
+    from slmops.cli.stages import print_recommendations
+    from slmops.settings import get_settings
+
+    rec_path = get_settings().artifacts_dir / "recommendations.json"
+    if rec_path.is_file():
+        print_recommendations(json.loads(rec_path.read_text()))
+    chat = load(chat_target)
+    question = "What is the capital of France? Answer in one sentence."
+    console.print(f"[bold]{chat_target}[/] ({chat.card.variant}, {chat.card.recipe}) > {question}")
+    console.print("  " + chat.chat([{"role": "user", "content": question}], temperature=0.0, max_tokens=48).strip())
+    encoder = load(embed_target)
+    pairs = [("A man is eating food.", "A man is eating a piece of bread."), ("A man is eating food.", "The stock market fell today.")]
+    vectors = encoder.embed([t for p in pairs for t in p])
+    console.print(f"[bold]{embed_target}[/] ({encoder.card.variant}, {encoder.card.recipe}) cosine similarity:")
+    for i, (a, b) in enumerate(pairs):
+        console.print(f"  {float(vectors[2 * i] @ vectors[2 * i + 1]):.3f}  {a!r} ~ {b!r}")

@@ -1,0 +1,112 @@
+"""The pipeline stages as functions of a :class:`~slmops.project.Project` and a variant id.
+
+The CLI (and so DVC) and the Prefect flow call exactly these, so both build the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from slmops.artifacts import write_json_atomic
+from slmops.project import Project
+
+logger = logging.getLogger(__name__)
+
+
+def fetch(
+    project: Project, variant_id: str, *, source: str | None = None, revision: str | None = None, offline: bool | None = None
+) -> dict[str, Any]:
+    """Fetch a variant: by its selection entry if selected, else from the Hub at the catalog's revision."""
+    from slmops.fetch import FetchConfig, fetch as run_fetch
+
+    variant = project.catalog.get(variant_id)
+    sel = project.config.selection.get(variant_id)
+    config = FetchConfig(
+        source=source or (sel.source if sel else "hub"),
+        revision=revision or (sel.revision if sel else None),
+        offline=offline,
+    )
+    manifest = run_fetch(variant, out=project.fetch_dir(variant_id), config=config, settings=project.settings)
+    return {"variant": variant_id, "source": manifest.source, "revision": manifest.revision, "files": len(manifest.files)}
+
+
+def export(project: Project, variant_id: str) -> dict[str, Any]:
+    from slmops.export import export as run_export
+
+    variant, sel = project.selected(variant_id)
+    manifest = run_export(variant, src=project.fetch_dir(variant_id), out=project.export_dir(variant_id), exporter=sel.exporter)
+    return {"variant": variant_id, "files": len(manifest.files)}
+
+
+def quantize(project: Project, variant_id: str) -> dict[str, Any]:
+    from slmops.quantize import quantize as run_quantize
+
+    variant, sel = project.selected(variant_id)
+    done = {}
+    for name in sel.recipes:
+        manifest = run_quantize(
+            variant, project.recipes[name], src=project.export_dir(variant_id),
+            out=project.candidate_dir(variant_id, name), device=project.config.device,
+        )
+        done[name] = manifest.digest()
+    return {"variant": variant_id, "candidates": done}
+
+
+def evaluate(project: Project, variant_id: str) -> dict[str, Any]:
+    from slmops.evaluate import evaluate as run_evaluate
+
+    variant, sel = project.selected(variant_id)
+    return run_evaluate(
+        task=variant.task,
+        candidates={r: project.candidate_dir(variant_id, r) for r in sel.recipes},
+        reference=project.config.reference_recipe,
+        gates=project.gates,
+        out=project.gate_file(variant_id),
+        threads=project.config.benchmark.threads,
+    )
+
+
+def benchmark(project: Project, variant_id: str) -> dict[str, Any]:
+    from slmops.benchmark import run_benchmark
+
+    _, sel = project.selected(variant_id)
+    results = {}
+    for name in sel.recipes:
+        results[name] = run_benchmark(
+            project.candidate_dir(variant_id, name),
+            config=project.config.benchmark,
+            device=project.config.device,
+            out=project.bench_file(variant_id, name),
+        )
+    return results
+
+
+def register(project: Project, variant_id: str) -> dict[str, Any]:
+    from slmops.register import register as run_register
+
+    variant, sel = project.selected(variant_id)
+    gate = json.loads(project.gate_file(variant_id).read_text())
+    out = {}
+    for name in sel.recipes:
+        bench = json.loads(project.bench_file(variant_id, name).read_text())
+        registered = run_register(
+            variant=variant, recipe=project.recipes[name], folder=project.candidate_dir(variant_id, name),
+            evaluation=gate["candidates"][name], benchmark=bench, device=project.config.device, settings=project.settings,
+        )
+        out[name] = {"run_id": registered.run_id, "model": registered.model_name, "version": registered.version,
+                     "reused": registered.reused, "gate": "passed" if gate["candidates"][name]["passed"] else "failed"}
+    write_json_atomic(project.registry_file(variant_id), out)
+    return out
+
+
+def recommend(project: Project) -> dict[str, Any]:
+    from slmops.recommend import recommend as run_recommend
+
+    decisions = run_recommend(project.usecases, settings=project.settings)
+    write_json_atomic(project.recommendations_file(), decisions)
+    return decisions
+
+
+STAGES = ("fetch", "export", "quantize", "evaluate", "benchmark", "register")

@@ -1,0 +1,156 @@
+"""The pipeline's configuration (configs/pipeline.yaml) and its artifact layout.
+
+A :class:`Project` bundles the settings and every parsed config file; the stage
+functions in :mod:`slmops.pipeline` take one. Parsing happens when a Project is
+built, never at import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from slmops.benchmark.config import BenchmarkConfig
+from slmops.catalog.schema import Catalog, Variant, load_catalog
+from slmops.errors import ConfigError
+from slmops.evaluate.gates import Gates, load_gates
+from slmops.quantize.recipes import Recipe, load_recipes
+from slmops.recommend.usecases import UseCase, load_usecases
+from slmops.settings import Settings, get_settings
+
+
+class Selection(BaseModel):
+    """One variant the pipeline builds: where its weights come from and which recipes to try."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = "hub"
+    revision: str | None = None
+    recipes: list[str] = Field(min_length=1)
+    exporter: str = "optimum"
+
+
+class PipelineConfig(BaseModel):
+    """configs/pipeline.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: str = "cpu"
+    reference_recipe: str = "fp32"
+    selection: dict[str, Selection] = Field(min_length=1)
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+
+
+def load_pipeline_config(path: Path) -> PipelineConfig:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return PipelineConfig.model_validate(data)
+    except FileNotFoundError:
+        raise ConfigError(f"pipeline file {path} not found; set SLMOPS_CONFIG_DIR") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise ConfigError(f"{path}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+@dataclass
+class Project:
+    """Settings + configs + artifact layout for one pipeline run."""
+
+    settings: Settings
+
+    @classmethod
+    def load(cls, settings: Settings | None = None) -> Project:
+        """Parse and cross-check every config file; raises ConfigError naming the offending entry."""
+        project = cls(settings or get_settings())
+        project.validate()
+        return project
+
+    # -- configs -------------------------------------------------------------------------------
+    @cached_property
+    def catalog(self) -> Catalog:
+        return load_catalog(self.settings.config_dir / "catalog.yaml")
+
+    @cached_property
+    def recipes(self) -> dict[str, Recipe]:
+        return load_recipes(self.settings.config_dir / "recipes.yaml")
+
+    @cached_property
+    def gates(self) -> Gates:
+        return load_gates(self.settings.config_dir / "gates.yaml")
+
+    @cached_property
+    def usecases(self) -> dict[str, UseCase]:
+        return load_usecases(self.settings.config_dir / "usecases.yaml")
+
+    @cached_property
+    def config(self) -> PipelineConfig:
+        return load_pipeline_config(self.settings.config_dir / "pipeline.yaml")
+
+    def validate(self) -> None:
+        from slmops.export.exporters import EXPORTERS
+        from slmops.fetch.sources import SOURCES
+
+        path = self.settings.config_dir / "pipeline.yaml"
+        cfg = self.config
+        for variant_id, sel in cfg.selection.items():
+            variant = self.catalog.get(variant_id)
+            where = f"{path}: selection.{variant_id}"
+            if sel.source not in SOURCES:
+                raise ConfigError(f"{where}.source={sel.source!r}; use one of {', '.join(SOURCES)}")
+            if sel.exporter not in EXPORTERS:
+                raise ConfigError(f"{where}.exporter={sel.exporter!r}; use one of {', '.join(EXPORTERS)}")
+            if cfg.reference_recipe not in sel.recipes:
+                raise ConfigError(f"{where}.recipes must include the reference recipe {cfg.reference_recipe!r}")
+            for name in sel.recipes:
+                recipe = self.recipes.get(name)
+                if recipe is None:
+                    raise ConfigError(f"{where}.recipes: unknown recipe {name!r}; defined: {', '.join(self.recipes)}")
+                if not recipe.supports(variant.task, cfg.device):
+                    raise ConfigError(
+                        f"{where}.recipes: {name!r} does not support {variant.task} on {cfg.device} "
+                        f"(it supports {recipe.tasks} on {recipe.devices})"
+                    )
+
+    def selected(self, variant_id: str) -> tuple[Variant, Selection]:
+        """The catalog variant and its selection entry; raises ConfigError if it is not selected."""
+        variant = self.catalog.get(variant_id)
+        try:
+            return variant, self.config.selection[variant_id]
+        except KeyError:
+            raise ConfigError(
+                f"variant {variant_id!r} is not in the pipeline selection ({', '.join(self.config.selection)}); "
+                f"add it to {self.settings.config_dir / 'pipeline.yaml'}"
+            ) from None
+
+    # -- artifact layout -----------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return self.settings.artifacts_dir
+
+    def fetch_dir(self, variant_id: str) -> Path:
+        return self.root / "fetch" / variant_id
+
+    def export_dir(self, variant_id: str) -> Path:
+        return self.root / "export" / variant_id
+
+    def candidate_dir(self, variant_id: str, recipe: str) -> Path:
+        return self.root / "candidates" / variant_id / recipe
+
+    def gate_file(self, variant_id: str) -> Path:
+        return self.root / "gates" / f"{variant_id}.json"
+
+    def bench_file(self, variant_id: str, recipe: str) -> Path:
+        return self.root / "bench" / variant_id / f"{recipe}.json"
+
+    def registry_file(self, variant_id: str) -> Path:
+        return self.root / "registry" / f"{variant_id}.json"
+
+    def recommendations_file(self) -> Path:
+        return self.root / "recommendations.json"

@@ -1,0 +1,57 @@
+"""The recommend stage: pick the best eligible version per use case and point the use-case alias at it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from slmops.errors import NoEligibleModelError
+from slmops.recommend.ranking import Candidate, best, rank, registered_candidates
+from slmops.recommend.usecases import OBJECTIVES, UseCase
+from slmops.register.store import connect
+from slmops.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+def recommend(usecases: dict[str, UseCase], *, settings: Settings | None = None) -> dict[str, Any]:
+    """For each use case set the alias ``<use case>`` on the winning version; return the decisions and reasons.
+
+    A use case with no eligible model keeps no alias and is reported with the reasons.
+    """
+    settings = settings or get_settings()
+    client = connect(settings)
+    decisions: dict[str, Any] = {}
+    for name, uc in usecases.items():
+        candidates = registered_candidates(client, uc.task)
+        ranked = rank(candidates, uc, uc.objective)
+        metric = OBJECTIVES[uc.objective][0]
+        table = [_row(c, metric) for c in ranked]
+        try:
+            winner = best(candidates, uc, uc.objective, what=f"use case {name!r}")
+        except NoEligibleModelError as exc:
+            _drop_alias(client, candidates, name)
+            decisions[name] = {"chosen": None, "why": str(exc), "candidates": table}
+            logger.warning("%s", exc)
+            continue
+        client.set_registered_model_alias(winner.model_name, name, winner.version)
+        why = (
+            f"{winner.label} (v{winner.version}) has the best {metric} = {winner.metrics[metric]:.1f} "
+            f"among {sum(not c.rejected for c in ranked)} eligible of {len(ranked)} registered {uc.task} versions"
+        )
+        decisions[name] = {"chosen": winner.uri, "alias_uri": f"models:/{winner.model_name}@{name}", "why": why, "candidates": table}
+    return decisions
+
+
+def _row(c: Candidate, metric: str) -> dict[str, Any]:
+    return {"candidate": c.label, "version": c.version, metric: c.metrics.get(metric), "eligible": not c.rejected, "rejected": c.rejected}
+
+
+def _drop_alias(client: Any, candidates: list[Candidate], alias: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    for model_name in {c.model_name for c in candidates}:
+        try:
+            client.delete_registered_model_alias(model_name, alias)
+        except MlflowException:
+            pass

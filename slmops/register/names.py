@@ -1,0 +1,56 @@
+"""Stable names for everything slmops writes to MLflow, documented in one place.
+
+The MLflow UI's compare view lines runs up by these names, so they never change
+meaning. Metrics absent for a task are simply not logged.
+"""
+
+from __future__ import annotations
+
+EXPERIMENT = "slmops"
+REGISTERED_MODEL_PREFIX = "slmops"
+
+# metric name -> (where it comes from, meaning)
+METRICS: dict[str, str] = {
+    # quality gate (evaluate stage), vs the unquantized export of the same variant
+    "quality.ppl": "perplexity on the shipped evaluation text (causal-lm)",
+    "quality.ppl_ratio": "ppl / ppl of the fp32 export (causal-lm)",
+    "quality.top1_agreement": "teacher-forced argmax agreement with fp32 (causal-lm)",
+    "quality.cosine_mean": "mean cosine to fp32 embeddings (sentence-embedding)",
+    "quality.cosine_min": "min cosine to fp32 embeddings (sentence-embedding)",
+    "quality.topk_agreement": "top-k retrieval overlap with fp32 (sentence-embedding)",
+    "quality.spearman": "rank correlation of scores with fp32 (cross-encoder)",
+    "gate.passed": "1 if the candidate passed its quality gate, else 0",
+    # benchmark stage, fresh subprocess on the named device
+    "bench.load_s": "seconds to open the ONNX session",
+    "bench.ttft_ms": "time to first token, median (causal-lm)",
+    "bench.decode_tok_s": "decode tokens per second after the first, median (causal-lm)",
+    "bench.token_latency_p50_ms": "per-token latency p50 (causal-lm)",
+    "bench.token_latency_p95_ms": "per-token latency p95 (causal-lm)",
+    "bench.items_per_s": "items per second at the configured batch size (encoders)",
+    "bench.latency_p50_ms": "batch-1 latency p50 (encoders)",
+    "bench.latency_p95_ms": "batch-1 latency p95 (encoders)",
+    "bench.peak_rss_mb": "peak resident memory of the benchmark process",
+    "bench.rss_after_load_mb": "resident memory after loading",
+    "bench.size_mb": "artifact folder size on disk",
+    "estimate.memory_mb": "the catalog's memory estimate for this precision",
+    "estimate.error": "(estimate - measured peak RSS) / measured peak RSS",
+}
+
+ARTIFACT_KEY = "model_dir"  # the pyfunc artifact holding the slmops candidate folder
+
+# version/run tag names
+TAG_VARIANT = "slmops.variant"
+TAG_RECIPE = "slmops.recipe"
+TAG_PRECISION = "slmops.precision"
+TAG_DEVICE = "slmops.device"
+TAG_REVISION = "slmops.revision"
+TAG_SOURCE = "slmops.source"
+TAG_TASK = "slmops.task"
+TAG_GATE = "slmops.gate"
+TAG_DIGEST = "slmops.candidate_digest"
+TAG_CAPABILITIES = "slmops.capabilities"
+
+
+def registered_model_name(task: str) -> str:
+    """One registered model per task; use-case aliases pick a version within it."""
+    return f"{REGISTERED_MODEL_PREFIX}-{task}"

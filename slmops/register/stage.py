@@ -1,0 +1,165 @@
+"""The register stage: one MLflow run per candidate, a registry version for each that passed its gate."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from slmops.artifacts import read_manifest
+from slmops.catalog.estimate import estimate_memory
+from slmops.catalog.schema import Variant
+from slmops.errors import RegistryError
+from slmops.quantize.recipes import Recipe
+from slmops.register import names
+from slmops.register.store import connect, ensure_experiment
+from slmops.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+RUNTIME_REQUIREMENTS = ("onnxruntime", "tokenizers", "numpy", "jinja2", "pydantic", "pydantic-settings", "pyyaml")
+
+
+@dataclass(frozen=True)
+class Registered:
+    """Outcome for one candidate: its run, and its model version if it passed the gate."""
+
+    run_id: str
+    model_name: str | None
+    version: str | None
+    reused: bool
+
+
+def _flat_metrics(evaluation: dict[str, Any], bench: dict[str, Any], estimate_mb: float) -> dict[str, float]:
+    metrics = {f"quality.{k}": float(v) for k, v in evaluation["metrics"].items() if f"quality.{k}" in names.METRICS}
+    metrics["gate.passed"] = 1.0 if evaluation["passed"] else 0.0
+    for key in ("load_s", "ttft_ms", "decode_tok_s", "items_per_s", "peak_rss_mb", "rss_after_load_mb", "size_mb"):
+        if key in bench:
+            metrics[f"bench.{key}"] = float(bench[key])
+    for src, dst in (("token_latency_ms", "bench.token_latency"), ("latency_ms_batch1", "bench.latency")):
+        if src in bench:
+            metrics[f"{dst}_p50_ms"] = float(bench[src]["p50"])
+            metrics[f"{dst}_p95_ms"] = float(bench[src]["p95"])
+    metrics["estimate.memory_mb"] = estimate_mb
+    if "peak_rss_mb" in bench:
+        metrics["estimate.error"] = (estimate_mb - bench["peak_rss_mb"]) / bench["peak_rss_mb"]
+    return metrics
+
+
+def register(
+    *,
+    variant: Variant,
+    recipe: Recipe,
+    folder: Path,
+    evaluation: dict[str, Any],
+    benchmark: dict[str, Any],
+    device: str = "cpu",
+    settings: Settings | None = None,
+) -> Registered:
+    """Log the candidate in ``folder`` to MLflow; register it as a model version if it passed its gate.
+
+    A version whose candidate digest and device are already registered is reused (its
+    ``slmops.latest_run`` tag moves to the new run), so re-running the pipeline never duplicates versions.
+    Raises IntegrityError if the folder is not a finished candidate, RegistryError if MLflow refuses.
+    """
+    import mlflow
+    import mlflow.pyfunc
+
+    from slmops.register.names import ARTIFACT_KEY
+    from slmops.register.pyfunc import SlmopsModel, signature_for
+
+    settings = settings or get_settings()
+    manifest = read_manifest(folder, verify=True)
+    digest = manifest.digest()
+    if evaluation.get("candidate_digest") != digest or benchmark.get("candidate_digest") != digest:
+        raise RegistryError(
+            f"gate/benchmark results for {variant.id}/{recipe.name} were computed on another build of the candidate; "
+            "re-run evaluate and benchmark"
+        )
+    client = connect(settings)
+    experiment_id = ensure_experiment(client, settings)
+    model_name = names.registered_model_name(variant.task)
+    tags = {
+        names.TAG_VARIANT: variant.id,
+        names.TAG_RECIPE: recipe.name,
+        names.TAG_PRECISION: recipe.precision,
+        names.TAG_DEVICE: device,
+        names.TAG_REVISION: manifest.revision or "unpinned",
+        names.TAG_SOURCE: manifest.source,
+        names.TAG_TASK: variant.task,
+        names.TAG_GATE: "passed" if evaluation["passed"] else "failed",
+        names.TAG_DIGEST: digest,
+        names.TAG_CAPABILITIES: ",".join(variant.capabilities),
+    }
+    estimate_mb = estimate_memory(variant, precision=recipe.precision, context_length=min(2048, variant.context_length)).total / 2**20
+    existing = _find_version(client, model_name, digest, device)
+    try:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"{variant.id}:{recipe.name}:{device}") as run:
+            mlflow.set_tags({**tags, "mlflow.note.content": _note(variant, recipe, evaluation)})
+            mlflow.log_params(
+                {
+                    "variant": variant.id,
+                    "family": variant.family,
+                    "repo_id": variant.repo_id,
+                    "revision": manifest.revision or "unpinned",
+                    "source": manifest.source,
+                    "task": variant.task,
+                    "params": variant.params,
+                    "recipe": recipe.name,
+                    "method": recipe.method,
+                    "precision": recipe.precision,
+                    "bits": recipe.bits,
+                    "block_size": recipe.block_size,
+                    "device": device,
+                    "threads": benchmark["context"]["threads"],
+                }
+            )
+            mlflow.log_metrics(_flat_metrics(evaluation, benchmark, estimate_mb))
+            mlflow.log_dict(evaluation, "gate.json")
+            mlflow.log_dict(benchmark, "benchmark.json")
+            mlflow.log_dict(manifest.model_dump(mode="json"), "manifest.json")
+            if not evaluation["passed"]:
+                logger.info("%s/%s failed its gate: logged, not registered", variant.id, recipe.name)
+                return Registered(run.info.run_id, None, None, reused=False)
+            if existing is not None:
+                client.set_model_version_tag(model_name, existing, "slmops.latest_run", run.info.run_id)
+                mlflow.set_tag("slmops.version", existing)
+                return Registered(run.info.run_id, model_name, existing, reused=True)
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=SlmopsModel(),
+                artifacts={ARTIFACT_KEY: str(Path(folder).resolve())},
+                signature=signature_for(variant.task),
+                pip_requirements=[f"{p}=={metadata.version(p)}" for p in RUNTIME_REQUIREMENTS],
+                registered_model_name=model_name,
+                tags=tags,
+            )
+            version = str(info.registered_model_version)
+            for key, value in {**tags, "slmops.latest_run": run.info.run_id}.items():
+                client.set_model_version_tag(model_name, version, key, value)
+            mlflow.set_tag("slmops.version", version)
+    except RegistryError:
+        raise
+    except Exception as exc:  # mlflow raises MlflowException and OSError alike
+        raise RegistryError(f"registering {variant.id}/{recipe.name} in {settings.resolved_tracking_uri()} failed: {exc}") from exc
+    logger.info("registered %s/%s as %s version %s", variant.id, recipe.name, model_name, version)
+    return Registered(run.info.run_id, model_name, version, reused=False)
+
+
+def _find_version(client: Any, model_name: str, digest: str, device: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{model_name}'")
+    except MlflowException:
+        return None
+    for v in versions:
+        if v.tags.get(names.TAG_DIGEST) == digest and v.tags.get(names.TAG_DEVICE) == device:
+            return str(v.version)
+    return None
+
+
+def _note(variant: Variant, recipe: Recipe, evaluation: dict[str, Any]) -> str:
+    verdict = "passed" if evaluation["passed"] else "FAILED: " + "; ".join(evaluation["reasons"])
+    return f"{variant.id} ({variant.repo_id}) with recipe `{recipe.name}` ({recipe.description}). Gate {verdict}."

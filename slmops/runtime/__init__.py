@@ -1,0 +1,10 @@
+"""The runtime apps import: registry-driven loading, generation, chat, embeddings and reranking.
+
+Never imports torch, transformers or optimum.
+"""
+
+from slmops.runtime.loader import load
+from slmops.runtime.params import GenerationParams
+from slmops.runtime.states import LoadingEvent, LoadingState
+
+__all__ = ["GenerationParams", "LoadingEvent", "LoadingState", "load"]
