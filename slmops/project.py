@@ -97,6 +97,16 @@ class Project:
         from slmops.export.exporters import EXPORTERS
         from slmops.fetch.sources import SOURCES
 
+        from slmops.catalog.schema import CAPABILITIES
+
+        self.gates  # noqa: B018 - parse now so a bad file fails before any work
+        for name, uc in self.usecases.items():
+            bad = [c for c in uc.capabilities if c not in CAPABILITIES]
+            if bad:
+                raise ConfigError(
+                    f"{self.settings.config_dir / 'usecases.yaml'}: use case {name!r}: unknown capabilities {bad}; "
+                    f"use {', '.join(CAPABILITIES)}"
+                )
         path = self.settings.config_dir / "pipeline.yaml"
         cfg = self.config
         for variant_id, sel in cfg.selection.items():

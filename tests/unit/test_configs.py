@@ -1,0 +1,71 @@
+"""Every config file parses from configs/ and rejects bad values with a message naming them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slmops.errors import ConfigError
+from slmops.evaluate.gates import load_gates
+from slmops.project import Project
+from slmops.quantize.recipes import load_recipes
+from slmops.recommend.usecases import load_usecases
+from slmops.settings import Settings
+
+REAL = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_real_configs_load_and_cross_check() -> None:
+    project = Project.load(Settings(config_dir=REAL))
+    assert set(project.config.selection) == {"smollm2-135m-instruct", "all-minilm-l6-v2"}
+    assert {"chat-cpu", "embeddings-cpu"} <= set(project.usecases)
+    assert project.recipes["wo-int8"].bits == 8 and project.recipes["wo-int8"].method == "matmul_nbits"
+    assert project.gates.causal_lm.max_ppl_ratio == pytest.approx(1.03)
+
+
+def _copy(tmp_path: Path) -> Path:
+    dst = tmp_path / "configs"
+    shutil.copytree(REAL, dst)
+    return dst
+
+
+def _edit(path: Path, fn) -> None:  # noqa: ANN001
+    data = yaml.safe_load(path.read_text())
+    fn(data)
+    path.write_text(yaml.safe_dump(data))
+
+
+@pytest.mark.parametrize(
+    ("file", "mutate", "needles"),
+    [
+        ("recipes.yaml", lambda d: d["recipes"]["wo-int8"].update(bits=3), ["wo-int8", "bits"]),
+        ("recipes.yaml", lambda d: d["recipes"]["wo-int8"].update(block_size=48), ["wo-int8", "block_size=48"]),
+        ("recipes.yaml", lambda d: d["recipes"]["fp32"].update(speed="fast"), ["fp32", "speed"]),
+        ("gates.yaml", lambda d: d["causal-lm"].update(max_ppl_ratio=0.5), ["max_ppl_ratio", "0.5"]),
+        ("usecases.yaml", lambda d: d["usecases"]["chat-cpu"].update(max_memory_mb=-1), ["chat-cpu", "max_memory_mb"]),
+        ("usecases.yaml", lambda d: d["usecases"]["chat-cpu"].update(objective="vibes"), ["chat-cpu", "objective"]),
+        ("pipeline.yaml", lambda d: d["benchmark"].update(new_tokens=0), ["benchmark.new_tokens", "0"]),
+        ("pipeline.yaml", lambda d: d["selection"]["all-minilm-l6-v2"].update(recipes=["fp32", "wo-int8"]),
+         ["wo-int8", "sentence-embedding"]),
+        ("pipeline.yaml", lambda d: d["selection"]["all-minilm-l6-v2"].update(recipes=["dyn-int8-pc"]), ["reference recipe"]),
+        ("pipeline.yaml", lambda d: d["selection"]["all-minilm-l6-v2"].update(source="ftp"), ["source='ftp'"]),
+        ("pipeline.yaml", lambda d: d["selection"].update({"no-such-model": {"recipes": ["fp32"]}}), ["no-such-model"]),
+    ],
+)
+def test_bad_config_is_rejected_clearly(tmp_path: Path, file: str, mutate, needles: list[str]) -> None:
+    config_dir = _copy(tmp_path)
+    _edit(config_dir / file, mutate)
+    with pytest.raises(Exception) as err:
+        Project.load(Settings(config_dir=config_dir))
+    assert isinstance(err.value, (ConfigError, LookupError))
+    for needle in needles:
+        assert needle in str(err.value), str(err.value)
+
+
+def test_missing_config_file_says_what_to_set(tmp_path: Path) -> None:
+    for loader in (load_recipes, load_gates, load_usecases):
+        with pytest.raises(ConfigError, match="SLMOPS_CONFIG_DIR"):
+            loader(tmp_path / "nope.yaml")
