@@ -71,7 +71,7 @@ def build(variants: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from slmops.cli.common import cli_errors
-    from slmops.cli.stages import print_recommendations
+    from slmops.cli.common import cli_errors, console
 
-    cli_errors(lambda: print_recommendations(build(sys.argv[1:] or None)))()
+    decisions = cli_errors(lambda: build(sys.argv[1:] or None))()
+    console.print(f"built; {sum(d['chosen'] is not None for d in decisions.values())} of {len(decisions)} use cases have a model")

@@ -9,13 +9,13 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point every store slmops, MLflow, Prefect and huggingface_hub use at a temp dir."""
-    from slmops.settings import get_settings
+UNSET = ("SLMOPS_TRACKING_URI", "MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE", "SLMOPS_OFFLINE", "HF_TOKEN", "HF_ENDPOINT",
+         "SLMOPS_THREADS")
 
-    home = tmp_path / "home"
-    env = {
+
+def isolated_env(home: Path) -> dict[str, str]:
+    """Environment pointing every store slmops, MLflow, Prefect and huggingface_hub use under ``home``."""
+    return {
         "SLMOPS_ARTIFACTS_DIR": str(home / "artifacts"),
         "SLMOPS_MLRUNS_DIR": str(home / "mlruns"),
         "SLMOPS_CACHE_DIR": str(home / "cache"),
@@ -27,11 +27,25 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
     }
+
+
+def apply_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    from slmops.settings import get_settings
+
+    for key in UNSET:
+        monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    for key in ("SLMOPS_TRACKING_URI", "MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE", "SLMOPS_OFFLINE", "HF_TOKEN", "HF_ENDPOINT"):
-        monkeypatch.delenv(key, raising=False)
     get_settings.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own artifacts, MLflow store, caches and Hub cache."""
+    from slmops.settings import get_settings
+
+    home = tmp_path / "home"
+    apply_env(monkeypatch, isolated_env(home))
     yield home
     get_settings.cache_clear()
 
@@ -57,20 +71,13 @@ def hub(tiny_models: dict[str, tuple[Path, dict]]):
         yield server
 
 
-@pytest.fixture()
-def tiny_project(isolated: Path, tiny_models, hub, monkeypatch: pytest.MonkeyPatch):
-    """Settings + configs for a pipeline over the tiny models served by ``hub``."""
-    from slmops.project import Project
-    from slmops.settings import get_settings
+def tiny_env(home: Path, tiny_models: dict[str, tuple[Path, dict]], endpoint: str) -> dict[str, str]:
+    """isolated_env plus configs/ for a pipeline over the tiny models served at ``endpoint``."""
     from tests.support.tiny import write_configs
 
-    config_dir = isolated / "configs"
+    config_dir = home / "configs"
     write_configs(config_dir, variants={vid: facts for vid, (_, facts) in tiny_models.items()})
-    monkeypatch.setenv("SLMOPS_CONFIG_DIR", str(config_dir))
-    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
-    monkeypatch.setenv("SLMOPS_THREADS", "1")
-    get_settings.cache_clear()
-    return Project.load()
+    return {**isolated_env(home), "SLMOPS_CONFIG_DIR": str(config_dir), "HF_ENDPOINT": endpoint, "SLMOPS_THREADS": "1"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

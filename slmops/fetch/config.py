@@ -12,6 +12,7 @@ DEFAULT_ALLOW_PATTERNS: tuple[str, ...] = (
     "generation_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
+    "chat_template.jinja",
     "special_tokens_map.json",
     "added_tokens.json",
     "vocab.txt",

@@ -65,6 +65,12 @@ def _package_path(variant: Variant, expected_kind: str) -> Path:
     return path
 
 
+def _package_pin(variant: Variant) -> str:
+    """The offline source's revision: its distribution pinned to the installed version."""
+    dist = variant.offline_source.package.replace("_", "-")  # type: ignore[union-attr]
+    return f"pypi:{dist}=={importlib.metadata.version(dist)}"
+
+
 @register_source("package")
 def fetch_package(variant: Variant, config: FetchConfig, out: Path, settings: Settings) -> Fetched:
     """Copy an HF model folder shipped inside an installed package."""
@@ -73,8 +79,8 @@ def fetch_package(variant: Variant, config: FetchConfig, out: Path, settings: Se
         rel = path.relative_to(folder)
         if path.is_file() and not rel.name.startswith(".") and rel.suffix not in {".bin", ".pt", ".pth", ".pkl"}:
             link_or_copy(path, out / rel)
-    version = importlib.metadata.version(variant.offline_source.package.replace("_", "-"))  # type: ignore[union-attr]
-    return Fetched(source="package", revision=None, origin=f"{variant.offline_source.package}=={version}")  # type: ignore[union-attr]
+    pin = _package_pin(variant)
+    return Fetched(source="package", revision=pin, origin=pin)
 
 
 @register_source("gguf")
@@ -89,8 +95,8 @@ def fetch_gguf(variant: Variant, config: FetchConfig, out: Path, settings: Setti
     _fix_gguf_tokenizer(tokenizer, model.config)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    version = importlib.metadata.version(variant.offline_source.package.replace("_", "-"))  # type: ignore[union-attr]
-    return Fetched(source="gguf", revision=None, origin=f"{variant.offline_source.package}=={version}:{gguf.name}")  # type: ignore[union-attr]
+    pin = _package_pin(variant)
+    return Fetched(source="gguf", revision=pin, origin=f"{pin}:{gguf.name}")
 
 
 def _fix_gguf_tokenizer(tokenizer, config) -> None:  # noqa: ANN001 - transformers types

@@ -14,7 +14,7 @@ from typing import Any
 
 from slmops.artifacts import read_manifest
 from slmops.catalog.estimate import RUNTIME_OVERHEAD_BYTES
-from slmops.errors import MemoryBudgetError, ModelLoadError, RegistryError, SlmopsError
+from slmops.errors import IntegrityError, MemoryBudgetError, ModelLoadError, RegistryError, SlmopsError
 from slmops.runtime.open import Model, open_folder
 from slmops.runtime.states import LoadingEvent, LoadingState, StateCallback
 from slmops.settings import Settings, get_settings
@@ -51,14 +51,16 @@ def load(
     try:
         if target is not None and Path(target).is_dir():
             folder = Path(target)
+            read_manifest(folder, verify=True)
         else:
             uri = _resolve_uri(target, task=task, device=device, max_memory_mb=max_memory_mb,
                                max_latency_ms=max_latency_ms, min_quality=min_quality,
                                capabilities=capabilities or [], settings=settings)
-            folder = _download(uri, settings=settings, notify=lambda p: notify(LoadingEvent(LoadingState.DOWNLOADING, label, progress=p)))
+            progress = lambda p: notify(LoadingEvent(LoadingState.DOWNLOADING, label, progress=p))  # noqa: E731
+            folder = _cached_or_download(uri, settings=settings, notify=progress)
         notify(LoadingEvent(LoadingState.LOADING, label))
         _check_budget(folder, max_memory_mb)
-        model = open_folder(folder, device=device, threads=settings.threads, verify=True)
+        model = open_folder(folder, device=device, threads=settings.threads, verify=False)
     except SlmopsError as exc:
         notify(LoadingEvent(LoadingState.FAILED, label, detail=str(exc)))
         raise
@@ -90,8 +92,12 @@ def _resolve_uri(target: str | None, *, task: str | None, device: str, settings:
     return best(registered_candidates(client, task), wanted, objective, what="the given constraints").uri
 
 
-def _download(uri: str, *, settings: Settings, notify: Any) -> Path:
-    """Artifacts of ``uri`` in the local cache (downloaded once per version, verified on every load)."""
+def _cached_or_download(uri: str, *, settings: Settings, notify: Any) -> Path:
+    """The verified artifact folder of ``uri``: from the cache when intact, else downloaded (once per version).
+
+    A cached copy that fails its sha256 check is discarded and downloaded again; a fresh
+    download that fails the check raises IntegrityError.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -103,11 +109,22 @@ def _download(uri: str, *, settings: Settings, notify: Any) -> Path:
         raise RegistryError(f"{uri} does not resolve in {settings.resolved_tracking_uri()}: {exc.message}") from None
     cache = settings.cache_dir / "models" / name / version
     if (cache / "MLmodel").is_file():
-        notify(1.0)
-        return _model_folder(cache, uri)
+        folder = _model_folder(cache, uri)
+        try:
+            read_manifest(folder, verify=True)
+            notify(1.0)
+            return folder
+        except IntegrityError as exc:
+            logger.warning("cached copy of %s is corrupt (%s); downloading it again", uri, exc)
+    return _download(uri, source, cache, notify=notify)
+
+
+def _download(uri: str, source: str, cache: Path, *, notify: Any) -> Path:
+    import mlflow
+
     notify(0.0)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=cache.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp)))
         read_manifest(_model_folder(local, uri), verify=True)
