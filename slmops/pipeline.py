@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from slmops.artifacts import write_json_atomic
@@ -68,7 +69,8 @@ def evaluate(project: Project, variant_id: str) -> dict[str, Any]:
     )
 
 
-def benchmark(project: Project, variant_id: str) -> dict[str, Any]:
+def benchmark(project: Project, variant_id: str, *, on_done: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Benchmark every candidate of the variant, one fresh subprocess each; ``on_done(recipe)`` after each."""
     from slmops.benchmark import run_benchmark
 
     _, sel = project.selected(variant_id)
@@ -80,6 +82,8 @@ def benchmark(project: Project, variant_id: str) -> dict[str, Any]:
             device=project.config.device,
             out=project.bench_file(variant_id, name),
         )
+        if on_done is not None:
+            on_done(name)
     return results
 
 

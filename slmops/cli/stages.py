@@ -55,18 +55,12 @@ def bench(variant: str) -> None:
     from rich.progress import Progress
 
     from slmops import pipeline
-    from slmops.benchmark import run_benchmark
 
     proj = project()
     _, sel = proj.selected(variant)
-    rows: dict[str, Any] = {}
     with Progress(console=console, transient=True) as progress:
         job = progress.add_task(f"benchmarking {variant}", total=len(sel.recipes))
-        for name in sel.recipes:
-            rows[name] = run_benchmark(proj.candidate_dir(variant, name), config=proj.config.benchmark,
-                                       device=proj.config.device, out=proj.bench_file(variant, name))
-            progress.advance(job)
-    del pipeline
+        rows = pipeline.benchmark(proj, variant, on_done=lambda _: progress.advance(job))
     table = Table(title=f"benchmark: {variant} ({proj.config.device}, {proj.config.benchmark.threads} threads)")
     keys = ["load_s", "ttft_ms", "decode_tok_s", "items_per_s", "peak_rss_mb", "size_mb"]
     keys = [k for k in keys if any(k in r for r in rows.values())]

@@ -44,7 +44,7 @@ def test_recommended_models_answer(real_project, monkeypatch: pytest.MonkeyPatch
     assert decisions["chat-cpu"]["chosen"] and decisions["embeddings-cpu"]["chosen"]
     settings = project.settings
     chat = slmops.load("chat-cpu", settings=settings)
-    reply = chat.chat([{"role": "user", "content": "What is the capital of France?"}], temperature=0, max_tokens=24)
+    reply = chat.chat([{"role": "user", "content": "What is the capital of France? Answer in one sentence."}], temperature=0, max_tokens=24)
     assert "Paris" in reply
     streamed = "".join(chat.stream(messages=[{"role": "user", "content": "Name a color."}], temperature=0.7, seed=5, max_tokens=16))
     assert streamed == chat.generate(messages=[{"role": "user", "content": "Name a color."}], temperature=0.7, seed=5, max_tokens=16)
