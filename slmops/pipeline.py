@@ -28,6 +28,7 @@ def fetch(
         source=source or (sel.source if sel else "hub"),
         revision=revision or (sel.revision if sel else None),
         offline=offline,
+        trusted_remote_code=project.remote_code,
     )
     manifest = run_fetch(variant, out=project.fetch_dir(variant_id), config=config, settings=project.settings)
     return {"variant": variant_id, "source": manifest.source, "revision": manifest.revision, "files": len(manifest.files)}

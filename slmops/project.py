@@ -90,6 +90,19 @@ class Project:
         return load_usecases(self.settings.config_dir / "usecases.yaml")
 
     @cached_property
+    def remote_code(self) -> dict[str, str]:
+        """repo_id -> the commit sha whose remote code was reviewed (configs/remote_code.yaml)."""
+        path = self.settings.config_dir / "remote_code.yaml"
+        if not path.is_file():
+            return {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        allow = data.get("allow") or {}
+        bad = {k: v for k, v in allow.items() if not (isinstance(v, str) and len(v) == 40 and all(c in "0123456789abcdef" for c in v))}
+        if not isinstance(allow, dict) or bad:
+            raise ConfigError(f"{path}: allow must map repo_id -> 40-hex commit sha; bad entries: {bad}")
+        return dict(allow)
+
+    @cached_property
     def config(self) -> PipelineConfig:
         return load_pipeline_config(self.settings.config_dir / "pipeline.yaml")
 
@@ -100,6 +113,7 @@ class Project:
         from slmops.catalog.schema import CAPABILITIES
 
         self.gates  # noqa: B018 - parse now so a bad file fails before any work
+        self.remote_code  # noqa: B018
         for name, uc in self.usecases.items():
             bad = [c for c in uc.capabilities if c not in CAPABILITIES]
             if bad:

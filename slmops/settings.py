@@ -42,7 +42,17 @@ class Settings(BaseSettings):
     hf_endpoint: str | None = Field(default=None, validation_alias=AliasChoices("SLMOPS_HF_ENDPOINT", "HF_ENDPOINT"))
     hf_offline: bool = Field(default=False, validation_alias=AliasChoices("SLMOPS_OFFLINE", "HF_HUB_OFFLINE"))
     hf_token: str | None = Field(default=None, validation_alias=AliasChoices("SLMOPS_HF_TOKEN", "HF_TOKEN"), repr=False)
-    hf_cache_dir: Path | None = Field(default=None, description="huggingface_hub cache; default: its own (HF_HOME).")
+    hf_cache_dir: Path | None = Field(
+        default=None, validation_alias=AliasChoices("SLMOPS_HF_CACHE_DIR", "HF_HUB_CACHE"),
+        description="huggingface_hub cache; default: $HF_HOME/hub.",
+    )
+    hf_home: Path = Field(
+        default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface",
+        validation_alias=AliasChoices("SLMOPS_HF_HOME", "HF_HOME"),
+    )
+    hub_timeout_s: float = Field(default=10.0, gt=0, description="Seconds without data before a Hub request times out.")
+    hub_retries: int = Field(default=5, ge=0, description="Retries per file after transient Hub errors.")
+    hub_backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles per retry (max 30 s).")
     threads: int = Field(default_factory=_default_threads, ge=1, description="Intra-op threads for onnxruntime.")
     device: Literal["cpu", "cuda"] = "cpu"
     log_level: str = "WARNING"
@@ -51,6 +61,10 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: str) -> str:
         return value.upper()
+
+    def resolved_hf_cache(self) -> Path:
+        """The Hub cache, read here rather than from huggingface_hub.constants (fixed when it was imported)."""
+        return self.hf_cache_dir or self.hf_home / "hub"
 
     def resolved_tracking_uri(self) -> str:
         """The MLflow URI to use: the configured one, or SQLite under ``mlruns_dir``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
         if "/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
+    """The fault tests' ledger: how many faults were injected, recovered, and corrupt files left (must be 0)."""
+    module = sys.modules.get("tests.integration.test_fetch_hub")
+    if module is not None and module.FAULTS["injected"]:
+        terminalreporter.write_line(module.fault_summary())

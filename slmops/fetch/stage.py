@@ -9,6 +9,7 @@ from slmops.artifacts import Manifest, atomic_folder, write_manifest
 from slmops.catalog.schema import Variant
 from slmops.errors import ConfigError
 from slmops.fetch.config import FetchConfig
+from slmops.fetch import hub as _hub  # noqa: F401 - registers the hub source
 from slmops.fetch.sources import SOURCES, compare_with_config
 from slmops.settings import Settings, get_settings
 
@@ -23,7 +24,11 @@ def fetch(variant: Variant, *, out: Path, config: FetchConfig | None = None, set
         source = SOURCES[config.source]
     except KeyError:
         raise ConfigError(f"unknown fetch source {config.source!r}; use one of {', '.join(SOURCES)}") from None
-    with atomic_folder(out) as tmp:
+    from filelock import FileLock
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # one fetch of a folder at a time: a concurrent fetch of the same variant waits, then replaces it whole
+    with FileLock(str(out.parent / f".{out.name}.lock")), atomic_folder(out) as tmp:
         fetched = source(variant, config, tmp, settings)
         mismatches = compare_with_config(variant, tmp)
         manifest = write_manifest(
@@ -32,7 +37,7 @@ def fetch(variant: Variant, *, out: Path, config: FetchConfig | None = None, set
             variant=variant.id,
             source=fetched.source,
             revision=fetched.revision,
-            info={"origin": fetched.origin, "repo_id": variant.repo_id, "catalog_mismatches": mismatches},
+            info={"origin": fetched.origin, "repo_id": variant.repo_id, "catalog_mismatches": mismatches, **fetched.info},
         )
     logger.info("fetched %s from %s (%d files)", variant.id, fetched.origin, len(manifest.files))
     return manifest

@@ -7,10 +7,13 @@ ETag / X-Linked-Etag and sizes, Range requests, and X-Error-Code errors.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import re
+import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -41,11 +44,48 @@ class Repo:
         return self.commits.get(sha)
 
 
+@dataclass
+class Fault:
+    """Misbehave on requests whose path matches ``pattern`` (fnmatch), ``times`` times.
+
+    kinds: ``drop`` (close the connection after ``arg`` body bytes), ``flip`` (invert the byte
+    at offset ``arg``), ``status`` (answer HTTP ``arg``: 500, 503, 429 ...), ``stall`` (send
+    nothing for ``arg`` seconds, then the body).
+    """
+
+    kind: str
+    pattern: str
+    times: int = 1
+    arg: float = 0
+    method: str = "GET"
+    fired: int = 0
+    paths: set[str] = field(default_factory=set)
+
+
 class HubState:
     def __init__(self) -> None:
         self.repos: dict[str, Repo] = {}
-        self.requests: list[tuple[str, str]] = []
+        self.requests: list[tuple[str, str, dict]] = []
+        self.faults: list[Fault] = []
         self.lock = threading.Lock()
+
+    def inject(self, kind: str, pattern: str, *, times: int = 1, arg: float = 0, method: str = "GET") -> Fault:
+        fault = Fault(kind, pattern, times, arg, method)
+        self.faults.append(fault)
+        return fault
+
+    def take_fault(self, method: str, path: str) -> Fault | None:
+        with self.lock:
+            for fault in self.faults:
+                if fault.fired < fault.times and fault.method == method and fnmatch.fnmatch(path, fault.pattern):
+                    fault.fired += 1
+                    fault.paths.add(path)
+                    return fault
+        return None
+
+    @property
+    def faults_injected(self) -> int:
+        return sum(f.fired for f in self.faults)
 
     def publish(self, repo_id: str, files: dict[str, bytes], *, branch: str = "main") -> str:
         """Add a commit with ``files`` on ``branch``; returns its sha."""
@@ -125,7 +165,16 @@ def make_handler(state: HubState) -> type[BaseHTTPRequestHandler]:
             url = urlparse(self.path)
             path = unquote(url.path)
             with state.lock:
-                state.requests.append((self.command, path))
+                state.requests.append((self.command, path, dict(self.headers)))
+            fault = state.take_fault(self.command, path)
+            if fault is not None and fault.kind == "status":
+                status = int(fault.arg)
+                self.send_response(status)
+                if status == 429:
+                    self.send_header("Retry-After", "0")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if m := _API_RE.match(path):
                 found = self._repo_commit(m["repo"], m["rest"].split("/", 1)[0])
                 if found is None:
@@ -146,11 +195,11 @@ def make_handler(state: HubState) -> type[BaseHTTPRequestHandler]:
                 if data is None:
                     self._error(404, "EntryNotFound", f"{m['path']} does not exist on {m['rev']}")
                     return
-                self._send_file(commit, data, send_body=send_body)
+                self._send_file(commit, data, send_body=send_body, fault=fault)
                 return
             self._error(404, "RepoNotFound", f"unknown path {path}")
 
-        def _send_file(self, commit: Commit, data: bytes, *, send_body: bool) -> None:
+        def _send_file(self, commit: Commit, data: bytes, *, send_body: bool, fault: Fault | None = None) -> None:
             entry = _entry("", data)
             etag = entry["lfs"]["oid"] if "lfs" in entry else entry["oid"]
             start, end, status = 0, len(data), 200
@@ -170,10 +219,30 @@ def make_handler(state: HubState) -> type[BaseHTTPRequestHandler]:
             self.send_header("Accept-Ranges", "bytes")
             self.send_header("Content-Length", str(end - start))
             self.end_headers()
-            if send_body:
-                self.wfile.write(data[start:end])
+            if not send_body:
+                return
+            body = data[start:end]
+            if fault is not None and fault.kind == "stall":
+                time.sleep(fault.arg)
+            elif fault is not None and fault.kind == "flip":
+                at = min(int(fault.arg), len(body) - 1)
+                body = body[:at] + bytes([body[at] ^ 0xFF]) + body[at + 1 :]
+            elif fault is not None and fault.kind == "drop":
+                self.wfile.write(body[: int(fault.arg)])
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            self.wfile.write(body)
 
     return Handler
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients hanging up on injected faults are expected
 
 
 class HubServer:
@@ -181,7 +250,7 @@ class HubServer:
 
     def __init__(self) -> None:
         self.state = HubState()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(self.state))
+        self.httpd = _QuietServer(("127.0.0.1", 0), make_handler(self.state))
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
