@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -66,9 +67,6 @@ def register(
     import mlflow
     import mlflow.pyfunc
 
-    from slmops.register.names import ARTIFACT_KEY
-    from slmops.register.pyfunc import SlmopsModel, signature_for
-
     settings = settings or get_settings()
     manifest = read_manifest(folder, verify=True)
     digest = manifest.digest()
@@ -126,16 +124,13 @@ def register(
                 client.set_model_version_tag(model_name, existing, "slmops.latest_run", run.info.run_id)
                 mlflow.set_tag("slmops.version", existing)
                 return Registered(run.info.run_id, model_name, existing, reused=True)
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=SlmopsModel(),
-                artifacts={ARTIFACT_KEY: str(Path(folder).resolve())},
-                signature=signature_for(variant.task),
-                pip_requirements=[f"{p}=={metadata.version(p)}" for p in RUNTIME_REQUIREMENTS],
-                registered_model_name=model_name,
-                tags=tags,
-            )
+            with warnings.catch_warnings():
+                # we pass an explicit signature; an input example would make MLflow run the model at log time
+                warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+                warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+                info = _log_model(model_name, variant, folder, tags)
             version = str(info.registered_model_version)
+
             for key, value in {**tags, "slmops.latest_run": run.info.run_id}.items():
                 client.set_model_version_tag(model_name, version, key, value)
             mlflow.set_tag("slmops.version", version)
@@ -145,6 +140,24 @@ def register(
         raise RegistryError(f"registering {variant.id}/{recipe.name} in {settings.resolved_tracking_uri()} failed: {exc}") from exc
     logger.info("registered %s/%s as %s version %s", variant.id, recipe.name, model_name, version)
     return Registered(run.info.run_id, model_name, version, reused=False)
+
+
+def _log_model(model_name: str, variant: Variant, folder: Path, tags: dict[str, str]) -> Any:
+    """Log the candidate folder as a pyfunc model (models-from-code, no pickle) and register it."""
+    import mlflow.pyfunc
+
+    from slmops.register.names import ARTIFACT_KEY
+    from slmops.register.pyfunc import signature_for
+
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(Path(__file__).with_name("model_code.py")),
+        artifacts={ARTIFACT_KEY: str(Path(folder).resolve())},
+        signature=signature_for(variant.task),
+        pip_requirements=[f"{p}=={metadata.version(p)}" for p in RUNTIME_REQUIREMENTS],
+        registered_model_name=model_name,
+        tags=tags,
+    )
 
 
 def _find_version(client: Any, model_name: str, digest: str, device: str) -> str | None:
