@@ -66,7 +66,7 @@ def evaluate(project: Project, variant_id: str) -> dict[str, Any]:
         reference=project.config.reference_recipe,
         gates=project.gates,
         out=project.gate_file(variant_id),
-        threads=project.config.benchmark.threads,
+        threads=project.settings.threads,
     )
 
 
@@ -80,7 +80,7 @@ def benchmark(project: Project, variant_id: str, *, on_done: Callable[[str], Non
         results[name] = run_benchmark(
             project.candidate_dir(variant_id, name),
             config=project.config.benchmark,
-            device=project.config.device,
+            profiles=project.device_profiles,
             out=project.bench_file(variant_id, name),
         )
         if on_done is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from slmops.benchmark.config import BenchmarkConfig
+from slmops.benchmark.config import BenchmarkConfig, DeviceProfile, load_device_profiles
 from slmops.catalog.schema import Catalog, Variant, load_catalog
 from slmops.errors import ConfigError
 from slmops.evaluate.gates import Gates, load_gates
@@ -90,6 +90,10 @@ class Project:
         return load_usecases(self.settings.config_dir / "usecases.yaml")
 
     @cached_property
+    def device_profiles(self) -> dict[str, DeviceProfile]:
+        return load_device_profiles(self.settings.config_dir / "devices.yaml")
+
+    @cached_property
     def remote_code(self) -> dict[str, str]:
         """repo_id -> the commit sha whose remote code was reviewed (configs/remote_code.yaml)."""
         path = self.settings.config_dir / "remote_code.yaml"
@@ -123,6 +127,10 @@ class Project:
                 )
         path = self.settings.config_dir / "pipeline.yaml"
         cfg = self.config
+        unknown = [p for p in cfg.benchmark.profiles if p not in self.device_profiles]
+        if unknown:
+            raise ConfigError(f"{path}: benchmark.profiles: unknown {unknown}; defined in devices.yaml: "
+                              f"{', '.join(self.device_profiles)}")
         for variant_id, sel in cfg.selection.items():
             variant = self.catalog.get(variant_id)
             where = f"{path}: selection.{variant_id}"

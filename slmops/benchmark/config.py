@@ -1,20 +1,71 @@
-"""Benchmark options (the ``benchmark:`` section of configs/pipeline.yaml)."""
+"""Benchmark options (the ``benchmark:`` section of configs/pipeline.yaml) and device profiles (configs/devices.yaml)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from slmops.errors import ConfigError
 
 
-class BenchmarkConfig(BaseModel):
-    """How each candidate is measured in its own subprocess."""
+class DeviceProfile(BaseModel):
+    """Where a benchmark runs: a device (which selects the execution provider) and a thread count."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    prompt_tokens: int = Field(default=128, ge=1, description="Decoder prompt length for TTFT and decode.")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9\-]*$")
+    device: Literal["cpu", "cuda"]
+    threads: int = Field(default=2, ge=1, le=256, description="onnxruntime intra-op threads.")
+    description: str = ""
+
+
+class BenchmarkConfig(BaseModel):
+    """How each candidate is measured, in a fresh subprocess per device profile."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profiles: list[str] = Field(default_factory=lambda: ["cpu-2t"], min_length=1,
+                                description="Device profiles from configs/devices.yaml; the first that runs is the headline.")
+    prompt_tokens: list[int] = Field(default_factory=lambda: [32, 128, 512], min_length=1,
+                                     description="Decoder prompt lengths for TTFT and decode speed.")
+    headline_prompt_tokens: int = Field(default=128, ge=1, description="The prompt length whose numbers are the headline metrics.")
     new_tokens: int = Field(default=64, ge=2, description="Tokens generated per decode run.")
     warmup: int = Field(default=1, ge=0)
     repeats: int = Field(default=3, ge=1)
-    batch_size: int = Field(default=32, ge=1, description="Encoder batch size for items/s.")
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 32], min_length=1, description="Encoder batch sizes.")
     items: int = Field(default=256, ge=1, description="Encoder items per timed run.")
-    threads: int = Field(default=2, ge=1, description="onnxruntime intra-op threads.")
+    sample_interval_ms: float = Field(default=5.0, gt=0, le=1000, description="RSS sampling period.")
     timeout_s: float = Field(default=900, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BenchmarkConfig:
+        if self.headline_prompt_tokens not in self.prompt_tokens:
+            raise ValueError(f"headline_prompt_tokens={self.headline_prompt_tokens} must be one of prompt_tokens {self.prompt_tokens}")
+        bad = [n for n in self.prompt_tokens + self.batch_sizes if n < 1]
+        if bad:
+            raise ValueError(f"prompt_tokens and batch_sizes must be positive, got {bad}")
+        return self
+
+
+def load_device_profiles(path: Path) -> dict[str, DeviceProfile]:
+    """Profiles by name from configs/devices.yaml; raises ConfigError naming the profile and field."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"device profiles file {path} not found; set SLMOPS_CONFIG_DIR") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("profiles"), dict):
+        raise ConfigError(f"{path}: expected a top-level 'profiles:' mapping of name -> profile")
+    out = {}
+    for name, raw in data["profiles"].items():
+        try:
+            out[name] = DeviceProfile.model_validate({**(raw or {}), "name": name})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"]) or "(entry)"
+            raise ConfigError(f"{path}: profile {name!r}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
+    return out

@@ -1,4 +1,4 @@
-"""Run the benchmark worker for a candidate in a fresh subprocess and collect its result with context."""
+"""Run the benchmark worker for a candidate, one fresh subprocess per device profile, and collect the results."""
 
 from __future__ import annotations
 
@@ -12,20 +12,23 @@ from pathlib import Path
 from typing import Any
 
 from slmops.artifacts import folder_size, read_manifest, write_json_atomic
-from slmops.benchmark.config import BenchmarkConfig
-from slmops.errors import BenchmarkError
+from slmops.benchmark.config import BenchmarkConfig, DeviceProfile
+from slmops.errors import BenchmarkError, ConfigError
+from slmops.runtime.session import DEVICE_PROVIDERS
 
 logger = logging.getLogger(__name__)
+HEADLINE_KEYS = ("load_s", "ttft_ms", "decode_tok_s", "token_latency_ms", "items_per_s", "latency_ms_batch1",
+                 "peak_rss_mb", "peak_rss_sampled_mb", "rss_after_load_mb", "providers")
 
 
-def machine_context(threads: int) -> dict[str, Any]:
-    """CPU model and flags, thread count and onnxruntime build, recorded with every result."""
+def machine_context(profile: DeviceProfile) -> dict[str, Any]:
+    """CPU model and flags, threads and the onnxruntime build, recorded with every result."""
     import onnxruntime as ort
 
-    cpu, flags = platform.processor() or platform.machine(), []
+    cpu, flags = platform.machine(), []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu in ("", platform.machine()):
+            if line.startswith("model name") and cpu == platform.machine():
                 cpu = line.split(":", 1)[1].strip()
             if line.startswith("flags"):
                 have = set(line.split(":", 1)[1].split())
@@ -33,48 +36,74 @@ def machine_context(threads: int) -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {
-        "cpu": cpu,
-        "cpu_flags": flags,
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "onnxruntime": ort.__version__,
-        "python": platform.python_version(),
-    }
+    return {"cpu": cpu, "cpu_flags": flags, "cpu_count": os.cpu_count(), "threads": profile.threads,
+            "device": profile.device, "onnxruntime": ort.__version__, "python": platform.python_version()}
 
 
-def run_benchmark(folder: Path, *, config: BenchmarkConfig, device: str = "cpu", out: Path | None = None) -> dict[str, Any]:
-    """Measure the candidate in ``folder`` in a fresh subprocess; write JSON to ``out`` if given.
+def unavailable_reason(profile: DeviceProfile) -> str | None:
+    """Why ``profile`` cannot run here (its execution provider is missing), or None."""
+    import onnxruntime as ort
 
-    Raises BenchmarkError when the subprocess fails, times out or prints no result.
-    """
-    manifest = read_manifest(folder)
-    spec = {"folder": str(Path(folder).resolve()), "device": device, **config.model_dump()}
+    needed = DEVICE_PROVIDERS[profile.device][0]
+    available = ort.get_available_providers()
+    if needed not in available:
+        return (f"{needed} is not available in onnxruntime {ort.__version__} here (available: {', '.join(available)}); "
+                f"install onnxruntime-gpu on a machine with an NVIDIA GPU to run profile {profile.name!r}")
+    return None
+
+
+def _run_profile(folder: Path, config: BenchmarkConfig, profile: DeviceProfile) -> dict[str, Any]:
+    spec = {"folder": str(Path(folder).resolve()), "profile": profile.model_dump(), **config.model_dump(exclude={"profiles"})}
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "slmops.benchmark.worker"],
-            input=json.dumps(spec),
-            capture_output=True,
-            text=True,
-            timeout=config.timeout_s,
-            env={**os.environ, "OMP_NUM_THREADS": str(config.threads)},
+            input=json.dumps(spec), capture_output=True, text=True, timeout=config.timeout_s,
+            env={**os.environ, "OMP_NUM_THREADS": str(profile.threads)},
         )
     except subprocess.TimeoutExpired:
-        raise BenchmarkError(f"benchmark of {folder} exceeded timeout_s={config.timeout_s}; raise it or lower new_tokens") from None
+        raise BenchmarkError(f"benchmark of {folder} on {profile.name} exceeded timeout_s={config.timeout_s}; "
+                             "raise it or lower new_tokens / prompt_tokens") from None
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise BenchmarkError(f"benchmark worker for {folder} exited {proc.returncode}: {' | '.join(tail)}")
-    result = json.loads(lines[-1])
-    result.update(
-        {
-            "device": device,
-            "size_mb": folder_size(folder) / 2**20,
-            "candidate_digest": manifest.digest(),
-            "context": machine_context(config.threads),
-            "config": config.model_dump(),
-        }
-    )
+        raise BenchmarkError(f"benchmark worker for {folder} on {profile.name} exited {proc.returncode}: {' | '.join(tail)}")
+    return {**json.loads(lines[-1]), "context": machine_context(profile)}
+
+
+def run_benchmark(
+    folder: Path, *, config: BenchmarkConfig, profiles: dict[str, DeviceProfile], out: Path | None = None
+) -> dict[str, Any]:
+    """Measure the candidate in ``folder`` on each configured profile, each in a fresh subprocess.
+
+    A profile whose device is absent is skipped with its reason. The first profile that ran
+    provides the headline numbers at the top level. Raises ConfigError for an unknown profile,
+    BenchmarkError when a worker fails or times out.
+    """
+    manifest = read_manifest(folder)
+    results: dict[str, Any] = {}
+    for name in config.profiles:
+        try:
+            profile = profiles[name]
+        except KeyError:
+            raise ConfigError(f"benchmark profile {name!r} is not defined; known: {', '.join(profiles)}") from None
+        reason = unavailable_reason(profile)
+        if reason is not None:
+            logger.warning("skipping profile %s: %s", name, reason)
+            results[name] = {"skipped": True, "reason": reason}
+            continue
+        results[name] = _run_profile(folder, config, profile)
+    ran = [n for n, r in results.items() if not r.get("skipped")]
+    headline = results[ran[0]] if ran else {}
+    report = {
+        "headline_profile": ran[0] if ran else None,
+        "device": profiles[ran[0]].device if ran else None,
+        **{k: headline[k] for k in HEADLINE_KEYS if k in headline},
+        "context": headline.get("context"),
+        "profiles": results,
+        "size_mb": folder_size(folder) / 2**20,
+        "candidate_digest": manifest.digest(),
+        "config": config.model_dump(),
+    }
     if out is not None:
-        write_json_atomic(out, result)
-    return result
+        write_json_atomic(out, report)
+    return report

@@ -1,27 +1,52 @@
-"""Benchmark worker: runs in a fresh subprocess, measures one candidate, prints one JSON line.
+"""Benchmark worker: runs in a fresh subprocess, measures one candidate on one profile, prints one JSON line.
 
-It imports only the slmops runtime (never torch), so its RSS is the runtime's own.
+It imports only the slmops runtime (never torch), so its memory is the runtime's own.
 Usage: ``python -m slmops.benchmark.worker`` with the spec as JSON on stdin.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 
-def _rss_mb() -> float:
-    import psutil
+class RssSampler:
+    """Samples this process's RSS every few ms in a thread (as optimum-benchmark does) and keeps the peak."""
 
-    return psutil.Process().memory_info().rss / 2**20
+    def __init__(self, interval_ms: float) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self._interval = interval_ms / 1000
+        self._stop = threading.Event()
+        self.peak = self.current()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def current(self) -> float:
+        return self._proc.memory_info().rss / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.peak = max(self.peak, self.current())
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.current())
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     """Peak RSS of this process image: VmHWM (reset at exec, unlike ru_maxrss, which a child
     inherits from the parent that forked it), else ru_maxrss."""
     try:
@@ -42,29 +67,31 @@ def bench_decoder(model, spec: dict) -> dict:  # noqa: ANN001
     from slmops.evaluate.metrics import eval_text
     from slmops.runtime.params import GenerationParams
 
-    ids = model.tokenizer.encode(eval_text(), add_special_tokens=False)
-    while len(ids) < spec["prompt_tokens"]:
-        ids = ids + ids
-    prompt = ids[: spec["prompt_tokens"]]
+    text_ids = model.tokenizer.encode(eval_text(), add_special_tokens=False)
     params = GenerationParams(max_tokens=spec["new_tokens"], temperature=0.0, ignore_eos=True)
-    ttft, rates, step_ms = [], [], []
-    for run in range(spec["warmup"] + spec["repeats"]):
-        start = time.perf_counter()
-        stamps = []
-        for _ in model.token_stream(prompt, params):
-            stamps.append(time.perf_counter())
-        if run < spec["warmup"]:
+    by_length, skipped = {}, {}
+    for length in spec["prompt_tokens"]:
+        if length + spec["new_tokens"] > model.card.context_length:
+            skipped[str(length)] = f"{length} + {spec['new_tokens']} tokens exceed the context length {model.card.context_length}"
             continue
-        ttft.append((stamps[0] - start) * 1000)
-        rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
-        step_ms.extend(np.diff(stamps) * 1000)
-    return {
-        "ttft_ms": float(np.median(ttft)),
-        "decode_tok_s": float(np.median(rates)),
-        "token_latency_ms": _percentiles(step_ms),
-        "prompt_tokens": len(prompt),
-        "new_tokens": spec["new_tokens"],
-    }
+        prompt = (text_ids * (length // max(len(text_ids), 1) + 1))[:length]
+        ttft, rates, step_ms = [], [], []
+        for run in range(spec["warmup"] + spec["repeats"]):
+            start = time.perf_counter()
+            stamps = [time.perf_counter() for _ in model.token_stream(prompt, params)]
+            if run < spec["warmup"]:
+                continue
+            ttft.append((stamps[0] - start) * 1000)
+            rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+            step_ms.extend(np.diff(stamps) * 1000)
+        by_length[str(length)] = {
+            "ttft_ms": float(np.median(ttft)),
+            "decode_tok_s": float(np.median(rates)),
+            "token_latency_ms": _percentiles(step_ms),
+        }
+    head = by_length.get(str(spec["headline_prompt_tokens"])) or next(iter(by_length.values()), {})
+    return {**head, "by_prompt_tokens": by_length, "skipped_prompt_tokens": skipped,
+            "prompt_tokens": spec["headline_prompt_tokens"], "new_tokens": spec["new_tokens"]}
 
 
 def bench_encoder(model, spec: dict) -> dict:  # noqa: ANN001
@@ -73,44 +100,59 @@ def bench_encoder(model, spec: dict) -> dict:  # noqa: ANN001
     data = eval_sentences()
     pool = data["queries"] + data["documents"]
     texts = (pool * (spec["items"] // len(pool) + 1))[: spec["items"]]
-    run = model.embed if hasattr(model, "embed") else (lambda batch, **kw: model.scores(batch[0], batch[1:] or batch, **kw))
-    rates, single = [], []
-    for i in range(spec["warmup"] + spec["repeats"]):
-        start = time.perf_counter()
-        run(texts, batch_size=spec["batch_size"])
-        elapsed = time.perf_counter() - start
-        if i >= spec["warmup"]:
-            rates.append(len(texts) / elapsed)
-    for text in pool:
-        start = time.perf_counter()
-        run([text, text], batch_size=1)
-        single.append((time.perf_counter() - start) * 1000 / 2)
-    return {"items_per_s": float(np.median(rates)), "batch_size": spec["batch_size"], "latency_ms_batch1": _percentiles(single)}
+    if hasattr(model, "embed"):
+        run = model.embed
+    else:  # cross-encoder: score (query, text) pairs
+        run = lambda batch, batch_size: model.scores(data["queries"][0], batch, batch_size=batch_size)  # noqa: E731
+    by_batch = {}
+    for batch_size in spec["batch_sizes"]:
+        rates, latency = [], []
+        for i in range(spec["warmup"] + spec["repeats"]):
+            start = time.perf_counter()
+            if batch_size == 1:
+                for text in texts[: min(len(texts), 64)]:
+                    t0 = time.perf_counter()
+                    run([text], batch_size=1)
+                    latency.append((time.perf_counter() - t0) * 1000)
+                n = min(len(texts), 64)
+            else:
+                run(texts, batch_size=batch_size)
+                n = len(texts)
+            if i >= spec["warmup"]:
+                rates.append(n / (time.perf_counter() - start))
+        by_batch[str(batch_size)] = {"items_per_s": float(np.median(rates)),
+                                     **({"latency_ms": _percentiles(latency)} if latency else {})}
+    largest = by_batch[str(max(spec["batch_sizes"]))]
+    single = by_batch.get("1", {}).get("latency_ms")
+    return {"items_per_s": largest["items_per_s"], "batch_size": max(spec["batch_sizes"]),
+            **({"latency_ms_batch1": single} if single else {}), "by_batch_size": by_batch}
 
 
 def main() -> int:
     spec = json.loads(sys.stdin.read())
-    rss_start = _rss_mb()
-    from slmops.runtime.open import open_folder
+    profile = spec["profile"]
+    with RssSampler(spec["sample_interval_ms"]) as sampler:
+        rss_start = sampler.current()
+        from slmops.runtime.open import open_folder
 
-    start = time.perf_counter()
-    model = open_folder(Path(spec["folder"]), device=spec["device"], threads=spec["threads"], verify=False)
-    load_s = time.perf_counter() - start
-    rss_loaded = _rss_mb()
-    task = model.card.task
-    result = bench_decoder(model, spec) if task == "causal-lm" else bench_encoder(model, spec)
-    result.update(
-        {
-            "task": task,
-            "load_s": load_s,
-            "rss_start_mb": rss_start,
-            "rss_after_load_mb": rss_loaded,
-            "peak_rss_mb": _peak_rss_mb(),
-            "providers": model.session.get_providers() if hasattr(model, "session") else model.graph.session.get_providers(),
-            "pid": __import__("os").getpid(),
-            "torch_imported": "torch" in sys.modules,
-        }
-    )
+        start = time.perf_counter()
+        model = open_folder(Path(spec["folder"]), device=profile["device"], threads=profile["threads"], verify=False)
+        load_s = time.perf_counter() - start
+        rss_loaded = sampler.current()
+        task = model.card.task
+        result = bench_decoder(model, spec) if task == "causal-lm" else bench_encoder(model, spec)
+    session = model.session if hasattr(model, "session") else model.graph.session
+    result.update({
+        "task": task,
+        "load_s": load_s,
+        "rss_start_mb": rss_start,
+        "rss_after_load_mb": rss_loaded,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_sampled_mb": sampler.peak,
+        "providers": session.get_providers(),
+        "pid": os.getpid(),
+        "torch_imported": "torch" in sys.modules,
+    })
     print(json.dumps(result))
     return 0
 

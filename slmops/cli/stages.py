@@ -61,7 +61,7 @@ def bench(variant: str) -> None:
     with Progress(console=console, transient=True) as progress:
         job = progress.add_task(f"benchmarking {variant}", total=len(sel.recipes))
         rows = pipeline.benchmark(proj, variant, on_done=lambda _: progress.advance(job))
-    table = Table(title=f"benchmark: {variant} ({proj.config.device}, {proj.config.benchmark.threads} threads)")
+    table = Table(title=f"benchmark: {variant} (headline profile {next(iter(rows.values()))['headline_profile']})")
     keys = ["load_s", "ttft_ms", "decode_tok_s", "items_per_s", "peak_rss_mb", "size_mb"]
     keys = [k for k in keys if any(k in r for r in rows.values())]
     table.add_column("candidate")

@@ -35,9 +35,16 @@ class Registered:
 def _flat_metrics(evaluation: dict[str, Any], bench: dict[str, Any], estimate_mb: float) -> dict[str, float]:
     metrics = {f"quality.{k}": float(v) for k, v in evaluation["metrics"].items() if f"quality.{k}" in names.METRICS}
     metrics["gate.passed"] = 1.0 if evaluation["passed"] else 0.0
-    for key in ("load_s", "ttft_ms", "decode_tok_s", "items_per_s", "peak_rss_mb", "rss_after_load_mb", "size_mb"):
+    for key in ("load_s", "ttft_ms", "decode_tok_s", "items_per_s", "peak_rss_mb", "peak_rss_sampled_mb",
+                "rss_after_load_mb", "size_mb"):
         if key in bench:
             metrics[f"bench.{key}"] = float(bench[key])
+    for profile, result in bench.get("profiles", {}).items():
+        for length, row in result.get("by_prompt_tokens", {}).items():
+            metrics[f"bench.{profile}.ttft_ms.p{length}"] = float(row["ttft_ms"])
+            metrics[f"bench.{profile}.decode_tok_s.p{length}"] = float(row["decode_tok_s"])
+        for batch, row in result.get("by_batch_size", {}).items():
+            metrics[f"bench.{profile}.items_per_s.b{batch}"] = float(row["items_per_s"])
     for src, dst in (("token_latency_ms", "bench.token_latency"), ("latency_ms_batch1", "bench.latency")):
         if src in bench:
             metrics[f"{dst}_p50_ms"] = float(bench[src]["p50"])
@@ -110,7 +117,8 @@ def register(
                     "bits": recipe.bits,
                     "block_size": recipe.block_size,
                     "device": device,
-                    "threads": benchmark["context"]["threads"],
+                    "bench_profile": benchmark.get("headline_profile"),
+                    "threads": (benchmark.get("context") or {}).get("threads"),
                 }
             )
             mlflow.log_metrics(_flat_metrics(evaluation, benchmark, estimate_mb))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,8 +61,22 @@ def test_flow_builds_registers_and_recommends(built) -> None:
         assert gates["candidates"]["fp32"]["passed"] is True
         for recipe in project.config.selection[vid].recipes:
             bench = json.loads(project.bench_file(vid, recipe).read_text())
-            assert bench["pid"] != __import__("os").getpid() and bench["torch_imported"] is False
-            assert bench["peak_rss_mb"] >= bench["rss_after_load_mb"] > 0 and bench["size_mb"] > 0
+            ran = bench["profiles"]["cpu-1t"]
+            assert ran["pid"] != os.getpid() and ran["torch_imported"] is False  # a separate, torch-free process
+            assert bench["headline_profile"] == "cpu-1t" and bench["context"]["threads"] == 1
+            assert bench["peak_rss_mb"] >= bench["rss_after_load_mb"] > bench["profiles"]["cpu-1t"]["rss_start_mb"] > 0
+            assert bench["size_mb"] > 0 and bench["load_s"] > 0
+            if "cuda" not in __import__("onnxruntime").get_available_providers():
+                assert bench["profiles"]["cuda"]["skipped"] and "CUDAExecutionProvider" in bench["profiles"]["cuda"]["reason"]
+            if vid == "tiny-llama":
+                assert set(ran["by_prompt_tokens"]) == {"8", "16"}
+                for row in ran["by_prompt_tokens"].values():
+                    assert row["ttft_ms"] > 0 and row["decode_tok_s"] > 0
+                    assert row["token_latency_ms"]["p95"] >= row["token_latency_ms"]["p50"] > 0
+                assert bench["decode_tok_s"] == ran["by_prompt_tokens"]["16"]["decode_tok_s"]
+            else:
+                assert set(ran["by_batch_size"]) == {"1", "8"} and bench["items_per_s"] == ran["by_batch_size"]["8"]["items_per_s"]
+                assert ran["latency_ms_batch1"]["p95"] >= ran["latency_ms_batch1"]["p50"] > 0
     llama_gates = json.loads(project.gate_file("tiny-llama").read_text())["candidates"]
     int8, int4 = (abs(llama_gates[r]["metrics"]["ppl_ratio"] - 1) for r in ("wo-int8", "wo-int4"))
     assert int8 < int4  # 8-bit weights stay closer to fp32 than 4-bit ones

@@ -108,6 +108,7 @@ def write_configs(config_dir: Path, *, variants: dict[str, dict], repo_prefix: s
     config_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(real / "recipes.yaml", config_dir / "recipes.yaml")
     shutil.copy(real / "gates.yaml", config_dir / "gates.yaml")
+    shutil.copy(real / "devices.yaml", config_dir / "devices.yaml")
     catalog = {
         "families": {"tiny": {"display_name": "Tiny", "publisher": "tests", "defaults": {"license": "apache-2.0"}}},
         "variants": {
@@ -121,7 +122,8 @@ def write_configs(config_dir: Path, *, variants: dict[str, dict], repo_prefix: s
         "device": "cpu",
         "reference_recipe": "fp32",
         "selection": {vid: {"source": "hub", "exporter": "optimum", "recipes": recipes[f["task"]]} for vid, f in variants.items()},
-        "benchmark": {"prompt_tokens": 16, "new_tokens": 8, "warmup": 1, "repeats": 2, "batch_size": 8, "items": 32, "threads": 1},
+        "benchmark": {"profiles": ["cpu-1t", "cuda"], "prompt_tokens": [8, 16], "headline_prompt_tokens": 16,
+                      "new_tokens": 8, "warmup": 1, "repeats": 2, "batch_sizes": [1, 8], "items": 32},
     }
     (config_dir / "pipeline.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     usecases = {"usecases": {
