@@ -11,7 +11,9 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_LEVEL ?= WARNING
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup run test test-fast dvc-repro clean
+LLAMA_WHEELS := $(HOME)/.cache/slmops/wheels
+
+.PHONY: setup run test test-fast dvc-repro bench bench-deps clean
 
 setup: $(STAMP)
 
@@ -38,6 +40,18 @@ test-fast: setup
 
 dvc-repro: setup
 	$(BIN)/dvc repro
+
+# llama-cpp-python for the llama.cpp peer: built once (about 10 min on 2 cores), then reused.
+bench-deps: setup
+	ls $(LLAMA_WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
+	  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+	  $(BIN)/python -m pip wheel --no-deps llama-cpp-python==0.3.36 -w $(LLAMA_WHEELS)
+	$(BIN)/python -m pip install -q --no-deps $(LLAMA_WHEELS)/llama_cpp_python-0.3.36-*.whl
+	$(BIN)/python -m pip install -q 'diskcache>=5.6'
+
+# Side-by-side table: slmops runtime vs torch, optimum ORTModel and llama.cpp (needs `make run` first).
+bench: bench-deps
+	$(BIN)/python benchmarks/compare.py
 
 clean:
 	rm -rf artifacts .pytest_cache

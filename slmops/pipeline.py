@@ -109,7 +109,7 @@ def register(project: Project, variant_id: str) -> dict[str, Any]:
 def recommend(project: Project) -> dict[str, Any]:
     from slmops.recommend import recommend as run_recommend
 
-    decisions = run_recommend(project.usecases, settings=project.settings)
+    decisions = run_recommend(project.usecases, settings=project.settings, plots_dir=project.plots_dir())
     write_json_atomic(project.recommendations_file(), decisions)
     return decisions
 

@@ -186,3 +186,6 @@ class Project:
 
     def recommendations_file(self) -> Path:
         return self.root / "recommendations.json"
+
+    def plots_dir(self) -> Path:
+        return self.root / "plots"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from slmops.errors import NoEligibleModelError
+from slmops.recommend.pareto import plot_pareto
 from slmops.recommend.ranking import Candidate, best, rank, registered_candidates
 from slmops.recommend.usecases import OBJECTIVES, UseCase
 from slmops.register.store import connect
@@ -14,17 +16,26 @@ from slmops.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 
-def recommend(usecases: dict[str, UseCase], *, settings: Settings | None = None) -> dict[str, Any]:
+def recommend(
+    usecases: dict[str, UseCase], *, settings: Settings | None = None, plots_dir: Path | None = None
+) -> dict[str, Any]:
     """For each use case set the alias ``<use case>`` on the winning version; return the decisions and reasons.
 
-    A use case with no eligible model keeps no alias and is reported with the reasons.
+    A use case with no eligible model keeps no alias and is reported with the reasons. The
+    decisions and a Pareto plot per task go to an MLflow run named ``recommend`` (and, with
+    ``plots_dir``, to PNG files there).
     """
     settings = settings or get_settings()
     client = connect(settings)
     decisions: dict[str, Any] = {}
+    plots: dict[str, Path] = {}
     for name, uc in usecases.items():
         candidates = registered_candidates(client, uc.task)
         ranked = rank(candidates, uc, uc.objective)
+        if plots_dir is not None and uc.task not in plots:
+            path = plot_pareto(uc.task, ranked, plots_dir / f"pareto-{uc.task}.png")
+            if path is not None:
+                plots[uc.task] = path
         metric = OBJECTIVES[uc.objective][0]
         table = [_row(c, metric) for c in ranked]
         try:
@@ -40,7 +51,21 @@ def recommend(usecases: dict[str, UseCase], *, settings: Settings | None = None)
             f"among {sum(not c.rejected for c in ranked)} eligible of {len(ranked)} registered {uc.task} versions"
         )
         decisions[name] = {"chosen": winner.uri, "alias_uri": f"models:/{winner.model_name}@{name}", "why": why, "candidates": table}
+    _log_summary(client, settings, decisions, plots)
     return decisions
+
+
+def _log_summary(client: Any, settings: Settings, decisions: dict[str, Any], plots: dict[str, Path]) -> None:
+    """One MLflow run per recommendation pass, holding the decisions and the Pareto plots."""
+    import mlflow
+
+    from slmops.register.store import ensure_experiment
+
+    with mlflow.start_run(experiment_id=ensure_experiment(client, settings), run_name="recommend"):
+        mlflow.set_tag("slmops.kind", "recommend")
+        mlflow.log_dict(decisions, "recommendations.json")
+        for path in plots.values():
+            mlflow.log_artifact(str(path), artifact_path="plots")
 
 
 def _row(c: Candidate, metric: str) -> dict[str, Any]:

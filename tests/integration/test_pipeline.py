@@ -103,8 +103,15 @@ def test_registry_contents_and_idempotent_register(built) -> None:
         assert {"slmops.variant", "slmops.precision", "slmops.device", "slmops.revision"} <= set(v.tags)
         assert len(v.tags["slmops.revision"]) == 40
     runs = mlflow.search_runs(experiment_names=["slmops"])
-    assert len(runs) == 5  # one per candidate, failed gates included
-    assert {"metrics.quality.ppl_ratio", "metrics.bench.decode_tok_s", "metrics.bench.items_per_s"} <= set(runs.columns)
+    candidates = runs[runs["tags.slmops.variant"].notna()]
+    assert len(candidates) == 5  # one per candidate, failed gates included
+    summary = runs[runs["tags.slmops.kind"] == "recommend"]
+    assert len(summary) == 1
+    plots = {a.path for a in mlflow.MlflowClient().list_artifacts(summary.iloc[0]["run_id"], "plots")}
+    assert plots == {"plots/pareto-causal-lm.png", "plots/pareto-sentence-embedding.png"}
+    assert (project.plots_dir() / "pareto-causal-lm.png").stat().st_size > 1000
+    assert {"metrics.quality.ppl_ratio", "metrics.bench.decode_tok_s", "metrics.bench.items_per_s",
+            "metrics.bench.cpu-1t.ttft_ms.p8", "metrics.estimate.error"} <= set(runs.columns)
     pipeline.register(project, "tiny-llama")  # same candidates again: new runs, no new versions
     assert len(client.search_model_versions("name='slmops-causal-lm'")) == len(versions)
 

