@@ -18,7 +18,8 @@ from slmops.runtime.session import DEVICE_PROVIDERS
 
 logger = logging.getLogger(__name__)
 HEADLINE_KEYS = ("load_s", "ttft_ms", "decode_tok_s", "token_latency_ms", "items_per_s", "latency_ms_batch1",
-                 "peak_rss_mb", "peak_rss_sampled_mb", "rss_after_load_mb", "providers")
+                 "peak_rss_mb", "peak_rss_sampled_mb", "rss_after_load_mb", "providers", "max_prompt_tokens",
+                 "max_context", "max_seq_tokens", "batch_size")
 
 
 def machine_context(profile: DeviceProfile) -> dict[str, Any]:

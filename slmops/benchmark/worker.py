@@ -90,8 +90,10 @@ def bench_decoder(model, spec: dict) -> dict:  # noqa: ANN001
             "token_latency_ms": _percentiles(step_ms),
         }
     head = by_length.get(str(spec["headline_prompt_tokens"])) or next(iter(by_length.values()), {})
+    longest = max((int(n) for n in by_length), default=0)
     return {**head, "by_prompt_tokens": by_length, "skipped_prompt_tokens": skipped,
-            "prompt_tokens": spec["headline_prompt_tokens"], "new_tokens": spec["new_tokens"]}
+            "prompt_tokens": spec["headline_prompt_tokens"], "new_tokens": spec["new_tokens"],
+            "max_prompt_tokens": longest, "max_context": longest + spec["new_tokens"]}
 
 
 def bench_encoder(model, spec: dict) -> dict:  # noqa: ANN001
@@ -123,8 +125,9 @@ def bench_encoder(model, spec: dict) -> dict:  # noqa: ANN001
         by_batch[str(batch_size)] = {"items_per_s": float(np.median(rates)),
                                      **({"latency_ms": _percentiles(latency)} if latency else {})}
     largest = by_batch[str(max(spec["batch_sizes"]))]
+    max_seq = max(len(ids) for ids in model.tokenizer.encode_batch(texts, max_length=model.max_length)[0])
     single = by_batch.get("1", {}).get("latency_ms")
-    return {"items_per_s": largest["items_per_s"], "batch_size": max(spec["batch_sizes"]),
+    return {"items_per_s": largest["items_per_s"], "batch_size": max(spec["batch_sizes"]), "max_seq_tokens": max_seq,
             **({"latency_ms_batch1": single} if single else {}), "by_batch_size": by_batch}
 
 

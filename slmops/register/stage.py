@@ -97,7 +97,7 @@ def register(
         names.TAG_DIGEST: digest,
         names.TAG_CAPABILITIES: ",".join(variant.capabilities),
     }
-    estimate_mb = estimate_memory(variant, precision=recipe.precision, context_length=min(2048, variant.context_length)).total / 2**20
+    estimate_mb = _estimate_for(variant, recipe, benchmark)
     existing = _find_version(client, model_name, digest, device)
     try:
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"{variant.id}:{recipe.name}:{device}") as run:
@@ -148,6 +148,19 @@ def register(
         raise RegistryError(f"registering {variant.id}/{recipe.name} in {settings.resolved_tracking_uri()} failed: {exc}") from exc
     logger.info("registered %s/%s as %s version %s", variant.id, recipe.name, model_name, version)
     return Registered(run.info.run_id, model_name, version, reused=False)
+
+
+def _estimate_for(variant: Variant, recipe: Recipe, bench: dict[str, Any]) -> float:
+    """The catalog's memory estimate (MiB) for the settings the benchmark measured, to compare with its peak RSS."""
+    if variant.task == "causal-lm" and bench.get("max_context"):
+        est = estimate_memory(variant, precision=recipe.precision, context_length=min(bench["max_context"], variant.context_length),
+                              prompt_tokens=bench["max_prompt_tokens"])
+    elif bench.get("max_seq_tokens"):
+        est = estimate_memory(variant, precision=recipe.precision, context_length=bench["max_seq_tokens"],
+                              batch=bench.get("batch_size", 1))
+    else:
+        est = estimate_memory(variant, precision=recipe.precision, context_length=min(2048, variant.context_length))
+    return est.total / 2**20
 
 
 def _log_model(model_name: str, variant: Variant, folder: Path, tags: dict[str, str]) -> Any:
