@@ -24,19 +24,21 @@ class PrecisionSpec:
     kv_bytes: int  # bytes per KV-cache element
     devices: tuple[str, ...]
     decoder_prepacked: bool = False  # MatMulNBits keeps a prepacked copy of its weights beside the initializer
+    encoder_prepacked: bool = False  # MLAS prepacks fp32 GEMM weights of the encoder graphs (measured: ~2x)
 
 
 # Weight-only MatMulNBits with block 32 stores one fp32 scale per block (+4/32 byte) and, asymmetric,
 # a packed zero point; embeddings stay fp32. Quantized decoders use MatMulNBits (prepacked at load);
 # quantized encoders use dynamic int8 (MatMulInteger, no extra copy).
 PRECISIONS: dict[str, PrecisionSpec] = {
-    "fp32": PrecisionSpec(4.0, 4.0, 4, ("cpu", "cuda")),
+    "fp32": PrecisionSpec(4.0, 4.0, 4, ("cpu", "cuda"), encoder_prepacked=True),
     "fp16": PrecisionSpec(2.0, 2.0, 2, ("cuda",)),
     "int8": PrecisionSpec(1.0 + 4 / 32 + 1 / 32, 4.0, 4, ("cpu", "cuda"), decoder_prepacked=True),
     "int4": PrecisionSpec(0.5 + 4 / 32 + 0.5 / 32, 4.0, 4, ("cpu", "cuda"), decoder_prepacked=True),
 }
 # Calibrated against the benchmark (peak RSS, VmHWM) of SmolLM2-135M-Instruct (fp32/int8/int4) and
-# all-MiniLM-L6-v2 (fp32/dynamic int8) on onnxruntime 1.32, 2 threads: every estimate within 10%.
+# all-MiniLM-L6-v2 (fp32/dynamic int8) on onnxruntime 1.32, 2 threads: every estimate within 10%
+# (tests/unit/test_estimate.py holds the measurements).
 RUNTIME_OVERHEAD_BYTES = 96 * 2**20  # Python, numpy, onnxruntime, tokenizers, slmops: resident before weights
 ARENA_FACTOR = 1.5  # onnxruntime's arena grows by doubling: activations cost ~1.5x their size
 
@@ -89,7 +91,7 @@ def estimate_memory(
     embed = variant.vocab_size * variant.hidden_size
     other = max(variant.params - embed, 0)
     decoder = variant.task == "causal-lm"
-    copies = 2 if decoder and spec.decoder_prepacked else 1
+    copies = 2 if (spec.decoder_prepacked if decoder else spec.encoder_prepacked) else 1
     weights = embed * spec.embedding_bytes + other * spec.weight_bytes * copies
     if decoder and variant.tie_word_embeddings:
         weights += embed * 4

@@ -71,10 +71,10 @@ def test_format_and_parse() -> None:
 
 
 # Peak RSS (MiB, VmHWM) measured by the benchmark on onnxruntime 1.32, 2 threads: decoders at a 512-token
-# prompt + 64 new tokens, encoders at batch 32 of <=48 tokens. The estimate must stay within 10%.
+# prompt + 64 new tokens, encoders at batch 32 of <=30 tokens. The estimate must stay within 10%.
 MEASURED = [
-    ("smollm2-135m-instruct", "fp32", 963.3), ("smollm2-135m-instruct", "int8", 767.3),
-    ("smollm2-135m-instruct", "int4", 651.7), ("all-minilm-l6-v2", "fp32", 243.6), ("all-minilm-l6-v2", "int8", 183.7),
+    ("smollm2-135m-instruct", "fp32", 963.3), ("smollm2-135m-instruct", "int8", 767.5),
+    ("smollm2-135m-instruct", "int4", 669.4), ("all-minilm-l6-v2", "fp32", 247.1), ("all-minilm-l6-v2", "int8", 184.8),
 ]
 
 
@@ -84,5 +84,5 @@ def test_estimate_within_10_percent_of_measured(variant: str, precision: str, me
     if v.task == "causal-lm":
         est = estimate_memory(v, precision=precision, context_length=576, prompt_tokens=512)
     else:
-        est = estimate_memory(v, precision=precision, context_length=48, batch=32)
+        est = estimate_memory(v, precision=precision, context_length=30, batch=32)
     assert abs(est.total / 2**20 - measured_mib) / measured_mib < 0.10
