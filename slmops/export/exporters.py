@@ -104,3 +104,29 @@ def export_optimum(variant: Variant, src: Path, out: Path) -> ModelCard:
     copy_sidecars(src, out)
     graph = "optimum-decoder" if variant.task == "causal-lm" else "optimum-encoder"
     return build_model_card(variant, src, graph=graph)
+
+
+@register_exporter("genai")
+def export_genai(variant: Variant, src: Path, out: Path) -> ModelCard:
+    """onnxruntime-genai's model builder: a fused decoder graph (GroupQueryAttention, SkipSimplifiedLayerNorm,
+    packed QKV), fp32 here; the quantize stage's recipes apply to it like to any graph.
+
+    Measured on SmolLM2-135M (2 threads): ~310 nodes against ~3,150 for optimum's graph, and 2-3x its
+    decode speed. 0.15.2 is the newest builder that runs beside transformers 4.57 (install with --no-deps).
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    if variant.task != "causal-lm":
+        raise ExportError(f"the genai exporter builds decoders only; {variant.id} is a {variant.task} model: use optimum")
+    with tempfile.TemporaryDirectory(prefix="slmops-genai-cache-") as cache:
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out), "-p", "fp32",
+               "-e", "cpu", "-c", cache]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not (out / "model.onnx").is_file():
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        hint = " (is onnxruntime-genai==0.15.2 installed? `make setup` installs it)" if "No module named" in tail else ""
+        raise ExportError(f"onnxruntime-genai builder failed on {variant.id}{hint}: {tail}")
+    copy_sidecars(src, out)
+    return build_model_card(variant, src, graph="genai-decoder")

@@ -29,7 +29,7 @@ class ModelCard(BaseModel):
 
     variant: str
     task: Literal["causal-lm", "sentence-embedding", "cross-encoder", "fill-mask"]
-    graph: Literal["optimum-decoder", "optimum-encoder"]
+    graph: Literal["optimum-decoder", "genai-decoder", "optimum-encoder"]
     onnx_file: str = "model.onnx"
     precision: str = "fp32"
     recipe: str = "fp32"

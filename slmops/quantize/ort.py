@@ -29,10 +29,13 @@ def keep_fp32(src: Path, dst: Path, recipe: Recipe) -> None:
     """The unquantized reference: the exported graph, linked."""
     from slmops.artifacts import link_or_copy
 
-    link_or_copy(src, dst)
-    data = src.with_name(src.name + "_data")
-    if data.exists():
-        link_or_copy(data, dst.with_name(dst.name + "_data"))
+    import shutil
+
+    for path in src.parent.glob(src.name + "*"):  # the graph and its external data (model.onnx_data / .data)
+        if path == src:
+            link_or_copy(path, dst)
+        else:  # onnx refuses external data with several hard links ("potential hardlink attack"): copy it
+            shutil.copy2(path, dst.with_name(path.name))
 
 
 @register_quantizer("matmul_nbits")

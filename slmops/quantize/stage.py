@@ -32,7 +32,7 @@ def quantize(variant: Variant, recipe: Recipe, *, src: Path, out: Path, device: 
     card = read_model_card(src)
     with atomic_folder(out) as tmp:
         for rel in exported.files:
-            if rel == card.onnx_file or rel == f"{card.onnx_file}_data" or rel == MODEL_CARD_NAME:
+            if rel.startswith(card.onnx_file) or rel == MODEL_CARD_NAME:  # the graph and its external data
                 continue
             link_or_copy(Path(src) / rel, tmp / rel)
         try:

@@ -16,17 +16,20 @@ from slmops.runtime.tokenizer import Tokenizer
 _ORT_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
-class OptimumDecoderGraph:
-    """Feeds optimum's ``text-generation-with-past`` graph: KV cache in, present KV out."""
+class OnnxDecoderGraph:
+    """Feeds a decoder-with-past graph: optimum's ``text-generation-with-past`` export or the fused graph of
+    onnxruntime-genai's builder (GroupQueryAttention, no position_ids). KV cache in, present KV out."""
 
-    def __init__(self, session) -> None:  # noqa: ANN001 - ort.InferenceSession
+    def __init__(self, session, card: ModelCard) -> None:  # noqa: ANN001 - ort.InferenceSession
         self.session = session
         inputs = {i.name: i for i in session.get_inputs()}
         self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
         self.present_names = ["present." + n.removeprefix("past_key_values.") for n in self.past_names]
         self.output_names = ["logits", *self.present_names]
         first = inputs[self.past_names[0]]
-        self.kv_heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
+        # the builder names the head dimension symbolically ("kv_cache_dim"): take it from the model card
+        self.kv_heads = first.shape[1] if isinstance(first.shape[1], int) else card.kv_heads
+        self.head_dim = first.shape[3] if isinstance(first.shape[3], int) else card.head_dim
         self.kv_dtype = _ORT_FLOAT.get(first.type, np.float32)
         self.has_position_ids = "position_ids" in inputs
 
@@ -45,7 +48,7 @@ class OptimumDecoderGraph:
         return logits, present
 
 
-GRAPHS = {"optimum-decoder": OptimumDecoderGraph}
+GRAPHS = {"optimum-decoder": OnnxDecoderGraph, "genai-decoder": OnnxDecoderGraph}
 
 
 class TextModel:
@@ -55,7 +58,7 @@ class TextModel:
         self.folder = Path(folder)
         self.card = card
         self.tokenizer = Tokenizer(folder)
-        self.graph = GRAPHS[card.graph](session)
+        self.graph = GRAPHS[card.graph](session, card)
 
     # -- scoring ---------------------------------------------------------------------------------
     def logits(self, ids: list[int]) -> np.ndarray:

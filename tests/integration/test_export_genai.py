@@ -1,0 +1,68 @@
+"""The fused-decoder route (onnxruntime-genai's builder) against optimum's export, on the tiny Llama."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slmops.artifacts import read_manifest, write_manifest
+from slmops.catalog.schema import Variant
+from slmops.errors import ExportError
+from slmops.export import export
+from slmops.quantize import load_recipes, quantize
+from slmops.runtime.open import open_folder
+
+RECIPES = load_recipes(Path(__file__).resolve().parents[2] / "configs" / "recipes.yaml")
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_models, tmp_path_factory: pytest.TempPathFactory):
+    folder, facts = tiny_models["tiny-llama"]
+    root = tmp_path_factory.mktemp("genai")
+    src = root / "fetch"
+    shutil.copytree(folder, src)
+    write_manifest(src, stage="fetch", variant="tiny-llama", source="test")
+    variant = Variant(id="tiny-llama", family="tiny", repo_id="tiny/tiny-llama", revision="main", license="apache-2.0", **facts)
+    for name in ("optimum", "genai"):
+        export(variant, src=src, out=root / name, exporter=name)
+    return variant, root
+
+
+def test_fused_graph_matches_optimum(exported) -> None:
+    _, root = exported
+    ref, fused = open_folder(root / "optimum"), open_folder(root / "genai")
+    assert fused.card.graph == "genai-decoder"
+    ops = {n.op_type for n in __import__("onnx").load(str(root / "genai" / "model.onnx"), load_external_data=False).graph.node}
+    assert "GroupQueryAttention" in ops and "GroupQueryAttention" not in {
+        n.op_type for n in __import__("onnx").load(str(root / "optimum" / "model.onnx")).graph.node}
+    ids = ref.tokenizer.encode("The sun rises in the east and sets in the west.")
+    assert np.abs(ref.logits(ids) - fused.logits(ids)).max() < 1e-4
+    options = dict(max_tokens=10, temperature=0.0, ignore_eos=True)
+    assert ref.generate("The sun", **options) == fused.generate("The sun", **options)
+    assert "".join(fused.stream("The sun", **options)) == fused.generate("The sun", **options)
+
+
+def test_recipes_apply_to_the_fused_graph(exported) -> None:
+    variant, root = exported
+    for recipe in ("fp32", "wo-int8"):
+        quantize(variant, RECIPES[recipe], src=root / "genai", out=root / "cand" / recipe)
+        read_manifest(root / "cand" / recipe, verify=True)
+    fp32, int8 = open_folder(root / "cand" / "fp32"), open_folder(root / "cand" / "wo-int8")
+    ids = fp32.tokenizer.encode("Water boils at one hundred degrees.")
+    a, b = fp32.logits(ids), int8.logits(ids)
+    assert (a.argmax(-1) == b.argmax(-1)).mean() > 0.8
+    assert int8.card.precision == "int8" and (root / "cand" / "fp32" / "model.onnx.data").is_file()
+
+
+def test_genai_refuses_encoders(tiny_models, tmp_path: Path) -> None:
+    folder, facts = tiny_models["tiny-bert"]
+    src = tmp_path / "fetch"
+    shutil.copytree(folder, src)
+    write_manifest(src, stage="fetch", variant="tiny-bert", source="test")
+    variant = Variant(id="tiny-bert", family="tiny", repo_id="tiny/tiny-bert", revision="main", license="apache-2.0", **facts)
+    with pytest.raises(ExportError, match="decoders only.*use optimum"):
+        export(variant, src=src, out=tmp_path / "out", exporter="genai")
+    assert not (tmp_path / "out").exists()
