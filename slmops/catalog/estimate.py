@@ -39,6 +39,20 @@ PRECISIONS: dict[str, PrecisionSpec] = {
 # Calibrated against the benchmark (peak RSS, VmHWM) of SmolLM2-135M-Instruct (fp32/int8/int4) and
 # all-MiniLM-L6-v2 (fp32/dynamic int8) on onnxruntime 1.32, 2 threads: every estimate within 10%
 # (tests/unit/test_estimate.py holds the measurements).
+@dataclass(frozen=True)
+class GraphLayout:
+    """How an exporter lays out a decoder's weights, as onnxruntime ends up holding them."""
+
+    tied_lm_head_fp32_copy: bool  # a tied lm_head becomes its own fp32 initializer, never quantized
+    prepack_factor: float  # resident copies of MatMulNBits weights (initializer + prepacked), measured
+
+
+# optimum: lm_head = MatMul(x, Transpose(embed)), folded to an fp32 copy that the quantizers skip.
+# genai (onnxruntime-genai builder, shared_embeddings=false): lm_head is a separate weight, quantized.
+GRAPH_LAYOUTS: dict[str, GraphLayout] = {
+    "optimum": GraphLayout(tied_lm_head_fp32_copy=True, prepack_factor=2.0),
+    "genai": GraphLayout(tied_lm_head_fp32_copy=False, prepack_factor=1.55),
+}
 RUNTIME_OVERHEAD_BYTES = 96 * 2**20  # Python, numpy, onnxruntime, tokenizers, slmops: resident before weights
 ARENA_FACTOR = 1.5  # onnxruntime's arena grows by doubling: activations cost ~1.5x their size
 
@@ -72,15 +86,21 @@ def estimate_memory(
     context_length: int | None = None,
     batch: int = 1,
     prompt_tokens: int | None = None,
+    graph: str = "optimum",
 ) -> MemoryEstimate:
     """Estimate peak memory for ``batch`` sequences of ``context_length`` tokens at ``precision``.
 
     Decoders: weights (a tied lm_head becomes its own fp32 copy in the ONNX graph; MatMulNBits
     weights are held twice, initializer + prepacked) + fp32 KV cache + the prefill of
     ``prompt_tokens`` (default: min(context, 512)), whose logits cover every position.
-    Encoders: weights + activations of one batch. Raises ConfigError on out-of-range values.
+    Encoders: weights + activations of one batch. ``graph`` is the exporter's layout
+    (``GRAPH_LAYOUTS``). Raises ConfigError on out-of-range values.
     """
     spec = precision_spec(precision)
+    try:
+        layout = GRAPH_LAYOUTS[graph]
+    except KeyError:
+        raise ConfigError(f"unknown graph layout {graph!r}; use one of {', '.join(GRAPH_LAYOUTS)}") from None
     ctx = variant.context_length if context_length is None else context_length
     if ctx <= 0 or ctx > variant.context_length:
         raise ConfigError(
@@ -91,10 +111,13 @@ def estimate_memory(
     embed = variant.vocab_size * variant.hidden_size
     other = max(variant.params - embed, 0)
     decoder = variant.task == "causal-lm"
-    copies = 2 if (spec.decoder_prepacked if decoder else spec.encoder_prepacked) else 1
+    if decoder:
+        copies = layout.prepack_factor if spec.decoder_prepacked else 1.0
+    else:
+        copies = 2.0 if spec.encoder_prepacked else 1.0
     weights = embed * spec.embedding_bytes + other * spec.weight_bytes * copies
     if decoder and variant.tie_word_embeddings:
-        weights += embed * 4
+        weights += embed * 4 if layout.tied_lm_head_fp32_copy else embed * spec.weight_bytes * copies
     h, heads = variant.hidden_size, variant.attention_heads
     if decoder:
         p = min(prompt_tokens or min(ctx, 512), ctx)

@@ -97,7 +97,10 @@ def register(
         names.TAG_DIGEST: digest,
         names.TAG_CAPABILITIES: ",".join(variant.capabilities),
     }
-    estimate_mb = _estimate_for(variant, recipe, benchmark)
+    from slmops.export.modelcard import read_model_card
+
+    graph = read_model_card(folder).graph.split("-")[0]  # "genai-decoder" -> "genai"
+    estimate_mb = _estimate_for(variant, recipe, benchmark, graph if graph in ("optimum", "genai") else "optimum")
     existing = _find_version(client, model_name, digest, device)
     try:
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"{variant.id}:{recipe.name}:{device}") as run:
@@ -150,11 +153,11 @@ def register(
     return Registered(run.info.run_id, model_name, version, reused=False)
 
 
-def _estimate_for(variant: Variant, recipe: Recipe, bench: dict[str, Any]) -> float:
+def _estimate_for(variant: Variant, recipe: Recipe, bench: dict[str, Any], graph: str) -> float:
     """The catalog's memory estimate (MiB) for the settings the benchmark measured, to compare with its peak RSS."""
     if variant.task == "causal-lm" and bench.get("max_context"):
         est = estimate_memory(variant, precision=recipe.precision, context_length=min(bench["max_context"], variant.context_length),
-                              prompt_tokens=bench["max_prompt_tokens"])
+                              prompt_tokens=bench["max_prompt_tokens"], graph=graph)
     elif bench.get("max_seq_tokens"):
         est = estimate_memory(variant, precision=recipe.precision, context_length=bench["max_seq_tokens"],
                               batch=bench.get("batch_size", 1))

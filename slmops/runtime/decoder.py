@@ -33,7 +33,8 @@ class OnnxDecoderGraph:
         self.kv_dtype = _ORT_FLOAT.get(first.type, np.float32)
         self.has_position_ids = "position_ids" in inputs
 
-    def empty_cache(self, batch: int = 1) -> list[np.ndarray]:
+    def empty_cache(self, batch: int = 1, capacity: int | None = None) -> list[np.ndarray]:
+        """A zero-length cache (it grows by concatenation inside the graph; ``capacity`` is not needed)."""
         return [np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.kv_dtype) for _ in self.past_names]
 
     def forward(self, ids: np.ndarray, cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -48,7 +49,48 @@ class OnnxDecoderGraph:
         return logits, present
 
 
-GRAPHS = {"optimum-decoder": OnnxDecoderGraph, "genai-decoder": OnnxDecoderGraph}
+class SharedKVCache:
+    """One preallocated [batch, kv_heads, capacity, head_dim] OrtValue per past/present pair, and how much is filled."""
+
+    def __init__(self, buffers: list, capacity: int, length: int = 0) -> None:  # noqa: ANN001 - OrtValues
+        self.buffers, self.capacity, self.length = buffers, capacity, length
+
+
+class SharedKVDecoderGraph(OnnxDecoderGraph):
+    """The builder's GroupQueryAttention graph with IO binding: each layer's KV buffer is bound as both past
+    input and present output, so nothing is reallocated or copied per token.
+
+    Measured on SmolLM2-135M wo-int8 / wo-int4 (2 threads, 128-token prompt): 57-62 / 71-75 tok/s against
+    52 / 52 when feeding numpy arrays (OnnxDecoderGraph) and 66 / 80-86 for onnxruntime-genai's own Generator.
+    """
+
+    def empty_cache(self, batch: int = 1, capacity: int | None = None) -> SharedKVCache:  # type: ignore[override]
+        import onnxruntime as ort
+
+        if capacity is None:
+            raise ValueError("SharedKVDecoderGraph needs the cache capacity (prompt + new tokens)")
+        shape = (batch, self.kv_heads, capacity, self.head_dim)
+        buffers = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=self.kv_dtype)) for _ in self.past_names]
+        return SharedKVCache(buffers, capacity)
+
+    def forward(self, ids: np.ndarray, cache: SharedKVCache) -> tuple[np.ndarray, SharedKVCache]:  # type: ignore[override]
+        batch, seq = ids.shape
+        total = cache.length + seq
+        if total > cache.capacity:
+            raise ValueError(f"KV cache of {cache.capacity} tokens cannot hold {total}")
+        io = self.session.io_binding()
+        io.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64))
+        io.bind_cpu_input("attention_mask", np.ones((batch, total), dtype=np.int64))
+        io.bind_output("logits", "cpu")  # bound first: get_outputs() follows binding order
+        for past, present, buf in zip(self.past_names, self.present_names, cache.buffers):
+            io.bind_ortvalue_input(past, buf)
+            io.bind_ortvalue_output(present, buf)
+        self.session.run_with_iobinding(io)
+        cache.length = total
+        return io.get_outputs()[0].numpy(), cache
+
+
+GRAPHS = {"optimum-decoder": OnnxDecoderGraph, "genai-decoder": SharedKVDecoderGraph}
 
 
 class TextModel:
@@ -63,7 +105,7 @@ class TextModel:
     # -- scoring ---------------------------------------------------------------------------------
     def logits(self, ids: list[int]) -> np.ndarray:
         """Logits (seq, vocab) for a token sequence, in one forward pass (used by the quality gates)."""
-        logits, _ = self.graph.forward(np.asarray([ids], dtype=np.int64), self.graph.empty_cache())
+        logits, _ = self.graph.forward(np.asarray([ids], dtype=np.int64), self.graph.empty_cache(capacity=len(ids)))
         return logits[0]
 
     # -- generation ------------------------------------------------------------------------------
@@ -100,7 +142,8 @@ class TextModel:
         sampler = Sampler(params)
         end = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.card.eos_token_ids))
         seen = np.asarray(ids, dtype=np.int64)
-        logits, cache = self.graph.forward(seen[None, :], self.graph.empty_cache())
+        cache = self.graph.empty_cache(capacity=len(ids) + params.max_tokens)
+        logits, cache = self.graph.forward(seen[None, :], cache)
         for step in range(params.max_tokens):
             token = sampler(logits[0, -1], seen)
             if token in end:
