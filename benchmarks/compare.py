@@ -221,7 +221,6 @@ def peer_llamacpp(spec: dict) -> dict:
 
     timing = _time_decode(first, step, _prompt_ids(spec["prompt_tokens"]), spec["new_tokens"])
     rss = _peak_rss_mb()
-    del llm
     scorer = Llama(model_path=str(gguf), n_threads=THREADS, n_ctx=1024, n_batch=512, logits_all=True, verbose=False)
     chunks = []
     for w in _windows(_eval_ids()):

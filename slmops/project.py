@@ -12,10 +12,11 @@ from functools import cached_property
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from slmops.benchmark.config import BenchmarkConfig, DeviceProfile, load_device_profiles
 from slmops.catalog.schema import Catalog, Variant, load_catalog
+from slmops.configfile import load_model
 from slmops.errors import ConfigError
 from slmops.evaluate.gates import Gates, load_gates
 from slmops.quantize.recipes import Recipe, load_recipes
@@ -46,17 +47,7 @@ class PipelineConfig(BaseModel):
 
 
 def load_pipeline_config(path: Path) -> PipelineConfig:
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        return PipelineConfig.model_validate(data)
-    except FileNotFoundError:
-        raise ConfigError(f"pipeline file {path} not found; set SLMOPS_CONFIG_DIR") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise ConfigError(f"{path}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
+    return load_model(path, PipelineConfig, what="pipeline")
 
 
 @dataclass

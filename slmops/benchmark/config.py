@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from slmops.errors import ConfigError
+from slmops.configfile import load_named
 
 
 class DeviceProfile(BaseModel):
@@ -52,20 +51,4 @@ class BenchmarkConfig(BaseModel):
 
 def load_device_profiles(path: Path) -> dict[str, DeviceProfile]:
     """Profiles by name from configs/devices.yaml; raises ConfigError naming the profile and field."""
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"device profiles file {path} not found; set SLMOPS_CONFIG_DIR") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("profiles"), dict):
-        raise ConfigError(f"{path}: expected a top-level 'profiles:' mapping of name -> profile")
-    out = {}
-    for name, raw in data["profiles"].items():
-        try:
-            out[name] = DeviceProfile.model_validate({**(raw or {}), "name": name})
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"]) or "(entry)"
-            raise ConfigError(f"{path}: profile {name!r}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
-    return out
+    return load_named(path, DeviceProfile, key="profiles", what="profile")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from slmops.errors import ConfigError
+from slmops.configfile import config_path, load_model
 
 
 class DecoderGate(BaseModel):
@@ -68,18 +67,4 @@ class Gates(BaseModel):
 
 def load_gates(path: Path | None = None) -> Gates:
     """Parse ``<config_dir>/gates.yaml``; raises ConfigError naming the task and field."""
-    if path is None:
-        from slmops.settings import get_settings
-
-        path = get_settings().config_dir / "gates.yaml"
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        return Gates.model_validate(data)
-    except FileNotFoundError:
-        raise ConfigError(f"gates file {path} not found; set SLMOPS_CONFIG_DIR") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
+    return load_model(path or config_path("gates.yaml"), Gates, what="gates")

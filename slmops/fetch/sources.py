@@ -131,12 +131,12 @@ def compare_with_config(variant: Variant, folder: Path) -> list[str]:
     except (FileNotFoundError, json.JSONDecodeError):
         return [f"{variant.id}: config.json missing or unreadable"]
     problems = []
-    for field, keys in _CONFIG_KEYS.items():
+    for name, keys in _CONFIG_KEYS.items():
         for key in keys:
             if key in config and isinstance(config[key], int):
-                if config[key] != getattr(variant, field):
+                if config[key] != getattr(variant, name):
                     problems.append(
-                        f"{variant.id}: catalog {field}={getattr(variant, field)} but config.json {key}={config[key]}"
+                        f"{variant.id}: catalog {name}={getattr(variant, name)} but config.json {key}={config[key]}"
                     )
                 break
     arch = (config.get("architectures") or [None])[0]

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from slmops.errors import ConfigError
+from slmops.configfile import config_path, load_named
 
 Method = Literal["none", "matmul_nbits", "dynamic_int8"]
 
@@ -54,24 +53,4 @@ class Recipe(BaseModel):
 
 def load_recipes(path: Path | None = None) -> dict[str, Recipe]:
     """Recipes by name from ``<config_dir>/recipes.yaml``; raises ConfigError naming the recipe and field."""
-    if path is None:
-        from slmops.settings import get_settings
-
-        path = get_settings().config_dir / "recipes.yaml"
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"recipes file {path} not found; set SLMOPS_CONFIG_DIR") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("recipes"), dict):
-        raise ConfigError(f"{path}: expected a top-level 'recipes:' mapping of name -> recipe")
-    recipes = {}
-    for name, raw in data["recipes"].items():
-        try:
-            recipes[name] = Recipe.model_validate({**(raw or {}), "name": name})
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"]) or "(entry)"
-            raise ConfigError(f"{path}: recipe {name!r}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
-    return recipes
+    return load_named(path or config_path("recipes.yaml"), Recipe, key="recipes", what="recipe")

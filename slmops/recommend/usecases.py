@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from slmops.errors import ConfigError
+from slmops.configfile import config_path, load_named
 
 # objective -> (metric name in MLflow, higher is better)
 OBJECTIVES: dict[str, tuple[str, bool]] = {
@@ -45,24 +44,4 @@ class UseCase(Constraints):
 
 def load_usecases(path: Path | None = None) -> dict[str, UseCase]:
     """Use cases by name from ``<config_dir>/usecases.yaml``; raises ConfigError naming the use case and field."""
-    if path is None:
-        from slmops.settings import get_settings
-
-        path = get_settings().config_dir / "usecases.yaml"
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"use-case file {path} not found; set SLMOPS_CONFIG_DIR") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("usecases"), dict):
-        raise ConfigError(f"{path}: expected a top-level 'usecases:' mapping of name -> use case")
-    out = {}
-    for name, raw in data["usecases"].items():
-        try:
-            out[name] = UseCase.model_validate({**(raw or {}), "name": name})
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"]) or "(entry)"
-            raise ConfigError(f"{path}: use case {name!r}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
-    return out
+    return load_named(path or config_path("usecases.yaml"), UseCase, key="usecases", what="use case")

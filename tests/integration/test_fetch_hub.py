@@ -14,7 +14,7 @@ from slmops.artifacts import read_manifest
 from slmops.catalog.schema import Variant
 from slmops.errors import FetchError, IntegrityError
 from slmops.fetch import FetchConfig, fetch
-from slmops.settings import Settings, get_settings
+from slmops.settings import get_settings
 from tests.support.hubserver import HubServer, git_blob_sha1
 
 FAULTS = {"injected": 0, "recovered": 0, "corrupt_left": 0}
