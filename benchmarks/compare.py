@@ -104,6 +104,7 @@ def peer_slmops(spec: dict) -> dict:
     from slmops.runtime.params import GenerationParams
 
     folder = ROOT / "artifacts" / "candidates" / DECODER / spec["recipe"]
+    graph = __import__("json").loads((folder / "slmops-model.json").read_text())["graph"]
     t0 = time.perf_counter()
     model = open_folder(folder, threads=THREADS, verify=False)
     load_s = time.perf_counter() - t0
@@ -120,7 +121,7 @@ def peer_slmops(spec: dict) -> dict:
     rss = _peak_rss_mb()
     ppl = float(np.exp(decoder_scores(model)["nll"].mean()))
     return {"ttft_ms": float(np.median(ttft)), "decode_tok_s": float(np.median(rates)), "ppl": ppl, "load_s": load_s,
-            "size_mb": _size_mb(folder), "torch_imported": "torch" in sys.modules, "peak_rss_mb": rss}
+            "size_mb": _size_mb(folder), "torch_imported": "torch" in sys.modules, "peak_rss_mb": rss, "graph": graph}
 
 
 def peer_torch(spec: dict) -> dict:
@@ -158,14 +159,36 @@ def peer_torch(spec: dict) -> dict:
             "size_mb": _size_mb(folder), "peak_rss_mb": rss}
 
 
+def optimum_folders() -> dict[str, Path]:
+    """optimum's own export of the decoder (and its wo-int8 candidate), built once under artifacts/compare/.
+
+    The pipeline may export SmolLM2 through another exporter; the ORTModel peer needs optimum's graph.
+    """
+    from slmops.catalog import load_catalog
+    from slmops.export import export
+    from slmops.export.modelcard import read_model_card
+    from slmops.quantize import load_recipes, quantize
+
+    pipeline_export = ROOT / "artifacts" / "export" / DECODER
+    if read_model_card(pipeline_export).graph == "optimum-decoder":
+        return {"fp32": pipeline_export, "wo-int8": ROOT / "artifacts" / "candidates" / DECODER / "wo-int8"}
+    root = ROOT / "artifacts" / "compare"
+    variant = load_catalog(ROOT / "configs" / "catalog.yaml").get(DECODER)
+    if not (root / "optimum-fp32" / "slmops-manifest.json").is_file():
+        export(variant, src=ROOT / "artifacts" / "fetch" / DECODER, out=root / "optimum-fp32", exporter="optimum")
+    if not (root / "optimum-wo-int8" / "slmops-manifest.json").is_file():
+        recipe = load_recipes(ROOT / "configs" / "recipes.yaml")["wo-int8"]
+        quantize(variant, recipe, src=root / "optimum-fp32", out=root / "optimum-wo-int8")
+    return {"fp32": root / "optimum-fp32", "wo-int8": root / "optimum-wo-int8"}
+
+
 def peer_optimum(spec: dict) -> dict:
     import numpy as np
     import onnxruntime as ort
     import torch
     from optimum.onnxruntime import ORTModelForCausalLM
 
-    folder = ROOT / "artifacts" / ("export" if spec["recipe"] == "fp32" else f"candidates/{DECODER}") / (
-        DECODER if spec["recipe"] == "fp32" else spec["recipe"])
+    folder = Path(spec["folder"])
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
     t0 = time.perf_counter()
@@ -308,10 +331,12 @@ def main() -> int:
     recipes = sorted(p.name for p in (ROOT / "artifacts" / "candidates" / DECODER).iterdir() if p.is_dir())
     rows: dict[str, dict] = {}
     for recipe in recipes:
-        rows[f"slmops {recipe}"] = run_peer("slmops", {**spec, "recipe": recipe})
+        row = run_peer("slmops", {**spec, "recipe": recipe})
+        graph = f" ({row.pop('graph').split('-')[0]})" if "graph" in row else ""
+        rows[f"slmops {recipe}{graph}"] = row
     rows["torch fp32"] = run_peer("torch", spec)
-    for recipe in ("fp32", "wo-int8"):
-        rows[f"optimum ORTModel {recipe}"] = run_peer("optimum", {**spec, "recipe": recipe})
+    for recipe, folder in optimum_folders().items():
+        rows[f"optimum ORTModel {recipe}"] = run_peer("optimum", {**spec, "folder": str(folder)})
     if importlib.util.find_spec("llama_cpp") is not None:
         rows["llama.cpp Q4_1"] = run_peer("llamacpp", spec)
     else:
