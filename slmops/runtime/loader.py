@@ -170,6 +170,6 @@ def _check_budget(folder: Path, max_memory_mb: float | None) -> None:
     need_mb = (weights + RUNTIME_OVERHEAD_BYTES) / 2**20
     if need_mb > max_memory_mb:
         raise MemoryBudgetError(
-            f"{folder.parent.parent.name if folder.name == 'model_dir' else folder} needs about {need_mb:.0f} MB "
+            f"{manifest.variant} ({folder}) needs about {need_mb:.0f} MB "
             f"(weights + runtime) but max_memory_mb={max_memory_mb:.0f}; raise the budget or choose a smaller precision"
         )
