@@ -5,6 +5,7 @@ Never imports torch, transformers or optimum.
 
 from slmops.runtime.loader import load
 from slmops.runtime.params import GenerationParams
+from slmops.runtime.pool import ModelPool
 from slmops.runtime.states import LoadingEvent, LoadingState
 
-__all__ = ["GenerationParams", "LoadingEvent", "LoadingState", "load"]
+__all__ = ["GenerationParams", "LoadingEvent", "LoadingState", "ModelPool", "load"]

@@ -9,6 +9,7 @@ import numpy as np
 
 from slmops.errors import ContextLengthError, GenerationParamsError
 from slmops.export.modelcard import ModelCard
+from slmops.runtime.base import LoadedModel
 from slmops.runtime.params import GenerationParams
 from slmops.runtime.sampling import Sampler
 from slmops.runtime.tokenizer import Tokenizer
@@ -93,18 +94,21 @@ class SharedKVDecoderGraph(OnnxDecoderGraph):
 GRAPHS = {"optimum-decoder": OnnxDecoderGraph, "genai-decoder": SharedKVDecoderGraph}
 
 
-class TextModel:
+class TextModel(LoadedModel):
     """Generation and chat over a causal-LM artifact folder."""
 
     def __init__(self, folder: Path, card: ModelCard, session) -> None:  # noqa: ANN001
-        self.folder = Path(folder)
-        self.card = card
+        super().__init__(folder, card)
         self.tokenizer = Tokenizer(folder)
         self.graph = GRAPHS[card.graph](session, card)
+
+    def _release(self) -> None:
+        self.graph = None  # type: ignore[assignment]
 
     # -- scoring ---------------------------------------------------------------------------------
     def logits(self, ids: list[int]) -> np.ndarray:
         """Logits (seq, vocab) for a token sequence, in one forward pass (used by the quality gates)."""
+        self._require_loaded()
         logits, _ = self.graph.forward(np.asarray([ids], dtype=np.int64), self.graph.empty_cache(capacity=len(ids)))
         return logits[0]
 
@@ -138,6 +142,7 @@ class TextModel:
 
     def token_stream(self, ids: list[int], params: GenerationParams) -> Iterator[int]:
         """Yield generated token ids until an end token, a stop token or max_tokens."""
+        self._require_loaded()
         ids = self._fit_context(ids, params)
         sampler = Sampler(params)
         end = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.card.eos_token_ids))
@@ -158,6 +163,7 @@ class TextModel:
         self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, **options: object
     ) -> Iterator[str]:
         """Yield text deltas. Joined, they equal :meth:`generate`'s result for the same options and seed."""
+        self._require_loaded()
         params = options.pop("params", None) or GenerationParams.build(**options)  # type: ignore[arg-type]
         ids = self.prompt_ids(prompt, messages)
         return _text_deltas(self.tokenizer, self.token_stream(ids, params), params.stop)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ import numpy as np
 
 from slmops.errors import GenerationParamsError
 from slmops.export.modelcard import ModelCard
+from slmops.runtime.base import LoadedModel
 from slmops.runtime.tokenizer import Tokenizer
 
 
@@ -23,16 +24,18 @@ def _check_texts(name: str, texts: object) -> list[str]:
     return list(texts)
 
 
-class _EncoderBase:
+class _EncoderBase(LoadedModel):
     def __init__(self, folder: Path, card: ModelCard, session) -> None:  # noqa: ANN001
-        self.folder = Path(folder)
-        self.card = card
+        super().__init__(folder, card)
         self.session = session
         self.tokenizer = Tokenizer(folder)
         self.input_names = [i.name for i in session.get_inputs()]
         st_config = self.folder / "sentence_bert_config.json"
         st_max = json.loads(st_config.read_text()).get("max_seq_length") if st_config.is_file() else None
         self.max_length = int(st_max or card.context_length)
+
+    def _release(self) -> None:
+        self.session = None
 
     def _feed(self, batch: list[str] | list[tuple[str, str]]) -> dict[str, np.ndarray]:
         ids, mask, types = self.tokenizer.encode_batch(batch, max_length=self.max_length)
@@ -49,6 +52,7 @@ class EmbeddingModel(_EncoderBase):
 
     def embed(self, texts: list[str] | str, *, batch_size: int = 32) -> np.ndarray:
         """Embeddings (n, dim), float32; L2-normalised when the model's pipeline normalises."""
+        self._require_loaded()
         texts = _check_texts("texts", texts)
         if batch_size < 1:
             raise GenerationParamsError(f"batch_size={batch_size} must be at least 1")
@@ -76,6 +80,7 @@ class RerankModel(_EncoderBase):
 
     def scores(self, query: str, documents: list[str], *, batch_size: int = 32) -> np.ndarray:
         """Raw relevance logits, one per document."""
+        self._require_loaded()
         (query,) = _check_texts("query", [query])
         documents = _check_texts("documents", documents)
         out = []

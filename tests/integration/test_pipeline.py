@@ -178,6 +178,32 @@ def _flip(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def test_unload_and_memory_bounded_pool(built) -> None:
+    from slmops import load
+    from slmops.errors import ModelLoadError
+    from slmops.runtime import ModelPool
+
+    project, _, _ = built
+    chat = load("chat-test")
+    chat.unload()
+    assert not chat.is_loaded
+    with pytest.raises(ModelLoadError, match="unloaded"):
+        chat.generate("hi", max_tokens=2)
+    folders = {r: str(project.candidate_dir("tiny-llama", r)) for r in ("fp32", "wo-int8")}
+    sizes = {r: load(f).footprint_bytes for r, f in folders.items()}
+    overhead = 96  # MiB, RUNTIME_OVERHEAD_BYTES
+    pool = ModelPool(max_memory_mb=overhead + (max(sizes.values()) * 1.5) / 2**20)  # room for one, not both
+    a = pool.get(folders["fp32"])
+    assert pool.get(folders["fp32"]) is a and pool.loaded() == [folders["fp32"]]
+    b = pool.get(folders["wo-int8"])
+    assert pool.loaded() == [folders["wo-int8"]] and not a.is_loaded and b.is_loaded  # LRU evicted
+    assert pool.used_bytes <= pool.max_bytes
+    pool.unload(folders["wo-int8"])
+    assert pool.loaded() == [] and not b.is_loaded
+    with pytest.raises(MemoryBudgetError, match="max_memory_mb"):
+        ModelPool(max_memory_mb=overhead + 0.001).get(folders["fp32"])
+
+
 def test_pyfunc_round_trip(built) -> None:
     import mlflow.pyfunc
     import pandas as pd

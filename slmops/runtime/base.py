@@ -1,0 +1,39 @@
+"""What every runtime model shares: its folder, model card, memory footprint and unload()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slmops.errors import ModelLoadError
+from slmops.export.modelcard import ModelCard
+
+
+class LoadedModel:
+    """Base of the task models; subclasses drop their onnxruntime session in ``_release``."""
+
+    def __init__(self, folder: Path, card: ModelCard) -> None:
+        self.folder = Path(folder)
+        self.card = card
+        self._loaded = True
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded
+
+    @property
+    def footprint_bytes(self) -> int:
+        """Bytes of the graph and its external data: what the weights cost once loaded."""
+        return sum(p.stat().st_size for p in self.folder.glob(f"{self.card.onnx_file}*") if p.is_file())
+
+    def unload(self) -> None:
+        """Release the onnxruntime session (and with it the weights); the model cannot be used afterwards."""
+        if self._loaded:
+            self._release()
+            self._loaded = False
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    def _require_loaded(self) -> None:
+        if not self._loaded:
+            raise ModelLoadError(f"{self.card.variant} ({self.card.recipe}) was unloaded; load it again with slmops.load()")
