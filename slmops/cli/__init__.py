@@ -32,6 +32,7 @@ for _name, _fn in stages.COMMANDS.items():
 app.command("generate")(run_cmds.generate)
 app.command("embed")(run_cmds.embed)
 app.command("demo")(run_cmds.demo)
+app.command("serve")(run_cmds.serve)
 app.command("doctor")(doctor)
 
 

@@ -82,3 +82,18 @@ def demo(
     console.print(f"[bold]{embed_target}[/] ({encoder.card.variant}, {encoder.card.recipe}) cosine similarity:")
     for i, (a, b) in enumerate(pairs):
         console.print(f"  {float(vectors[2 * i] @ vectors[2 * i + 1]):.3f}  {a!r} ~ {b!r}")
+
+
+@cli_errors
+def serve(
+    host: str = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    max_memory_mb: Annotated[float, typer.Option(help="Memory budget of the loaded models (LRU eviction).")] = 2048,
+) -> None:
+    """Serve registered models over HTTP: /v1/generate (JSON or SSE), /v1/embed, /v1/rerank, /healthz."""
+    import uvicorn
+
+    from slmops.runtime.pool import ModelPool
+    from slmops.serve import create_app
+
+    uvicorn.run(create_app(ModelPool(max_memory_mb=max_memory_mb)), host=host, port=port, log_level="warning")

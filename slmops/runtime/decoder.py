@@ -165,7 +165,7 @@ class TextModel(LoadedModel):
         """Yield text deltas. Joined, they equal :meth:`generate`'s result for the same options and seed."""
         self._require_loaded()
         params = options.pop("params", None) or GenerationParams.build(**options)  # type: ignore[arg-type]
-        ids = self.prompt_ids(prompt, messages)
+        ids = self._fit_context(self.prompt_ids(prompt, messages), params)  # errors now, not mid-stream
         return _text_deltas(self.tokenizer, self.token_stream(ids, params), params.stop)  # type: ignore[arg-type]
 
     def generate(

@@ -204,6 +204,40 @@ def test_unload_and_memory_bounded_pool(built) -> None:
         ModelPool(max_memory_mb=overhead + 0.001).get(folders["fp32"])
 
 
+def test_http_server(built) -> None:
+    from fastapi.testclient import TestClient
+
+    from slmops.runtime import ModelPool
+    from slmops.serve import create_app
+
+    client = TestClient(create_app(ModelPool(max_memory_mb=4096)))
+    body = {"model": "chat-test", "prompt": "The sun", "max_tokens": 6, "temperature": 0.8, "seed": 3}
+    plain = client.post("/v1/generate", json=body)
+    assert plain.status_code == 200 and plain.json()["variant"] == "tiny-llama"
+    with client.stream("POST", "/v1/generate", json={**body, "stream": True}) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        events = [line.removeprefix("data: ") for line in resp.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert "".join(json.loads(e)["delta"] for e in events[:-1]) == plain.json()["text"]  # streamed == not streamed
+    chat = client.post("/v1/generate", json={"model": "chat-test", "messages": [{"role": "user", "content": "hi"}],
+                                             "max_tokens": 3, "temperature": 0})
+    assert chat.status_code == 200
+    emb = client.post("/v1/embed", json={"model": "embed-test", "texts": ["a", "b"]}).json()
+    assert emb["dim"] == 32 and len(emb["embeddings"]) == 2
+    assert client.get("/healthz").json()["loaded"] == ["chat-test", "embed-test"]
+    # bad input: one JSON error naming the value
+    bad = client.post("/v1/generate", json={**body, "top_p": 2})
+    assert bad.status_code == 400 and "top_p=2" in bad.json()["error"]["message"]
+    missing = client.post("/v1/generate", json={**body, "model": "no-such-alias"})
+    assert missing.status_code == 404 and "no-such-alias" in missing.json()["error"]["message"]
+    typo = client.post("/v1/generate", json={**body, "temprature": 1})
+    assert typo.status_code == 422 and "temprature" in typo.json()["error"]["message"]
+    wrong_task = client.post("/v1/embed", json={"model": "chat-test", "texts": ["x"]})
+    assert wrong_task.status_code == 400 and "causal-lm" in wrong_task.json()["error"]["message"]
+    too_long = client.post("/v1/generate", json={**body, "stream": True, "max_tokens": 10_000})
+    assert too_long.status_code == 400 and "context length" in too_long.json()["error"]["message"]
+
+
 def test_pyfunc_round_trip(built) -> None:
     import mlflow.pyfunc
     import pandas as pd
