@@ -98,6 +98,27 @@ def build_tiny_bert(out: Path) -> dict:
     }
 
 
+def build_tiny_cross_encoder(out: Path) -> dict:
+    """Save a tiny BertForSequenceClassification (1 label, as ms-marco cross-encoders); return catalog numbers."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    facts = build_tiny_bert(out)  # the tokenizer and a BERT body
+    for name in ("modules.json", "sentence_bert_config.json"):
+        (out / name).unlink()
+    import shutil
+
+    shutil.rmtree(out / "1_Pooling")
+    torch.manual_seed(1)
+    config = BertConfig.from_pretrained(out)
+    config.num_labels = 1
+    config.architectures = ["BertForSequenceClassification"]
+    model = BertForSequenceClassification(config).eval()
+    model.save_pretrained(out, safe_serialization=True)
+    return {**facts, "task": "cross-encoder", "architecture": "BertForSequenceClassification",
+            "params": model.num_parameters()}
+
+
 def write_configs(config_dir: Path, *, variants: dict[str, dict], repo_prefix: str = "tiny") -> None:
     """A complete configs/ folder for the tiny variants (recipes and gates copied from the real configs)."""
     import shutil

@@ -1,0 +1,62 @@
+"""Cross-encoders end to end on a tiny random one: optimum export, dynamic int8, Spearman gate, rerank."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slmops.artifacts import write_manifest
+from slmops.catalog.schema import Variant
+from slmops.evaluate import evaluate, load_gates
+from slmops.export import export
+from slmops.quantize import load_recipes, quantize
+from slmops.runtime.open import open_folder
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory):
+    from tests.support.tiny import build_tiny_cross_encoder
+
+    root = tmp_path_factory.mktemp("cross")
+    src = root / "fetch"
+    facts = build_tiny_cross_encoder(src)
+    write_manifest(src, stage="fetch", variant="tiny-ce", source="test")
+    variant = Variant(id="tiny-ce", family="tiny", repo_id="tiny/tiny-ce", revision="main", license="apache-2.0", **facts)
+    export(variant, src=src, out=root / "export")
+    recipes = load_recipes(CONFIGS / "recipes.yaml")
+    for name in ("fp32", "dyn-int8-pc"):
+        quantize(variant, recipes[name], src=root / "export", out=root / "cand" / name)
+    return variant, root
+
+
+def test_export_matches_torch_and_reranks(built) -> None:
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    _, root = built
+    model = open_folder(root / "cand" / "fp32")
+    assert model.card.task == "cross-encoder" and model.card.num_labels == 1
+    docs = ["water boils at one hundred degrees", "the stock market fell", "plants use sunlight"]
+    scores = model.scores("what is the boiling point of water", docs)
+    tok = AutoTokenizer.from_pretrained(root / "fetch")
+    ref = BertForSequenceClassification.from_pretrained(root / "fetch").eval()
+    with torch.inference_mode():
+        enc = tok(["what is the boiling point of water"] * 3, docs, padding=True, return_tensors="pt")
+        expected = ref(**enc).logits[:, 0].numpy()
+    assert np.abs(scores - expected).max() < 1e-4
+    ranked = model.rerank("what is the boiling point of water", docs, top_k=2)
+    assert [i for i, _ in ranked] == list(np.argsort(-expected)[:2]) and ranked[0][1] >= ranked[1][1]
+
+
+def test_spearman_gate_on_the_quantized_candidate(built, tmp_path: Path) -> None:
+    _, root = built
+    report = evaluate(task="cross-encoder", candidates={r: root / "cand" / r for r in ("fp32", "dyn-int8-pc")},
+                      reference="fp32", gates=load_gates(CONFIGS / "gates.yaml"), out=tmp_path / "gates.json")
+    assert report["candidates"]["fp32"]["metrics"]["spearman"] == pytest.approx(1.0)
+    rho = report["candidates"]["dyn-int8-pc"]["metrics"]["spearman"]
+    assert -1.0 <= rho <= 1.0
+    assert report["candidates"]["dyn-int8-pc"]["passed"] == (rho >= 0.95)
