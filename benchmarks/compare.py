@@ -31,25 +31,20 @@ THREADS = 2
 
 # ----------------------------------------------------------------------------- helpers (child side)
 def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
+    from slmops.benchmark.worker import peak_rss_mb
+
+    return peak_rss_mb()
 
 
 def _size_mb(path: Path) -> float:
+    from slmops.artifacts import folder_size
+
     path = Path(path)
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    return sum(p.stat().st_size for p in files) / 2**20
+    return (path.stat().st_size if path.is_file() else folder_size(path)) / 2**20
 
 
 def _prompt_ids(n: int) -> list[int]:
-    from tokenizers import Tokenizer
-
-    from slmops.evaluate.metrics import eval_text
-
-    tok = Tokenizer.from_file(str(ROOT / "artifacts" / "export" / DECODER / "tokenizer.json"))
-    ids = tok.encode(eval_text(), add_special_tokens=False).ids
+    ids = _eval_ids()
     return (ids * (n // len(ids) + 1))[:n]
 
 

@@ -8,6 +8,11 @@ from slmops.errors import ModelLoadError
 from slmops.export.modelcard import ModelCard
 
 
+def weights_bytes(folder: Path, card: ModelCard) -> int:
+    """Bytes of the graph and its external data (model.onnx_data or model.onnx.data): what the weights cost loaded."""
+    return sum(p.stat().st_size for p in Path(folder).glob(f"{card.onnx_file}*") if p.is_file())
+
+
 class LoadedModel:
     """Base of the task models; subclasses drop their onnxruntime session in ``_release``."""
 
@@ -23,7 +28,7 @@ class LoadedModel:
     @property
     def footprint_bytes(self) -> int:
         """Bytes of the graph and its external data: what the weights cost once loaded."""
-        return sum(p.stat().st_size for p in self.folder.glob(f"{self.card.onnx_file}*") if p.is_file())
+        return weights_bytes(self.folder, self.card)
 
     def unload(self) -> None:
         """Release the onnxruntime session (and with it the weights); the model cannot be used afterwards."""

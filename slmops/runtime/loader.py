@@ -165,8 +165,11 @@ def _check_budget(folder: Path, max_memory_mb: float | None) -> None:
     """Refuse a model whose weights plus runtime overhead exceed the budget, before opening it."""
     if max_memory_mb is None:
         return
+    from slmops.export.modelcard import read_model_card
+    from slmops.runtime.base import weights_bytes
+
     manifest = read_manifest(folder)
-    weights = sum(f.size for name, f in manifest.files.items() if name.endswith((".onnx", ".onnx_data")))
+    weights = weights_bytes(folder, read_model_card(folder))  # counts external data under either name
     need_mb = (weights + RUNTIME_OVERHEAD_BYTES) / 2**20
     if need_mb > max_memory_mb:
         raise MemoryBudgetError(
