@@ -51,6 +51,7 @@ def quantize(project: Project, variant_id: str) -> dict[str, Any]:
         manifest = run_quantize(
             variant, project.recipes[name], src=project.export_dir(variant_id),
             out=project.candidate_dir(variant_id, name), device=project.config.device,
+            fetched=project.fetch_dir(variant_id),
         )
         done[name] = manifest.digest()
     return {"variant": variant_id, "candidates": done}

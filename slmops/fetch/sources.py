@@ -86,8 +86,16 @@ def fetch_package(variant: Variant, config: FetchConfig, out: Path, settings: Se
 
 @register_source("gguf")
 def fetch_gguf(variant: Variant, config: FetchConfig, out: Path, settings: Settings) -> Fetched:
-    """Dequantize a packaged GGUF through transformers into an HF folder, fixing the tokenizer's special tokens."""
+    """Dequantize a packaged GGUF through transformers into an HF folder (fixing the tokenizer's special tokens),
+    keeping the GGUF itself beside it."""
     gguf = _package_path(variant, "gguf")
+    gguf_to_hf(gguf, out)
+    pin = _package_pin(variant)
+    return Fetched(source="gguf", revision=pin, origin=f"{pin}:{gguf.name}")
+
+
+def gguf_to_hf(gguf: Path, out: Path) -> None:
+    """Write the HF folder of a GGUF file into ``out``: fp32 weights, fixed tokenizer, and the GGUF itself."""
     from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: imported only here
 
     logger.info("converting %s to an HF folder (about 20 s)", gguf.name)
@@ -96,8 +104,8 @@ def fetch_gguf(variant: Variant, config: FetchConfig, out: Path, settings: Setti
     _fix_gguf_tokenizer(tokenizer, model.config)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    pin = _package_pin(variant)
-    return Fetched(source="gguf", revision=pin, origin=f"{pin}:{gguf.name}")
+    # the original blocks travel too: the gguf_blocks recipe rebuilds MatMulNBits from them
+    link_or_copy(gguf, out / gguf.name)
 
 
 def _fix_gguf_tokenizer(tokenizer, config) -> None:  # noqa: ANN001 - transformers types

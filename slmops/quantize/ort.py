@@ -10,7 +10,7 @@ from slmops.quantize.recipes import Recipe
 
 logger = logging.getLogger(__name__)
 
-Quantizer = Callable[[Path, Path, Recipe], None]
+Quantizer = Callable[..., None]  # (src graph, dst graph, recipe, *, fetched: the fetched HF folder or None)
 QUANTIZERS: dict[str, Quantizer] = {}
 
 
@@ -25,7 +25,7 @@ def register_quantizer(method: str) -> Callable[[Quantizer], Quantizer]:
 
 
 @register_quantizer("none")
-def keep_fp32(src: Path, dst: Path, recipe: Recipe) -> None:
+def keep_fp32(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None = None) -> None:
     """The unquantized reference: the exported graph, linked."""
     from slmops.artifacts import link_or_copy
 
@@ -38,32 +38,74 @@ def keep_fp32(src: Path, dst: Path, recipe: Recipe) -> None:
             shutil.copy2(path, dst.with_name(path.name))
 
 
+def output_projections(model) -> list[str]:  # noqa: ANN001 - onnx.ModelProto
+    """Names of the MatMul nodes writing a graph output directly (the lm_head of a decoder)."""
+    outputs = {o.name for o in model.graph.output}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.output[0] in outputs]
+
+
 @register_quantizer("matmul_nbits")
-def matmul_nbits(src: Path, dst: Path, recipe: Recipe) -> None:
+def matmul_nbits(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None = None) -> None:
     """Weight-only block quantization of MatMul weights (ORT MatMulNBits). Activations stay fp32.
 
     On AVX2 CPUs without VNNI this keeps SmolLM2's PPL (12.54 -> 12.62 at 8 bits),
-    where dynamic W8A8 ruins it (21.1).
+    where dynamic W8A8 ruins it (21.1). ``algorithm`` picks ORT's RTN, k-quant or HQQ
+    code search; ``lm_head: false`` keeps the output projection in fp32.
     """
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
-    config = DefaultWeightOnlyQuantConfig(
-        block_size=recipe.block_size or 32,
-        is_symmetric=recipe.symmetric,
-        accuracy_level=recipe.accuracy_level,
-        bits=recipe.bits or 4,
-        op_types_to_quantize=("MatMul",),
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        HQQWeightOnlyQuantConfig,
+        KQuantWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
     )
+
     model = onnx.load(str(src))
-    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+    exclude = [] if recipe.lm_head else output_projections(model)
+    block = recipe.block_size or 32
+    if recipe.algorithm == "rtn":
+        config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=recipe.symmetric,
+                                              accuracy_level=recipe.accuracy_level, bits=recipe.bits or 4,
+                                              op_types_to_quantize=("MatMul",))
+    elif recipe.algorithm == "hqq":  # asymmetric by construction
+        config = HQQWeightOnlyQuantConfig(block_size=block, bits=recipe.bits or 4, op_types_to_quantize=("MatMul",))
+    else:
+        config = KQuantWeightOnlyQuantConfig(op_types_to_quantize=("MatMul",))
+    quantizer = MatMulNBitsQuantizer(model, block_size=block, is_symmetric=recipe.symmetric,
+                                     accuracy_level=recipe.accuracy_level, nodes_to_exclude=exclude,
+                                     algo_config=config)
     quantizer.process()
-    large = quantizer.model.model.ByteSize() > 2_000_000_000 if hasattr(quantizer.model.model, "ByteSize") else False
+    large = quantizer.model.model.ByteSize() > 2_000_000_000
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=large)
 
 
+@register_quantizer("gguf_blocks")
+def gguf_blocks(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None = None) -> None:
+    """The fetched GGUF's own Q4_1/Q8_0 blocks as MatMulNBits (slmops/quantize/gguf_blocks.py)."""
+    from slmops.errors import QuantizeError
+    from slmops.quantize.gguf_blocks import convert
+
+    found = sorted(Path(fetched).glob("*.gguf")) if fetched is not None else []
+    if not found:
+        raise QuantizeError(f"recipe {recipe.name!r} maps a GGUF's blocks, but {fetched} holds no .gguf file; "
+                            "use it only for variants fetched with source: gguf (and re-run `slmops fetch`)")
+    convert(src, dst, found[0], accuracy_level=recipe.accuracy_level if recipe.accuracy_level is not None else 4,
+            remainder_mode=recipe.remainder, lm_head=recipe.lm_head)
+
+
+@register_quantizer("fp16")
+def fp16(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None = None) -> None:
+    """fp16 weights and compute for CUDA, fp32 inputs/outputs (onnxruntime's float16 converter)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    large = model.ByteSize() > 2_000_000_000
+    onnx.save_model(model, str(dst), save_as_external_data=large, location=dst.name + ".data" if large else None)
+
+
 @register_quantizer("dynamic_int8")
-def dynamic_int8(src: Path, dst: Path, recipe: Recipe) -> None:
+def dynamic_int8(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None = None) -> None:
     """Dynamic (W8A8) int8: for encoders. Per-channel keeps MiniLM at cosine 0.991."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slmops.configfile import config_path, load_named
 
-Method = Literal["none", "matmul_nbits", "dynamic_int8"]
+Method = Literal["none", "matmul_nbits", "gguf_blocks", "dynamic_int8", "fp16"]
 
 
 class Recipe(BaseModel):
@@ -27,6 +27,9 @@ class Recipe(BaseModel):
     block_size: int | None = Field(default=None, ge=16)
     symmetric: bool = True
     accuracy_level: Literal[0, 1, 2, 3, 4] | None = None
+    algorithm: Literal["rtn", "k_quant", "hqq"] = "rtn"  # matmul_nbits: how the 4/8-bit codes are chosen
+    lm_head: bool = True  # quantize the output projection (tied to the embedding in SmolLM2) as well
+    remainder: Literal["side", "augment", "drop"] = "side"  # gguf_blocks: see slmops/quantize/gguf_blocks.py
     per_channel: bool = False
     reduce_range: bool = False
 
@@ -39,8 +42,14 @@ class Recipe(BaseModel):
                 raise ValueError(f"block_size={self.block_size} must be a power of two")
             if self.precision != f"int{self.bits}":
                 raise ValueError(f"precision {self.precision!r} does not match bits={self.bits}")
+            if self.algorithm == "k_quant" and self.bits != 4:
+                raise ValueError("algorithm k_quant only builds 4-bit weights; use rtn for bits=8")
         elif self.bits is not None or self.block_size is not None:
             raise ValueError(f"bits/block_size only apply to method matmul_nbits, not {self.method!r}")
+        if self.method == "gguf_blocks" and self.precision != "int4":
+            raise ValueError("gguf_blocks maps Q4_1/Q8_0 blocks: precision int4")
+        if self.method == "fp16" and self.precision != "fp16":
+            raise ValueError("method fp16 has precision fp16")
         if self.method == "dynamic_int8" and self.precision != "int8":
             raise ValueError("dynamic_int8 has precision int8")
         if self.method == "none" and self.precision != "fp32":

@@ -17,10 +17,12 @@ from slmops.artifacts import write_json_atomic
 logger = logging.getLogger(__name__)
 
 
-def quantize(variant: Variant, recipe: Recipe, *, src: Path, out: Path, device: str = "cpu") -> Manifest:
+def quantize(variant: Variant, recipe: Recipe, *, src: Path, out: Path, device: str = "cpu",
+             fetched: Path | None = None) -> Manifest:
     """Apply ``recipe`` to the export in ``src``, writing a complete candidate folder to ``out``.
 
-    Raises ConfigError if the recipe does not support the variant's task or the device,
+    ``fetched`` is the fetched folder the export came from (recipes that reuse the source's
+    own quantized weights read it). Raises ConfigError if the recipe does not support the variant's task or the device,
     IntegrityError if ``src`` is not a finished export, QuantizeError if quantization fails.
     """
     exported = read_manifest(src)
@@ -36,7 +38,9 @@ def quantize(variant: Variant, recipe: Recipe, *, src: Path, out: Path, device: 
                 continue
             link_or_copy(Path(src) / rel, tmp / rel)
         try:
-            QUANTIZERS[recipe.method](Path(src) / card.onnx_file, tmp / card.onnx_file, recipe)
+            QUANTIZERS[recipe.method](Path(src) / card.onnx_file, tmp / card.onnx_file, recipe, fetched=fetched)
+        except QuantizeError:
+            raise
         except Exception as exc:
             raise QuantizeError(f"recipe {recipe.name!r} failed on {variant.id}: {exc}") from exc
         card.model_copy(update={"precision": recipe.precision, "recipe": recipe.name}).write(tmp)

@@ -57,6 +57,31 @@ def test_recipes_apply_to_the_fused_graph(exported) -> None:
     assert int8.card.precision == "int8" and (root / "cand" / "fp32" / "model.onnx.data").is_file()
 
 
+def test_recipe_flags_shape_the_graph(exported) -> None:
+    """k-quant codes, an fp32 lm_head on request, and fp16 (for CUDA) with fp32 inputs/outputs."""
+    import onnx
+
+    variant, root = exported
+    for recipe, device in (("wo-int4", "cpu"), ("wo-int4-kquant", "cpu"), ("wo-int4-body", "cpu"), ("fp16", "cuda")):
+        quantize(variant, RECIPES[recipe], src=root / "genai", out=root / "flags" / recipe, device=device)
+    def graph(name: str):
+        return onnx.load(str(root / "flags" / name / "model.onnx")).graph
+
+    kquant, body, half = graph("wo-int4-kquant"), graph("wo-int4-body"), graph("fp16")
+    assert {n.op_type for n in kquant.node} >= {"MatMulNBits"} and "MatMul" not in {n.op_type for n in kquant.node}
+    head = [n for n in body.node if n.output[0] == body.output[0].name]
+    assert head and head[0].op_type == "MatMul"  # lm_head kept fp32 ...
+    assert sum(n.op_type == "MatMulNBits" for n in body.node) == 2 * 5  # ... the body is 4-bit
+    assert {i.data_type for i in half.initializer if i.data_type in (1, 10)} == {10}  # every float weight fp16
+    assert {i.type.tensor_type.elem_type for i in list(half.input) + list(half.output) if i.name in ("logits", "input_ids")} == {1, 7}
+    fp32 = open_folder(root / "genai")
+    ids = fp32.tokenizer.encode("Water boils at one hundred degrees. The sun rises in the east.")
+    ref = fp32.logits(ids)
+    kq, rtn = (open_folder(root / "flags" / r).logits(ids) for r in ("wo-int4-kquant", "wo-int4"))
+    # the tiny random model is hard on 4 bits; k-quant's code search must at least stay finite and near RTN
+    assert np.isfinite(kq).all() and np.abs(kq - ref).mean() < 1.5 * np.abs(rtn - ref).mean()
+
+
 def test_genai_refuses_encoders(tiny_models, tmp_path: Path) -> None:
     folder, facts = tiny_models["tiny-bert"]
     src = tmp_path / "fetch"

@@ -153,3 +153,63 @@ def write_configs(config_dir: Path, *, variants: dict[str, dict], repo_prefix: s
         "tiny-memory": {"task": "causal-lm", "device": "cpu", "max_memory_mb": 1, "objective": "decode_speed"},
     }}
     (config_dir / "usecases.yaml").write_text(yaml.safe_dump(usecases, sort_keys=False))
+
+
+def build_tiny_gguf(hf_folder: Path, path: Path) -> None:
+    """Write the tiny Llama of ``hf_folder`` as a GGUF the way llama.cpp's converter does (Q/K rows permuted),
+    with Q4_1 linear weights, a Q8_0 token embedding and f32 norms, plus the tokenizer (gpt2 BPE)."""
+    import gguf
+    import numpy as np
+    from gguf.quants import quantize
+    from safetensors.numpy import load_file
+    from transformers import AutoTokenizer
+
+    config = json.loads((hf_folder / "config.json").read_text())
+    weights = load_file(str(hf_folder / "model.safetensors"))
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+
+    def permute(w: np.ndarray, n_head: int) -> np.ndarray:
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_rope_freq_base(config.get("rope_theta", 10000.0))
+    writer.add_vocab_size(config["vocab_size"])
+    tok = AutoTokenizer.from_pretrained(hf_folder)
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    merges = json.loads((hf_folder / "tokenizer.json").read_text())["model"]["merges"]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list([t for t, _ in vocab])
+    writer.add_token_types([3 if t in tok.all_special_tokens else 1 for t, _ in vocab])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    writer.add_eos_token_id(config["eos_token_id"])
+    writer.add_bos_token_id(config["bos_token_id"])
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    q41, q80 = gguf.GGMLQuantizationType.Q4_1, gguf.GGMLQuantizationType.Q8_0
+    embed = weights["model.embed_tokens.weight"].astype(np.float32)
+    writer.add_tensor("token_embd.weight", quantize(embed, q80), raw_dtype=q80)
+    writer.add_tensor("output_norm.weight", weights["model.norm.weight"].astype(np.float32))
+    for i in range(config["num_hidden_layers"]):
+        for hf, gg in names.items():
+            w = weights[f"model.layers.{i}.{hf}.weight"].astype(np.float32)
+            if hf.endswith("norm"):
+                writer.add_tensor(f"blk.{i}.{gg}.weight", w)
+                continue
+            if hf == "self_attn.q_proj":
+                w = permute(w, heads)
+            elif hf == "self_attn.k_proj":
+                w = permute(w, kv_heads)
+            writer.add_tensor(f"blk.{i}.{gg}.weight", quantize(w, q41), raw_dtype=q41)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
