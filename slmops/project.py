@@ -32,7 +32,7 @@ class Selection(BaseModel):
     source: str = "hub"
     revision: str | None = None
     recipes: list[str] = Field(min_length=1)
-    exporter: str = "optimum"
+    exporter: str | None = None  # None: the catalog's exporter for the variant, else optimum
 
 
 class PipelineConfig(BaseModel):
@@ -102,10 +102,10 @@ class Project:
         return load_pipeline_config(self.settings.config_dir / "pipeline.yaml")
 
     def validate(self) -> None:
-        from slmops.export.exporters import EXPORTERS
-        from slmops.fetch.sources import SOURCES
-
         from slmops.catalog.schema import CAPABILITIES
+        from slmops.export.exporters import EXPORTERS
+        from slmops.export.stage import resolve_exporter
+        from slmops.fetch.sources import SOURCES
 
         self.gates  # noqa: B018 - parse now so a bad file fails before any work
         self.remote_code  # noqa: B018
@@ -127,8 +127,12 @@ class Project:
             where = f"{path}: selection.{variant_id}"
             if sel.source not in SOURCES:
                 raise ConfigError(f"{where}.source={sel.source!r}; use one of {', '.join(SOURCES)}")
-            if sel.exporter not in EXPORTERS:
-                raise ConfigError(f"{where}.exporter={sel.exporter!r}; use one of {', '.join(EXPORTERS)}")
+            try:
+                exporter = resolve_exporter(variant, sel.exporter)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}.exporter: {exc}") from None
+            if exporter not in EXPORTERS:
+                raise ConfigError(f"{where}.exporter={exporter!r}; use one of {', '.join(EXPORTERS)}")
             if cfg.reference_recipe not in sel.recipes:
                 raise ConfigError(f"{where}.recipes must include the reference recipe {cfg.reference_recipe!r}")
             for name in sel.recipes:

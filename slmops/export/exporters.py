@@ -67,18 +67,19 @@ def build_model_card(variant: Variant, src: Path, *, graph: str) -> ModelCard:
     eos = gen.get("eos_token_id", config.get("eos_token_id"))
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     head_dim = config.get("head_dim") or (config["hidden_size"] // config["num_attention_heads"])
+    kv_heads = config.get("num_key_value_heads", config.get("num_attention_heads"))
     return ModelCard(
         variant=variant.id,
         task=variant.task,
         graph=graph,  # type: ignore[arg-type]
-        context_length=config.get("max_position_embeddings", variant.context_length),
+        context_length=config.get("max_position_embeddings") or config.get("max_context_length") or variant.context_length,
         eos_token_ids=eos_ids,
         pad_token_id=config.get("pad_token_id"),
         pooling=read_pooling(src) if variant.task == "sentence-embedding" else None,
         num_labels=len(config.get("id2label", {})) or None if variant.task == "cross-encoder" else None,
-        kv_heads=config.get("num_key_value_heads", config.get("num_attention_heads")),
+        kv_heads=kv_heads if isinstance(kv_heads, int) else None,  # None: per layer, read from the graph's inputs
         head_dim=head_dim,
-        layers=config.get("num_hidden_layers"),
+        layers=config.get("num_hidden_layers") or config.get("num_transformer_layers"),
     )
 
 
@@ -130,3 +131,17 @@ def export_genai(variant: Variant, src: Path, out: Path) -> ModelCard:
         raise ExportError(f"onnxruntime-genai builder failed on {variant.id}{hint}: {tail}")
     copy_sidecars(src, out)
     return build_model_card(variant, src, graph="genai-decoder")
+
+
+@register_exporter("openelm")
+def export_openelm(variant: Variant, src: Path, out: Path) -> ModelCard:
+    """OpenELM (per-layer head counts, qk-norm, shared embeddings) through openelm-pytorch, not the Hub's remote code:
+    a decoder-with-past graph with optimum's names, checked against PyTorch on a prefill and a cached decode step.
+    """
+    if variant.task != "causal-lm":
+        raise ExportError(f"the openelm exporter builds causal LMs only; {variant.id} is a {variant.task} model")
+    from slmops.export.openelm import export_graph  # heavy (torch): imported only here
+
+    export_graph(src, out)
+    copy_sidecars(src, out)
+    return build_model_card(variant, src, graph="optimum-decoder")

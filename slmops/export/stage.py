@@ -13,11 +13,14 @@ from slmops.export.exporters import EXPORTERS
 logger = logging.getLogger(__name__)
 
 
-def export(variant: Variant, *, src: Path, out: Path, exporter: str = "optimum") -> Manifest:
+def export(variant: Variant, *, src: Path, out: Path, exporter: str | None = None) -> Manifest:
     """Export the fetched folder ``src`` to ONNX in ``out`` (atomic, with manifest and model card).
 
-    Raises IntegrityError if ``src`` has no valid manifest, ExportError if the export fails.
+    ``exporter`` defaults to the one the catalog names for the variant, else optimum. Raises IntegrityError
+    if ``src`` has no valid manifest, ConfigError for an unknown exporter or one the variant cannot use,
+    ExportError if the export fails.
     """
+    exporter = resolve_exporter(variant, exporter)
     fetched = read_manifest(src)  # refuse folders no finished fetch produced
     try:
         fn = EXPORTERS[exporter]
@@ -36,3 +39,16 @@ def export(variant: Variant, *, src: Path, out: Path, exporter: str = "optimum")
         )
     logger.info("exported %s with %s", variant.id, exporter)
     return manifest
+
+
+def resolve_exporter(variant: Variant, exporter: str | None = None) -> str:
+    """The exporter to use: ``exporter`` if given, else the catalog's ``exporter`` for the variant, else optimum.
+
+    Raises ConfigError when ``exporter`` contradicts the catalog (the family needs its own modelling code).
+    """
+    if exporter is not None and variant.exporter is not None and exporter != variant.exporter:
+        raise ConfigError(
+            f"{variant.id} needs exporter {variant.exporter!r} (catalog), not {exporter!r}; "
+            f"drop `exporter` from its pipeline selection or set it to {variant.exporter!r}"
+        )
+    return exporter or variant.exporter or "optimum"

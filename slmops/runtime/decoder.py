@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slmops.errors import ContextLengthError, GenerationParamsError
+from slmops.errors import ContextLengthError, GenerationParamsError, ModelLoadError
 from slmops.export.modelcard import ModelCard
 from slmops.runtime.base import LoadedModel
 from slmops.runtime.params import GenerationParams
@@ -27,16 +27,15 @@ class OnnxDecoderGraph:
         self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
         self.present_names = ["present." + n.removeprefix("past_key_values.") for n in self.past_names]
         self.output_names = ["logits", *self.present_names]
-        first = inputs[self.past_names[0]]
-        # the builder names the head dimension symbolically ("kv_cache_dim"): take it from the model card
-        self.kv_heads = first.shape[1] if isinstance(first.shape[1], int) else card.kv_heads
-        self.head_dim = first.shape[3] if isinstance(first.shape[3], int) else card.head_dim
-        self.kv_dtype = _ORT_FLOAT.get(first.type, np.float32)
+        # (kv_heads, head_dim) of each past input: layers may differ (OpenELM's layer-wise scaling). The builder
+        # names the head dimension symbolically ("kv_cache_dim"): then take it from the model card.
+        self.kv_shapes = [_kv_shape(inputs[n].shape, card) for n in self.past_names]
+        self.kv_dtype = _ORT_FLOAT.get(inputs[self.past_names[0]].type, np.float32)
         self.has_position_ids = "position_ids" in inputs
 
     def empty_cache(self, batch: int = 1, capacity: int | None = None) -> list[np.ndarray]:
         """A zero-length cache (it grows by concatenation inside the graph; ``capacity`` is not needed)."""
-        return [np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.kv_dtype) for _ in self.past_names]
+        return [np.zeros((batch, heads, 0, dim), dtype=self.kv_dtype) for heads, dim in self.kv_shapes]
 
     def forward(self, ids: np.ndarray, cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Run ``ids`` (batch, seq) after ``cache``; returns logits (batch, seq, vocab) and the grown cache."""
@@ -48,6 +47,18 @@ class OnnxDecoderGraph:
         feed.update(zip(self.past_names, cache))
         logits, *present = self.session.run(self.output_names, feed)
         return logits, present
+
+
+def _kv_shape(shape: list, card: ModelCard) -> tuple[int, int]:
+    """(kv_heads, head_dim) of one past input [batch, kv_heads, past, head_dim]; symbolic dims from the model card."""
+    heads = shape[1] if isinstance(shape[1], int) else card.kv_heads
+    dim = shape[3] if isinstance(shape[3], int) else card.head_dim
+    if heads is None or dim is None:
+        raise ModelLoadError(
+            f"the graph's KV input shape {shape} is symbolic and slmops-model.json gives kv_heads={card.kv_heads}, "
+            f"head_dim={card.head_dim}; re-run `slmops export`"
+        )
+    return heads, dim
 
 
 class SharedKVCache:
@@ -70,8 +81,8 @@ class SharedKVDecoderGraph(OnnxDecoderGraph):
 
         if capacity is None:
             raise ValueError("SharedKVDecoderGraph needs the cache capacity (prompt + new tokens)")
-        shape = (batch, self.kv_heads, capacity, self.head_dim)
-        buffers = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=self.kv_dtype)) for _ in self.past_names]
+        buffers = [ort.OrtValue.ortvalue_from_numpy(np.zeros((batch, heads, capacity, dim), dtype=self.kv_dtype))
+                   for heads, dim in self.kv_shapes]
         return SharedKVCache(buffers, capacity)
 
     def forward(self, ids: np.ndarray, cache: SharedKVCache) -> tuple[np.ndarray, SharedKVCache]:  # type: ignore[override]

@@ -1,7 +1,8 @@
 """Tiny random models in Hugging Face format, built in a few seconds for tests.
 
-A 2-layer Llama (GQA, tied embeddings, byte-level BPE, ChatML template) and a 2-layer BERT
-laid out as a sentence-transformers folder (mean pooling + Normalize).
+A 2-layer Llama (GQA, tied embeddings, byte-level BPE, ChatML template), a 3-layer OpenELM
+(openelm-pytorch, per-layer head counts, same tokenizer) and a 2-layer BERT laid out as a
+sentence-transformers folder (mean pooling + Normalize).
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ def _corpus() -> list[str]:
     return eval_text().splitlines() + data["queries"] + data["documents"] + ["héllo wörld — ünïcode ✓ 日本語"]
 
 
-def build_tiny_llama(out: Path) -> dict:
-    """Save a tiny LlamaForCausalLM + tokenizer into ``out``; return its catalog numbers."""
-    import torch
+def _tiny_bpe_tokenizer():  # noqa: ANN202 - transformers.PreTrainedTokenizerFast
+    """A byte-level BPE tokenizer (400 tokens) with ChatML specials and template, trained on the eval corpus."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE())
@@ -39,6 +39,15 @@ def build_tiny_llama(out: Path) -> dict:
         tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>", unk_token="<|endoftext|>"
     )
     hf_tok.chat_template = CHATML
+    return hf_tok
+
+
+def build_tiny_llama(out: Path) -> dict:
+    """Save a tiny LlamaForCausalLM + tokenizer into ``out``; return its catalog numbers."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf_tok = _tiny_bpe_tokenizer()
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(hf_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -53,6 +62,55 @@ def build_tiny_llama(out: Path) -> dict:
         "task": "causal-lm", "architecture": "LlamaForCausalLM", "params": model.num_parameters(), "layers": 2,
         "hidden_size": 64, "attention_heads": 4, "kv_heads": 2, "head_dim": 16, "vocab_size": len(hf_tok),
         "context_length": 256, "tie_word_embeddings": True, "capabilities": ["text_generation", "chat"],
+    }
+
+
+def build_tiny_openelm(out: Path) -> dict:
+    """Save a tiny random OpenELM in the Hub's layout (config.json, ``transformer.*`` safetensors) + tokenizer.
+
+    The model is openelm-pytorch's. 3 layers with layer-wise scaling: query heads [2, 4, 4], kv heads [1, 2, 2],
+    FFN widths [32, 160, 256]; q/k RMSNorm weights are randomised so the qk-norm matters.
+    """
+    import torch
+    from openelm_pytorch.config import ModelConfig
+    from openelm_pytorch.openelm import OpenELM
+    from safetensors.torch import save_file
+
+    hf_tok = _tiny_bpe_tokenizer()
+    bos, eos = hf_tok.convert_tokens_to_ids("<|im_start|>"), hf_tok.convert_tokens_to_ids("<|im_end|>")
+    mcfg = ModelConfig(vocab_size=len(hf_tok), max_context_length=256, num_transformer_layers=3, model_dim=64,
+                       head_dim=16, num_gqa_groups=2, ffn_dim_divisor=32, qkv_multipliers=(0.5, 1.0),
+                       ffn_multipliers=(0.5, 4.0), rope_max_length=512)
+    torch.manual_seed(0)
+    model = OpenELM.from_config(mcfg).eval()
+    model.reset_parameters()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.copy_(1.0 + 0.2 * torch.randn_like(param))
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({f"transformer.{k}": v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors",
+              metadata={"format": "pt"})
+    config = {  # the keys and layout of apple/OpenELM-*'s config.json
+        "activation_fn_name": "swish", "architectures": ["OpenELMForCausalLM"],
+        "auto_map": {"AutoConfig": "configuration_openelm.OpenELMConfig",
+                     "AutoModelForCausalLM": "modeling_openelm.OpenELMForCausalLM"},
+        "bos_token_id": bos, "eos_token_id": eos, "ffn_dim_divisor": 32, "ffn_multipliers": mcfg.ffn_multipliers,
+        "ffn_with_glu": True, "head_dim": 16, "initializer_range": 0.02, "max_context_length": 256, "model_dim": 64,
+        "model_type": "openelm", "normalization_layer_name": "rms_norm", "normalize_qk_projections": True,
+        "num_gqa_groups": 2, "num_kv_heads": mcfg.num_kv_heads, "num_query_heads": mcfg.num_query_heads,
+        "num_transformer_layers": 3, "qkv_multipliers": [0.5, 1.0], "rope_freq_constant": 10000,
+        "rope_max_length": 512, "share_input_output_layers": True, "torch_dtype": "float32", "use_cache": True,
+        "vocab_size": len(hf_tok),
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    (out / "generation_config.json").write_text(json.dumps({"bos_token_id": bos, "eos_token_id": eos}))
+    hf_tok.save_pretrained(out)
+    return {
+        "task": "causal-lm", "architecture": "OpenELMForCausalLM", "params": sum(p.numel() for p in model.parameters()),
+        "layers": 3, "hidden_size": 64, "attention_heads": max(mcfg.num_query_heads), "kv_heads": max(mcfg.num_kv_heads),
+        "head_dim": 16, "vocab_size": len(hf_tok), "context_length": 256, "tie_word_embeddings": True,
+        "capabilities": ["text_generation"], "remote_code": True, "exporter": "openelm",
     }
 
 

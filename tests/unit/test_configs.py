@@ -58,6 +58,9 @@ def _edit(path: Path, fn) -> None:  # noqa: ANN001
         ("pipeline.yaml", lambda d: d["selection"]["all-minilm-l6-v2"].update(recipes=["dyn-int8-pc"]), ["reference recipe"]),
         ("pipeline.yaml", lambda d: d["selection"]["all-minilm-l6-v2"].update(source="ftp"), ["source='ftp'"]),
         ("pipeline.yaml", lambda d: d["selection"].update({"no-such-model": {"recipes": ["fp32"]}}), ["no-such-model"]),
+        ("pipeline.yaml", lambda d: d["selection"].update({"openelm-270m": {"exporter": "optimum", "recipes": ["fp32"]}}),
+         ["selection.openelm-270m.exporter", "needs exporter 'openelm'", "not 'optimum'"]),
+        ("pipeline.yaml", lambda d: d["selection"]["all-minilm-l6-v2"].update(exporter="magic"), ["exporter='magic'"]),
     ],
 )
 def test_bad_config_is_rejected_clearly(tmp_path: Path, file: str, mutate, needles: list[str]) -> None:
@@ -74,3 +77,14 @@ def test_missing_config_file_says_what_to_set(tmp_path: Path) -> None:
     for loader in (load_recipes, load_gates, load_usecases):
         with pytest.raises(ConfigError, match="SLMOPS_CONFIG_DIR"):
             loader(tmp_path / "nope.yaml")
+
+
+def test_openelm_selection_without_exporter_routes_through_the_catalog(tmp_path: Path) -> None:
+    from slmops.export.stage import resolve_exporter
+
+    config_dir = _copy(tmp_path)
+    _edit(config_dir / "pipeline.yaml",
+          lambda d: d["selection"].update({"openelm-270m": {"source": "hub", "recipes": ["fp32", "wo-int8"]}}))
+    project = Project.load(Settings(config_dir=config_dir))
+    variant, sel = project.selected("openelm-270m")
+    assert sel.exporter is None and resolve_exporter(variant, sel.exporter) == "openelm"
