@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 from slmops.artifacts import Manifest, atomic_folder, link_or_copy, read_manifest, write_manifest
@@ -37,8 +39,13 @@ def quantize(variant: Variant, recipe: Recipe, *, src: Path, out: Path, device: 
             if rel.startswith(card.onnx_file) or rel == MODEL_CARD_NAME:  # the graph and its external data
                 continue
             link_or_copy(Path(src) / rel, tmp / rel)
+        # ORT's tools write scratch files (sym_shape_infer_temp.onnx, <uuid>.data) into the working
+        # directory: run them in a throw-away one, with absolute paths.
+        graph_src, graph_dst = (Path(src) / card.onnx_file).resolve(), (tmp / card.onnx_file).resolve()
+        origin = Path(fetched).resolve() if fetched is not None else None
         try:
-            QUANTIZERS[recipe.method](Path(src) / card.onnx_file, tmp / card.onnx_file, recipe, fetched=fetched)
+            with tempfile.TemporaryDirectory(prefix="slmops-quantize-") as scratch, contextlib.chdir(scratch):
+                QUANTIZERS[recipe.method](graph_src, graph_dst, recipe, fetched=origin)
         except QuantizeError:
             raise
         except Exception as exc:
