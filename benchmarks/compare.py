@@ -114,7 +114,7 @@ def peer_slmops(spec: dict) -> dict:
     import numpy as np
 
     rss = _peak_rss_mb()
-    ppl = float(np.exp(decoder_scores(model)["nll"].mean()))
+    ppl = float(np.exp(decoder_scores(model)["nll"].mean())) if spec.get("ppl", True) else None
     return {"ttft_ms": float(np.median(ttft)), "decode_tok_s": float(np.median(rates)), "ppl": ppl, "load_s": load_s,
             "size_mb": _size_mb(folder), "torch_imported": "torch" in sys.modules, "peak_rss_mb": rss, "graph": graph}
 
@@ -149,8 +149,8 @@ def peer_torch(spec: dict) -> dict:
     generate_tok_s = spec["new_tokens"] / (time.perf_counter() - t0)
     rss = _peak_rss_mb()
     with torch.inference_mode():
-        chunks = [(w, model(torch.tensor([w[:-1]])).logits[0].numpy()) for w in _windows(_eval_ids())]
-    return {**timing, "generate_tok_s": generate_tok_s, "ppl": _ppl_from_logits(chunks), "load_s": load_s,
+        chunks = [(w, model(torch.tensor([w[:-1]])).logits[0].numpy()) for w in _windows(_eval_ids())] if spec.get("ppl", True) else []
+    return {**timing, "generate_tok_s": generate_tok_s, "ppl": _ppl_from_logits(chunks) if chunks else None, "load_s": load_s,
             "size_mb": _size_mb(folder), "peak_rss_mb": rss}
 
 
@@ -204,10 +204,10 @@ def peer_optimum(spec: dict) -> dict:
     timing = _time_decode(first, step, _prompt_ids(spec["prompt_tokens"]), spec["new_tokens"])
     rss = _peak_rss_mb()
     chunks = []
-    for w in _windows(_eval_ids()):
+    for w in _windows(_eval_ids()) if spec.get("ppl", True) else []:
         ids = torch.tensor([w[:-1]])
         chunks.append((w, np.asarray(model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0])))
-    return {**timing, "ppl": _ppl_from_logits(chunks), "load_s": load_s, "size_mb": _size_mb(folder / "model.onnx"),
+    return {**timing, "ppl": _ppl_from_logits(chunks) if chunks else None, "load_s": load_s, "size_mb": _size_mb(folder / "model.onnx"),
             "peak_rss_mb": rss}
 
 
@@ -239,13 +239,14 @@ def peer_llamacpp(spec: dict) -> dict:
 
     timing = _time_decode(first, step, _prompt_ids(spec["prompt_tokens"]), spec["new_tokens"])
     rss = _peak_rss_mb()
-    scorer = Llama(model_path=str(gguf), n_threads=THREADS, n_ctx=1024, n_batch=512, logits_all=True, verbose=False)
     chunks = []
-    for w in _windows(_eval_ids()):
-        scorer.reset()
-        scorer.eval(w[:-1])
-        chunks.append((w, np.array(scorer.scores[: len(w) - 1])))
-    return {**timing, "ppl": _ppl_from_logits(chunks), "load_s": load_s, "size_mb": _size_mb(gguf), "peak_rss_mb": rss}
+    if spec.get("ppl", True):
+        scorer = Llama(model_path=str(gguf), n_threads=THREADS, n_ctx=1024, n_batch=512, logits_all=True, verbose=False)
+        for w in _windows(_eval_ids()):
+            scorer.reset()
+            scorer.eval(w[:-1])
+            chunks.append((w, np.array(scorer.scores[: len(w) - 1])))
+    return {**timing, "ppl": _ppl_from_logits(chunks) if chunks else None, "load_s": load_s, "size_mb": _size_mb(gguf), "peak_rss_mb": rss}
 
 
 def peer_encoder(spec: dict) -> dict:
@@ -313,34 +314,46 @@ def main() -> int:
     parser.add_argument("--spec")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3, help="every decoder peer runs once per round (medians reported)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if args.peer:
         result = PEERS[args.peer](json.loads(args.spec))
         print(json.dumps(result))  # peak_rss_mb is taken by each peer before its PPL scoring
         return 0
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: must be at least 1")
     if not (ROOT / "artifacts" / "candidates" / DECODER).is_dir():
         print("error: no candidates under artifacts/; run `make run` first", file=sys.stderr)
         return 1
     spec = {"prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens}
     recipes = sorted(p.name for p in (ROOT / "artifacts" / "candidates" / DECODER).iterdir() if p.is_dir())
-    rows: dict[str, dict] = {}
-    for recipe in recipes:
-        row = run_peer("slmops", {**spec, "recipe": recipe})
-        graph = f" ({row.pop('graph').split('-')[0]})" if "graph" in row else ""
-        rows[f"slmops {recipe}{graph}"] = row
-    rows["torch fp32"] = run_peer("torch", spec)
-    for recipe, folder in optimum_folders().items():
-        rows[f"optimum ORTModel {recipe}"] = run_peer("optimum", {**spec, "folder": str(folder)})
-    if importlib.util.find_spec("llama_cpp") is not None:
-        rows["llama.cpp Q4_1"] = run_peer("llamacpp", spec)
-    else:
+    peers: list[tuple[str, str, dict]] = [(f"slmops {r}", "slmops", {"recipe": r}) for r in recipes]
+    peers.append(("torch fp32", "torch", {}))
+    peers += [(f"optimum ORTModel {r}", "optimum", {"folder": str(f)}) for r, f in optimum_folders().items()]
+    have_llama = importlib.util.find_spec("llama_cpp") is not None
+    if have_llama:
+        peers.append(("llama.cpp Q4_1", "llamacpp", {}))
+    # Rounds: every peer once per round, in the same order, each in a fresh process; PPL in round 1 only.
+    # Speed on this machine drifts by tens of percent between minutes, so ratios are taken within a
+    # round (same minute) and their median across rounds is reported.
+    runs: dict[str, list[dict]] = {label: [] for label, _, _ in peers}
+    for r in range(args.rounds):
+        for label, peer, extra in peers:
+            print(f"round {r + 1}/{args.rounds}: {label}", file=sys.stderr, flush=True)
+            runs[label].append(run_peer(peer, {**spec, **extra, "ppl": r == 0}))
+    rows = {}
+    for label, results in runs.items():
+        row = _aggregate(results, runs.get("llama.cpp Q4_1"))
+        graph = row.pop("graph", None)
+        rows[f"{label} ({graph.split('-')[0]})" if graph else label] = row
+    if not have_llama:
         rows["llama.cpp Q4_1"] = {"error": ["llama-cpp-python is not installed: `make bench-deps` builds it (about 13 min)"]}
     base = rows["llama.cpp Q4_1"]
     enc_rows = {"torch fp32": run_peer("encoder", {"runtime": "torch"})}
     for recipe in sorted(p.name for p in (ROOT / "artifacts" / "candidates" / ENCODER).iterdir() if p.is_dir()):
         enc_rows[f"slmops {recipe}"] = run_peer("encoder", {"runtime": "slmops", "recipe": recipe})
-    _print_tables(rows, base, enc_rows, spec)
+    _print_tables(rows, base, enc_rows, {**spec, "rounds": args.rounds})
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.json"
     for r in enc_rows.values():
@@ -350,23 +363,45 @@ def main() -> int:
     return 0
 
 
+def _aggregate(results: list[dict], base: list[dict] | None) -> dict:
+    """Median of each number over the rounds; PPL from round 1; decode ratio to llama.cpp per round, then median."""
+    import numpy as np
+
+    ok = [r for r in results if "error" not in r]
+    if not ok:
+        return results[-1]
+    row = {k: v for k, v in ok[0].items()}
+    for key in ("ttft_ms", "decode_tok_s", "peak_rss_mb", "load_s", "generate_tok_s"):
+        if key in ok[0]:
+            row[key] = float(np.median([r[key] for r in ok]))
+    row["decode_tok_s_rounds"] = [r.get("decode_tok_s") for r in results]
+    if base:
+        ratios = [r["decode_tok_s"] / b["decode_tok_s"] for r, b in zip(results, base) if "error" not in r and "error" not in b]
+        if ratios:
+            row["vs_llama"], row["vs_llama_rounds"] = float(np.median(ratios)), ratios
+    return row
+
+
 def _print_tables(rows: dict, base: dict, enc_rows: dict, spec: dict) -> None:
     import numpy as np
 
     def ratio(row: dict, key: str, higher: bool = True) -> str:
-        if "error" in base or key not in row or key not in base:
-            return "-"
-        return f"{row[key] / base[key]:.2f}x"
+        if "vs_llama" in row:
+            low, high = min(row["vs_llama_rounds"]), max(row["vs_llama_rounds"])
+            return f"{row['vs_llama']:.2f}x" + (f" ({low:.2f}-{high:.2f})" if len(row["vs_llama_rounds"]) > 1 else "")
+        return "-"
 
-    print(f"\nSmolLM2-135M-Instruct: prompt {spec['prompt_tokens']} tokens, {spec['new_tokens']} new, greedy, {THREADS} threads")
-    head = f"{'runtime':28} {'TTFT ms':>8} {'tok/s':>7} {'vs llama':>8} {'RSS MB':>7} {'size MB':>8} {'load s':>7} {'PPL':>7}"
+    print(f"\nSmolLM2-135M-Instruct: prompt {spec['prompt_tokens']} tokens, {spec['new_tokens']} new, greedy, {THREADS} threads, "
+          f"medians of {spec['rounds']} interleaved rounds")
+    head = f"{'runtime':28} {'TTFT ms':>8} {'tok/s':>7} {'vs llama (range)':>18} {'RSS MB':>7} {'size MB':>8} {'load s':>7} {'PPL':>7}"
     print(head + "\n" + "-" * len(head))
     for name, r in rows.items():
         if "error" in r:
             print(f"{name:28} error: {r['error'][-1][:90]}")
             continue
-        print(f"{name:28} {r['ttft_ms']:8.0f} {r['decode_tok_s']:7.1f} {ratio(r, 'decode_tok_s'):>8} {r['peak_rss_mb']:7.0f} "
-              f"{r['size_mb']:8.0f} {r['load_s']:7.2f} {r.get('ppl', float('nan')):7.2f}")
+        ppl = r.get("ppl")
+        print(f"{name:28} {r['ttft_ms']:8.0f} {r['decode_tok_s']:7.1f} {ratio(r, 'decode_tok_s'):>18} {r['peak_rss_mb']:7.0f} "
+              f"{r['size_mb']:8.0f} {r['load_s']:7.2f} {ppl if ppl is not None else float('nan'):7.2f}")
     ref = np.asarray(enc_rows["torch fp32"].get("vectors", []))
     print(f"\nall-MiniLM-L6-v2: 256 sentences, batch 32, {THREADS} threads")
     head = f"{'runtime':28} {'sent/s':>7} {'vs torch':>8} {'RSS MB':>7} {'size MB':>8} {'cos mean':>8} {'cos min':>8}"

@@ -26,8 +26,12 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+GREEDY_PROMPTS = 4  # first queries of sentences.json continued greedily (information, not gated)
+GREEDY_TOKENS = 16
+
+
 def decoder_scores(model: TextModel, *, window: int = 512, max_tokens: int = 4096) -> dict[str, np.ndarray]:
-    """Per-position NLL and argmax over the eval text, in non-overlapping windows."""
+    """Per-position NLL and argmax over the eval text, in non-overlapping windows, and greedy continuations."""
     ids = model.tokenizer.encode(eval_text(), add_special_tokens=False)[:max_tokens]
     window = min(window, model.card.context_length)
     nll, argmax = [], []
@@ -39,14 +43,30 @@ def decoder_scores(model: TextModel, *, window: int = 512, max_tokens: int = 409
         target = np.asarray(chunk[1:])
         nll.append(-logp[np.arange(len(target)), target])
         argmax.append(logp.argmax(axis=-1))
-    return {"nll": np.concatenate(nll), "argmax": np.concatenate(argmax)}
+    prompts = eval_sentences()["queries"][:GREEDY_PROMPTS]
+    greedy = [model.generate(p, max_tokens=GREEDY_TOKENS, temperature=0.0, ignore_eos=True) for p in prompts]
+    return {"nll": np.concatenate(nll), "argmax": np.concatenate(argmax), "greedy": np.asarray(greedy, dtype=object)}
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def decoder_metrics(candidate: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, float]:
-    """Perplexity, its ratio to the reference, and teacher-forced top-1 agreement."""
+    """Perplexity, its ratio to the reference, teacher-forced top-1 agreement, and (information)
+    greedy-continuation agreement: the share of prompts continued identically and the mean share
+    of the reference continuation's characters reproduced before the first difference."""
     ppl = float(np.exp(candidate["nll"].mean()))
     ref_ppl = float(np.exp(reference["nll"].mean()))
+    pairs = list(zip(candidate["greedy"], reference["greedy"]))
     return {
+        "greedy_exact": float(np.mean([a == b for a, b in pairs])),
+        "greedy_prefix": float(np.mean([_common_prefix(a, b) / max(len(b), 1) for a, b in pairs])),
         "ppl": ppl,
         "ref_ppl": ref_ppl,
         "ppl_ratio": ppl / ref_ppl,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from slmops.artifacts import read_manifest
+from slmops.artifacts import link_or_copy, read_manifest, write_json_atomic, write_manifest
 from slmops.catalog.estimate import estimate_memory
 from slmops.catalog.schema import Variant
 from slmops.errors import RegistryError
@@ -139,7 +140,7 @@ def register(
                 # we pass an explicit signature; an input example would make MLflow run the model at log time
                 warnings.filterwarnings("ignore", message=".*input example was not provided.*")
                 warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
-                info = _log_model(model_name, variant, folder, tags)
+                info = _log_model(model_name, variant, folder, tags, evaluation=evaluation)
             version = str(info.registered_model_version)
 
             for key, value in {**tags, "slmops.latest_run": run.info.run_id}.items():
@@ -166,22 +167,35 @@ def _estimate_for(variant: Variant, recipe: Recipe, bench: dict[str, Any], graph
     return est.total / 2**20
 
 
-def _log_model(model_name: str, variant: Variant, folder: Path, tags: dict[str, str]) -> Any:
-    """Log the candidate folder as a pyfunc model (models-from-code, no pickle) and register it."""
+GATE_FILE = "slmops-gate.json"
+
+
+def _log_model(model_name: str, variant: Variant, folder: Path, tags: dict[str, str], *, evaluation: dict[str, Any]) -> Any:
+    """Log the candidate folder, with its gate result and a manifest covering both, as a pyfunc model
+    (models-from-code, no pickle) and register it. The candidate folder itself is left untouched."""
     import mlflow.pyfunc
 
     from slmops.register.names import ARTIFACT_KEY
     from slmops.register.pyfunc import signature_for
 
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(Path(__file__).with_name("model_code.py")),
-        artifacts={ARTIFACT_KEY: str(Path(folder).resolve())},
-        signature=signature_for(variant.task),
-        pip_requirements=[f"{p}=={metadata.version(p)}" for p in RUNTIME_REQUIREMENTS],
-        registered_model_name=model_name,
-        tags=tags,
-    )
+    candidate = read_manifest(folder)
+    with tempfile.TemporaryDirectory(prefix="slmops-register-") as staging:
+        bundle = Path(staging) / "model"
+        for rel in candidate.files:
+            link_or_copy(Path(folder) / rel, bundle / rel)
+        write_json_atomic(bundle / GATE_FILE, evaluation)
+        write_manifest(bundle, stage="register", variant=candidate.variant, source=candidate.source,
+                       revision=candidate.revision,
+                       info={**candidate.info, "candidate_digest": candidate.digest(), "gate_passed": evaluation["passed"]})
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(__file__).with_name("model_code.py")),
+            artifacts={ARTIFACT_KEY: str(bundle)},
+            signature=signature_for(variant.task),
+            pip_requirements=[f"{p}=={metadata.version(p)}" for p in RUNTIME_REQUIREMENTS],
+            registered_model_name=model_name,
+            tags=tags,
+        )
 
 
 def _find_version(client: Any, model_name: str, digest: str, device: str) -> str | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from slmops.artifacts import read_manifest
 from slmops.errors import IntegrityError, MemoryBudgetError, NoEligibleModelError
 from slmops.runtime.states import LoadingState
 
@@ -123,6 +124,11 @@ def test_load_generate_chat_stream_embed(built) -> None:
     chat = load("chat-test", on_state=events.append)
     assert [e.state for e in events] == [LoadingState.NOT_LOADED, LoadingState.DOWNLOADING, LoadingState.DOWNLOADING,
                                          LoadingState.LOADING, LoadingState.LOADED]
+    # the registered folder is self-describing: recipe, gate result, and a manifest covering them
+    gate = json.loads((chat.folder / "slmops-gate.json").read_text())
+    manifest = read_manifest(chat.folder, verify=True)
+    assert gate["passed"] and {"slmops-gate.json", "recipe.json", "tokenizer.json"} <= set(manifest.files)
+    assert manifest.stage == "register" and manifest.info["gate_passed"] is True
     options = dict(max_tokens=12, temperature=0.9, top_p=0.9, seed=11, ignore_eos=True)
     text = chat.generate("The sun rises", **options)
     assert text == "".join(chat.stream("The sun rises", **options))
