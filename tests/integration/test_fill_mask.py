@@ -119,3 +119,21 @@ def test_top1_top5_gate_on_the_quantized_candidate(built, tmp_path: Path) -> Non
                 and int8["metrics"]["top5_overlap"] >= gates.fill_mask.min_top5_overlap)
     assert int8["passed"] == expected and (int8["reasons"] == []) == expected
 
+
+def test_pyfunc_and_benchmark_serve_fill_mask(built) -> None:
+    import json
+    from types import SimpleNamespace
+
+    from slmops.benchmark.worker import bench_encoder
+    from slmops.register.names import ARTIFACT_KEY
+    from slmops.register.pyfunc import SlmopsModel, signature_for
+
+    _, root = built
+    pyfunc = SlmopsModel()
+    pyfunc.load_context(SimpleNamespace(artifacts={ARTIFACT_KEY: str(root / "cand" / "fp32")}))
+    out = pyfunc.predict(None, {"text": [TEXTS[1]]}, params={"top_k": 2})
+    assert json.loads(out[0]) == pyfunc.model.fill_mask(TEXTS[1], top_k=2)
+    assert [p.name for p in signature_for("fill-mask").params.params] == ["top_k"]
+    spec = {"items": 8, "batch_sizes": [1, 4], "warmup": 0, "repeats": 1}
+    result = bench_encoder(open_folder(root / "cand" / "dyn-int8-pc"), spec)
+    assert result["items_per_s"] > 0 and result["batch_size"] == 4
