@@ -58,10 +58,15 @@ class FillMaskModel(_EncoderBase):
             for row, (ids, mask) in enumerate(zip(feed["input_ids"], feed["attention_mask"])):
                 ids = ids[mask > 0]
                 positions = np.flatnonzero(ids == self.mask_token_id)
-                if positions.size == 0:
+                if positions.size == 0 and ids.size >= self.max_length:
                     raise GenerationParamsError(
                         f"texts[{start + row}] loses its {self.mask_token!r} to truncation at {self.max_length} tokens; "
                         "shorten the text or move the mask token earlier"
+                    )
+                if positions.size == 0:
+                    raise ModelLoadError(
+                        f"the tokenizer of {self.folder} splits {self.mask_token!r} instead of mapping it to id "
+                        f"{self.mask_token_id}; re-export with a tokenizer.json that declares it a special token"
                     )
                 out.append((ids, logits[row, positions].astype(np.float32)))
         return out

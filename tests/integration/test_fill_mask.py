@@ -69,7 +69,7 @@ def test_fill_mask_top_k_equals_torch(built) -> None:
         expected, positions = _torch_mask_logits(root, text)
         results = model.fill_mask(text, top_k=5)
         assert len(results) == len(positions)
-        ((ids, logits),) = model.mask_logits(text)
+        ((_, logits),) = model.mask_logits(text)
         assert np.abs(logits - expected).max() < 1e-4
         for row, ref in zip(results, expected):
             probs = np.exp(ref - ref.max()) / np.exp(ref - ref.max()).sum()
