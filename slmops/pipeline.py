@@ -38,8 +38,10 @@ def export(project: Project, variant_id: str) -> dict[str, Any]:
     from slmops.export import export as run_export
 
     variant, sel = project.selected(variant_id)
-    manifest = run_export(variant, src=project.fetch_dir(variant_id), out=project.export_dir(variant_id), exporter=sel.exporter)
-    return {"variant": variant_id, "files": len(manifest.files)}
+    manifest = run_export(variant, src=project.fetch_dir(variant_id), out=project.export_dir(variant_id),
+                          exporter=sel.exporter, validation=project.config.export_validation)
+    checked = {name: row["max_abs_diff"] for name, row in manifest.info["validation"].items()}
+    return {"variant": variant_id, "files": len(manifest.files), "max_abs_diff": checked}
 
 
 def quantize(project: Project, variant_id: str) -> dict[str, Any]:

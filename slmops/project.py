@@ -19,6 +19,7 @@ from slmops.catalog.schema import Catalog, Variant, load_catalog
 from slmops.configfile import load_model
 from slmops.errors import ConfigError
 from slmops.evaluate.gates import Gates, load_gates
+from slmops.export.config import ValidationConfig
 from slmops.quantize.recipes import Recipe, load_recipes
 from slmops.recommend.usecases import UseCase, load_usecases
 from slmops.settings import Settings, get_settings
@@ -44,6 +45,7 @@ class PipelineConfig(BaseModel):
     reference_recipe: str = "fp32"
     selection: dict[str, Selection] = Field(min_length=1)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    export_validation: ValidationConfig = Field(default_factory=ValidationConfig)
 
 
 def load_pipeline_config(path: Path) -> PipelineConfig:

@@ -104,6 +104,9 @@ def bench_encoder(model, spec: dict) -> dict:  # noqa: ANN001
     texts = (pool * (spec["items"] // len(pool) + 1))[: spec["items"]]
     if hasattr(model, "embed"):
         run = model.embed
+    elif hasattr(model, "mask_logits"):  # fill-mask: predict one mask appended to each text
+        run = lambda batch, batch_size: model.mask_logits(  # noqa: E731
+            [f"{t} {model.mask_token}" for t in batch], batch_size=batch_size)
     else:  # cross-encoder: score (query, text) pairs
         run = lambda batch, batch_size: model.scores(data["queries"][0], batch, batch_size=batch_size)  # noqa: E731
     by_batch = {}

@@ -31,6 +31,13 @@ class RerankGate(BaseModel):
     min_spearman: float = Field(ge=-1.0, le=1.0)
 
 
+class FillMaskGate(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_top1_agreement: float = Field(ge=0.0, le=1.0, description="Same most likely token at each mask as the reference.")
+    min_top5_overlap: float = Field(ge=0.0, le=1.0, description="Mean share of the reference's top 5 tokens kept.")
+
+
 class Gates(BaseModel):
     """Thresholds for each task; a task without a gate cannot produce eligible candidates."""
 
@@ -39,6 +46,7 @@ class Gates(BaseModel):
     causal_lm: DecoderGate = Field(alias="causal-lm")
     sentence_embedding: EmbeddingGate = Field(alias="sentence-embedding")
     cross_encoder: RerankGate | None = Field(default=None, alias="cross-encoder")
+    fill_mask: FillMaskGate | None = Field(default=None, alias="fill-mask")
 
     def check(self, task: str, metrics: dict[str, float]) -> list[str]:
         """Reasons the metrics fail the task's gate (empty list: passed)."""
@@ -60,6 +68,12 @@ class Gates(BaseModel):
         elif task == "cross-encoder" and self.cross_encoder is not None:
             if metrics["spearman"] < self.cross_encoder.min_spearman:
                 reasons.append(f"spearman {metrics['spearman']:.4f} < {self.cross_encoder.min_spearman}")
+        elif task == "fill-mask" and self.fill_mask is not None:
+            f = self.fill_mask
+            if metrics["top1_agreement"] < f.min_top1_agreement:
+                reasons.append(f"top1_agreement {metrics['top1_agreement']:.4f} < {f.min_top1_agreement}")
+            if metrics["top5_overlap"] < f.min_top5_overlap:
+                reasons.append(f"top5_overlap {metrics['top5_overlap']:.4f} < {f.min_top5_overlap}")
         else:
             reasons.append(f"no quality gate is configured for task {task!r}")
         return reasons

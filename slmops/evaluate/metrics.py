@@ -9,6 +9,7 @@ import numpy as np
 
 from slmops.runtime.decoder import TextModel
 from slmops.runtime.encoder import EmbeddingModel, RerankModel
+from slmops.runtime.fillmask import FillMaskModel
 
 
 def eval_text() -> str:
@@ -113,9 +114,35 @@ def rerank_metrics(candidate: dict[str, np.ndarray], reference: dict[str, np.nda
     return {"spearman": rho}
 
 
+def masked_sentences(mask_token: str, *, every: int = 3) -> list[str]:
+    """The shipped documents with one word masked at a time: every ``every``-th purely alphabetic word."""
+    out = []
+    for doc in eval_sentences()["documents"]:
+        words = doc.split()
+        candidates = [i for i, w in enumerate(words) if w.isalpha()]
+        for i in candidates[::every]:
+            out.append(" ".join(mask_token if j == i else w for j, w in enumerate(words)))
+    return out
+
+
+def fill_mask_outputs(model: FillMaskModel) -> dict[str, np.ndarray]:
+    """The 5 most likely token ids (best first) at the mask of every masked sentence."""
+    logits = np.concatenate([lg for _, lg in model.mask_logits(masked_sentences(model.mask_token))])
+    return {"top5": np.argsort(-logits, axis=-1, kind="stable")[:, :5]}
+
+
+def fill_mask_metrics(candidate: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, float]:
+    """Top-1 agreement and top-5 overlap of the masked-token predictions with the reference's."""
+    cand, ref = candidate["top5"], reference["top5"]
+    overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(cand, ref)])
+    return {"top1_agreement": float((cand[:, 0] == ref[:, 0]).mean()), "top5_overlap": float(overlap),
+            "masks": float(len(ref))}
+
+
 # task -> (outputs of one model, metrics of candidate vs reference)
 TASK_METRICS = {
     "causal-lm": (decoder_scores, decoder_metrics),
     "sentence-embedding": (embedding_outputs, embedding_metrics),
     "cross-encoder": (rerank_outputs, rerank_metrics),
+    "fill-mask": (fill_mask_outputs, fill_mask_metrics),
 }

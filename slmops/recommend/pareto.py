@@ -11,6 +11,7 @@ AXES: dict[str, tuple[str, str, bool]] = {
     "causal-lm": ("bench.decode_tok_s", "quality.ppl_ratio", False),
     "sentence-embedding": ("bench.items_per_s", "quality.cosine_mean", True),
     "cross-encoder": ("bench.items_per_s", "quality.spearman", True),
+    "fill-mask": ("bench.items_per_s", "quality.top1_agreement", True),
 }
 
 

@@ -71,9 +71,9 @@ def _check(c: Candidate, k: Constraints) -> list[str]:
             if ratio > 2 - k.min_quality:
                 reasons.append(f"ppl_ratio {ratio:.3f} > {2 - k.min_quality:.3f}")
         else:
-            cos = m.get("quality.cosine_mean", m.get("quality.spearman", float("-inf")))
-            if cos < k.min_quality:
-                reasons.append(f"quality {cos:.3f} < {k.min_quality}")
+            quality = m.get("quality.cosine_mean", m.get("quality.spearman", m.get("quality.top1_agreement", float("-inf"))))
+            if quality < k.min_quality:
+                reasons.append(f"quality {quality:.3f} < {k.min_quality}")
     return reasons
 
 

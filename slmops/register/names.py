@@ -14,7 +14,8 @@ METRICS: dict[str, str] = {
     # quality gate (evaluate stage), vs the unquantized export of the same variant
     "quality.ppl": "perplexity on the shipped evaluation text (causal-lm)",
     "quality.ppl_ratio": "ppl / ppl of the fp32 export (causal-lm)",
-    "quality.top1_agreement": "teacher-forced argmax agreement with fp32 (causal-lm)",
+    "quality.top1_agreement": "argmax agreement with fp32: teacher-forced (causal-lm), at each mask (fill-mask)",
+    "quality.top5_overlap": "share of fp32's top-5 tokens at each mask kept (fill-mask)",
     "quality.cosine_mean": "mean cosine to fp32 embeddings (sentence-embedding)",
     "quality.cosine_min": "min cosine to fp32 embeddings (sentence-embedding)",
     "quality.topk_agreement": "top-k retrieval overlap with fp32 (sentence-embedding)",

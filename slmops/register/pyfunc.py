@@ -1,8 +1,9 @@
 """The MLflow pyfunc flavour of an slmops candidate, so `mlflow models serve` and the UI work with it.
 
 Inputs are a DataFrame (or list/dict) with one text column: ``prompt`` (causal-lm,
-optionally ``messages`` as JSON), ``text`` (sentence-embedding) or ``query`` +
-``document`` (cross-encoder). Generation options travel as MLflow ``params``.
+optionally ``messages`` as JSON), ``text`` (sentence-embedding; fill-mask, holding the mask
+token, answered with the JSON of :meth:`FillMaskModel.fill_mask`) or ``query`` + ``document``
+(cross-encoder). Generation options and fill-mask's ``top_k`` travel as MLflow ``params``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class SlmopsModel(mlflow.pyfunc.PythonModel):
             return out
         if task == "sentence-embedding":
             return self.model.embed([row.get("text") for row in rows]).tolist()
+        if task == "fill-mask":
+            top_k = (params or {}).get("top_k") or 5
+            return [json.dumps(self.model.fill_mask(row.get("text"), top_k=int(top_k))) for row in rows]
         return [float(self.model.scores(row.get("query"), [row.get("document")])[0]) for row in rows]
 
 
@@ -73,4 +77,7 @@ def signature_for(task: str):  # noqa: ANN201 - mlflow type
         return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("string")]), params=params)
     if task == "sentence-embedding":
         return ModelSignature(inputs=Schema([ColSpec("string", "text")]))
+    if task == "fill-mask":
+        return ModelSignature(inputs=Schema([ColSpec("string", "text")]), outputs=Schema([ColSpec("string")]),
+                              params=ParamSchema([ParamSpec("top_k", "long", 5)]))
     return ModelSignature(inputs=Schema([ColSpec("string", "query"), ColSpec("string", "document")]), outputs=Schema([ColSpec("double")]))

@@ -8,15 +8,17 @@ from slmops.artifacts import read_manifest
 from slmops.export.modelcard import read_model_card
 from slmops.runtime.decoder import TextModel
 from slmops.runtime.encoder import EmbeddingModel, RerankModel
+from slmops.runtime.fillmask import FillMaskModel
 from slmops.runtime.session import create_session
 
 MODEL_CLASSES = {
     "causal-lm": TextModel,
     "sentence-embedding": EmbeddingModel,
     "cross-encoder": RerankModel,
+    "fill-mask": FillMaskModel,
 }
 
-Model = TextModel | EmbeddingModel | RerankModel
+Model = TextModel | EmbeddingModel | RerankModel | FillMaskModel
 
 
 def open_folder(folder: Path, *, device: str = "cpu", threads: int | None = None, verify: bool = True) -> Model:

@@ -46,6 +46,10 @@ class Tokenizer:
         return self._token("bos_token")
 
     @property
+    def mask_token(self) -> str | None:
+        return self._token("mask_token")
+
+    @property
     def pad_id(self) -> int:
         pad = self._token("pad_token")
         pad_id = self._tok.token_to_id(pad) if pad else None

@@ -1,8 +1,9 @@
 """Tiny random models in Hugging Face format, built in a few seconds for tests.
 
 A 2-layer Llama (GQA, tied embeddings, byte-level BPE, ChatML template), a 3-layer OpenELM
-(openelm-pytorch, per-layer head counts, same tokenizer) and a 2-layer BERT laid out as a
-sentence-transformers folder (mean pooling + Normalize).
+(openelm-pytorch, per-layer head counts, same tokenizer), a 2-layer BERT laid out as a
+sentence-transformers folder (mean pooling + Normalize), and BERT heads for reranking
+(sequence classification) and fill-mask (masked LM).
 """
 
 from __future__ import annotations
@@ -175,6 +176,26 @@ def build_tiny_cross_encoder(out: Path) -> dict:
     model.save_pretrained(out, safe_serialization=True)
     return {**facts, "task": "cross-encoder", "architecture": "BertForSequenceClassification",
             "params": model.num_parameters()}
+
+
+def build_tiny_masked_lm(out: Path) -> dict:
+    """Save a tiny BertForMaskedLM (tied decoder, as MiniLM's) with the [MASK] tokenizer; return catalog numbers."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    facts = build_tiny_bert(out)  # the tokenizer and a BERT body
+    for name in ("modules.json", "sentence_bert_config.json"):
+        (out / name).unlink()
+    shutil.rmtree(out / "1_Pooling")
+    torch.manual_seed(2)
+    config = BertConfig.from_pretrained(out)
+    config.architectures = ["BertForMaskedLM"]
+    config.initializer_range = 0.2  # spread the random logits so top-k orders are not near-ties
+    model = BertForMaskedLM(config).eval()
+    model.save_pretrained(out, safe_serialization=True)
+    return {**facts, "task": "fill-mask", "architecture": "BertForMaskedLM", "params": model.num_parameters()}
 
 
 def write_configs(config_dir: Path, *, variants: dict[str, dict], repo_prefix: str = "tiny") -> None:

@@ -24,6 +24,9 @@ def test_real_configs_load_and_cross_check() -> None:
     assert {"chat-cpu", "embeddings-cpu"} <= set(project.usecases)
     assert project.recipes["wo-int8"].bits == 8 and project.recipes["wo-int8"].method == "matmul_nbits"
     assert project.gates.causal_lm.max_ppl_ratio == pytest.approx(1.03)
+    assert project.gates.fill_mask is not None and project.gates.fill_mask.min_top5_overlap == pytest.approx(0.80)
+    checks = project.config.export_validation
+    assert checks.tolerance("causal-lm").rtol == pytest.approx(1e-3) and checks.tolerance("fill-mask").atol == pytest.approx(1e-4)
 
 
 def _copy(tmp_path: Path) -> Path:
@@ -61,6 +64,10 @@ def _edit(path: Path, fn) -> None:  # noqa: ANN001
         ("pipeline.yaml", lambda d: d["selection"].update({"openelm-270m": {"exporter": "optimum", "recipes": ["fp32"]}}),
          ["selection.openelm-270m.exporter", "needs exporter 'openelm'", "not 'optimum'"]),
         ("pipeline.yaml", lambda d: d["selection"]["all-minilm-l6-v2"].update(exporter="magic"), ["exporter='magic'"]),
+        ("pipeline.yaml", lambda d: d["export_validation"]["default"].update(atl=1e-3), ["export_validation.default.atl"]),
+        ("pipeline.yaml", lambda d: d["export_validation"]["tasks"].update({"causal-lm": {"atol": 0}}),
+         ["export_validation.tasks.causal-lm.atol", "0"]),
+        ("gates.yaml", lambda d: d["fill-mask"].update(min_top1_agreement=1.5), ["fill-mask.min_top1_agreement", "1.5"]),
     ],
 )
 def test_bad_config_is_rejected_clearly(tmp_path: Path, file: str, mutate, needles: list[str]) -> None:
