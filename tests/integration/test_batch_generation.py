@@ -100,3 +100,19 @@ def test_batch_errors_name_the_value(model) -> None:
         model.generate_batch(["hi", ""], max_tokens=4)
     with pytest.raises(ContextLengthError, match="max_tokens=300"):
         model.generate_batch(["hi"], max_tokens=300)
+
+
+def test_optimized_graph_cache_reopens_the_same_model(model, tmp_path) -> None:  # noqa: ANN001
+    ids = model.prompt_ids(PROMPTS[3])
+    first = open_folder(model.folder, optimized_dir=tmp_path)  # optimizes and saves the graph
+    entries = list(tmp_path.iterdir())
+    assert len(entries) == 1 and (entries[0] / "model.onnx").is_file()
+    written = (entries[0] / "model.onnx").stat().st_mtime_ns
+    second = open_folder(model.folder, optimized_dir=tmp_path)  # opens the saved graph
+    assert (entries[0] / "model.onnx").stat().st_mtime_ns == written
+    for reopened in (first, second):
+        np.testing.assert_allclose(reopened.logits(ids), model.logits(ids), atol=1e-5)
+    (entries[0] / "model.onnx").write_bytes(b"garbage")  # a damaged entry is rebuilt, not used
+    third = open_folder(model.folder, optimized_dir=tmp_path)
+    np.testing.assert_allclose(third.logits(ids), model.logits(ids), atol=1e-5)
+    assert (entries[0] / "model.onnx").stat().st_size > 1000
