@@ -34,6 +34,14 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("SLMOPS_TRACKING_URI", "MLFLOW_TRACKING_URI"),
         description="MLflow tracking/registry URI. Default: a SQLite store in mlruns/ beside its artifacts.",
     )
+    tracking_token: str | None = Field(
+        default=None, validation_alias=AliasChoices("SLMOPS_TRACKING_TOKEN", "MLFLOW_TRACKING_TOKEN"), repr=False,
+        description="Bearer token for an http(s) tracking server (read by the runtime's light registry reader).",
+    )
+    tracking_username: str | None = Field(default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_USERNAME"))
+    tracking_password: str | None = Field(
+        default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_PASSWORD"), repr=False
+    )
     mlruns_dir: Path = Field(default=Path("mlruns"), description="Local MLflow store used when no tracking URI is set.")
     cache_dir: Path = Field(
         default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "slmops",

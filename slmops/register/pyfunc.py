@@ -29,13 +29,18 @@ class SlmopsModel(mlflow.pyfunc.PythonModel):
         task = self.model.card.task
         if task == "causal-lm":
             options = {k: v for k, v in (params or {}).items() if v is not None}
-            out = []
-            for row in rows:
+            out: list[str | None] = [None] * len(rows)
+            plain = []  # rows with a plain prompt go through generate_batch together
+            for i, row in enumerate(rows):
                 messages = row.get("messages")
                 if isinstance(messages, str) and messages:
-                    out.append(self.model.generate(messages=json.loads(messages), **options))
+                    out[i] = self.model.generate(messages=json.loads(messages), **options)
                 else:
-                    out.append(self.model.generate(row.get("prompt"), **options))
+                    plain.append(i)
+            if plain:
+                texts = self.model.generate_batch([rows[i].get("prompt") for i in plain], **options)
+                for i, text in zip(plain, texts):
+                    out[i] = text
             return out
         if task == "sentence-embedding":
             return self.model.embed([row.get("text") for row in rows]).tolist()

@@ -37,13 +37,23 @@ class OnnxDecoderGraph:
         """A zero-length cache (it grows by concatenation inside the graph; ``capacity`` is not needed)."""
         return [np.zeros((batch, heads, 0, dim), dtype=self.kv_dtype) for heads, dim in self.kv_shapes]
 
-    def forward(self, ids: np.ndarray, cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Run ``ids`` (batch, seq) after ``cache``; returns logits (batch, seq, vocab) and the grown cache."""
+    def forward(
+        self, ids: np.ndarray, cache: list[np.ndarray], *, attention_mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Run ``ids`` (batch, seq) after ``cache``; returns logits (batch, seq, vocab) and the grown cache.
+
+        ``attention_mask`` (batch, past + seq) marks left padding with zeros; positions then count real tokens only.
+        """
         past = cache[0].shape[2]
         batch, seq = ids.shape
-        feed = {"input_ids": ids.astype(np.int64), "attention_mask": np.ones((batch, past + seq), dtype=np.int64)}
+        mask = np.ones((batch, past + seq), dtype=np.int64) if attention_mask is None else attention_mask
+        feed = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
         if self.has_position_ids:
-            feed["position_ids"] = np.broadcast_to(np.arange(past, past + seq, dtype=np.int64), (batch, seq))
+            if attention_mask is None:
+                positions = np.broadcast_to(np.arange(past, past + seq, dtype=np.int64), (batch, seq))
+            else:  # a left pad takes position 0, as transformers does; the mask hides it anyway
+                positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)[:, -seq:]
+            feed["position_ids"] = np.ascontiguousarray(positions, dtype=np.int64)
         feed.update(zip(self.past_names, cache))
         logits, *present = self.session.run(self.output_names, feed)
         return logits, present
@@ -85,14 +95,20 @@ class SharedKVDecoderGraph(OnnxDecoderGraph):
                    for heads, dim in self.kv_shapes]
         return SharedKVCache(buffers, capacity)
 
-    def forward(self, ids: np.ndarray, cache: SharedKVCache) -> tuple[np.ndarray, SharedKVCache]:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        self, ids: np.ndarray, cache: SharedKVCache, *, attention_mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, SharedKVCache]:
+        """As :meth:`OnnxDecoderGraph.forward`, but a mask means *right* padding: the graph turns it into
+        ``seqlens_k = mask.sum(1) - 1`` and ``total_sequence_length = mask.shape[1]``, and GroupQueryAttention
+        writes each row's new keys at its own ``seqlens_k`` (see :mod:`slmops.runtime.batch`)."""
         batch, seq = ids.shape
-        total = cache.length + seq
+        total = cache.length + seq if attention_mask is None else attention_mask.shape[1]
         if total > cache.capacity:
             raise ValueError(f"KV cache of {cache.capacity} tokens cannot hold {total}")
+        mask = np.ones((batch, total), dtype=np.int64) if attention_mask is None else attention_mask
         io = self.session.io_binding()
         io.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64))
-        io.bind_cpu_input("attention_mask", np.ones((batch, total), dtype=np.int64))
+        io.bind_cpu_input("attention_mask", np.ascontiguousarray(mask, dtype=np.int64))
         io.bind_output("logits", "cpu")  # bound first: get_outputs() follows binding order
         for past, present, buf in zip(self.past_names, self.present_names, cache.buffers):
             io.bind_ortvalue_input(past, buf)
@@ -193,11 +209,27 @@ class TextModel(LoadedModel):
         """The assistant's reply to ``messages``."""
         return self.generate(messages=messages, **options)
 
-    def generate_batch(self, prompts: list[str], **options: object) -> list[str]:
-        """Completions for several prompts with the same options."""
-        if not prompts:
-            raise GenerationParamsError("prompts is empty; pass at least one prompt")
-        return [self.generate(p, **dict(options)) for p in prompts]
+    def generate_batch(self, prompts: list[str], *, batch_size: int = 16, **options: object) -> list[str]:
+        """Completions for several prompts with the same options, ``batch_size`` prompts per graph call.
+
+        Each completion is the one :meth:`generate` gives for that prompt alone (greedy: the same
+        text; with a seed: each prompt samples with its own generator seeded alike). Raises
+        GenerationParamsError for an empty list, a bad prompt or option, ContextLengthError.
+        """
+        from slmops.runtime.batch import generate_token_batch
+
+        self._require_loaded()
+        if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not prompts:
+            raise GenerationParamsError(f"prompts={prompts!r} must be a non-empty list of strings")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise GenerationParamsError(f"batch_size={batch_size!r} must be a positive integer")
+        params = options.pop("params", None) or GenerationParams.build(**options)  # type: ignore[arg-type]
+        rows = [self._fit_context(self.prompt_ids(p), params) for p in prompts]  # all errors before any work
+        texts: list[str] = []
+        for start in range(0, len(rows), batch_size):
+            for tokens in generate_token_batch(self, rows[start : start + batch_size], params):  # type: ignore[arg-type]
+                texts.append("".join(_text_deltas(self.tokenizer, iter(tokens), params.stop)))
+        return texts
 
 
 def _text_deltas(tokenizer: Tokenizer, tokens: Iterator[int], stops: tuple[str, ...]) -> Iterator[str]:

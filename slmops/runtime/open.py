@@ -21,8 +21,14 @@ MODEL_CLASSES = {
 Model = TextModel | EmbeddingModel | RerankModel | FillMaskModel
 
 
-def open_folder(folder: Path, *, device: str = "cpu", threads: int | None = None, verify: bool = True) -> Model:
-    """The runtime model for an artifact folder. Raises IntegrityError on a bad manifest/hash, ModelLoadError otherwise."""
+def open_folder(
+    folder: Path, *, device: str = "cpu", threads: int | None = None, verify: bool = True,
+    optimized_dir: Path | None = None,
+) -> Model:
+    """The runtime model for an artifact folder. Raises IntegrityError on a bad manifest/hash, ModelLoadError otherwise.
+
+    ``optimized_dir`` keeps onnxruntime's optimized graph between opens (see :mod:`slmops.runtime.session`).
+    """
     folder = Path(folder)
     read_manifest(folder, verify=verify)
     card = read_model_card(folder)
@@ -31,5 +37,5 @@ def open_folder(folder: Path, *, device: str = "cpu", threads: int | None = None
         from slmops.errors import ModelLoadError
 
         raise ModelLoadError(f"the runtime does not serve task {card.task!r} yet (served: {', '.join(MODEL_CLASSES)})")
-    session = create_session(folder / card.onnx_file, device=device, threads=threads)
+    session = create_session(folder / card.onnx_file, device=device, threads=threads, optimized_dir=optimized_dir)
     return cls(folder, card, session)

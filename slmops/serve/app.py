@@ -39,6 +39,7 @@ class GenerateRequest(BaseModel):
 
     model: str = Field(default="chat-cpu", description="Use case (alias), models:/ URI or artifact folder.")
     prompt: str | None = None
+    prompts: list[str] | None = Field(default=None, description="A batch: one completion per prompt, not streamed.")
     messages: list[dict[str, str]] | None = None
     stream: bool = False
     max_tokens: int | None = None
@@ -98,9 +99,14 @@ def create_app(pool: ModelPool) -> FastAPI:
     def generate(req: GenerateRequest) -> Any:
         model = pool.get(req.model)
         _require(model, "stream", req.model)
-        options = req.model_dump(exclude={"model", "prompt", "messages", "stream"}, exclude_none=True)
+        options = req.model_dump(exclude={"model", "prompt", "prompts", "messages", "stream"}, exclude_none=True)
         if "stop" in options:
             options["stop"] = tuple(options["stop"])
+        if req.prompts is not None:
+            if req.prompt is not None or req.messages is not None or req.stream:
+                raise GenerationParamsError("prompts= is a batch: pass it without prompt=, messages= or stream=true")
+            texts = model.generate_batch(req.prompts, **options)
+            return {"model": req.model, "variant": model.card.variant, "texts": texts}
         deltas = model.stream(req.prompt, messages=req.messages, **options)  # validates before the first byte
         if not req.stream:
             return {"model": req.model, "variant": model.card.variant, "text": "".join(deltas)}

@@ -240,6 +240,14 @@ def test_http_server(built) -> None:
     assert typo.status_code == 422 and "temprature" in typo.json()["error"]["message"]
     wrong_task = client.post("/v1/embed", json={"model": "chat-test", "texts": ["x"]})
     assert wrong_task.status_code == 400 and "causal-lm" in wrong_task.json()["error"]["message"]
+    batch = client.post("/v1/generate", json={**{k: v for k, v in body.items() if k != "prompt"},
+                                              "prompts": ["The sun", "Water boils at"], "temperature": 0})
+    assert batch.status_code == 200
+    alone = [client.post("/v1/generate", json={**body, "prompt": p, "temperature": 0}).json()["text"]
+             for p in ("The sun", "Water boils at")]
+    assert batch.json()["texts"] == alone
+    mixed = client.post("/v1/generate", json={**body, "prompts": ["x"]})
+    assert mixed.status_code == 400 and "prompts=" in mixed.json()["error"]["message"]
     too_long = client.post("/v1/generate", json={**body, "stream": True, "max_tokens": 10_000})
     assert too_long.status_code == 400 and "context length" in too_long.json()["error"]["message"]
 
@@ -248,9 +256,13 @@ def test_pyfunc_round_trip(built) -> None:
     import mlflow.pyfunc
     import pandas as pd
 
+    from slmops import load
+
     model = mlflow.pyfunc.load_model("models:/slmops-causal-lm@chat-test")
     out = model.predict(pd.DataFrame({"prompt": ["The sun", "Water"]}), params={"max_tokens": 4, "temperature": 0.0})
     assert len(out) == 2 and all(isinstance(t, str) for t in out)
+    chat = load("chat-test")  # the pyfunc batches plain prompts: the same texts as one at a time
+    assert list(out) == [chat.generate(p, max_tokens=4, temperature=0.0) for p in ("The sun", "Water")]
     enc = mlflow.pyfunc.load_model("models:/slmops-sentence-embedding@embed-test")
     vecs = enc.predict(pd.DataFrame({"text": ["hello", "world"]}))
     assert len(vecs) == 2 and len(vecs[0]) == 32

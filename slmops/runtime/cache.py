@@ -1,0 +1,133 @@
+"""The runtime's artifact cache: one verified copy per registered version, and verified stamps.
+
+Verifying a folder means hashing every file against its manifest (0.36 s for the 250 MB
+SmolLM2-135M wo-int8 graph). After a full check a *verified stamp* records, per file, its
+size, mtime_ns, ctime_ns and inode, plus the manifest's digest; a later load whose files
+all still match the stamp skips the hashing (a few stat calls, well under 1 ms). Any write
+to a file changes its ctime, which cannot be set back from user space, so a file edited in
+place is re-hashed even if its size and mtime were restored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from slmops.artifacts import MANIFEST_NAME, Manifest, read_manifest, verify_files, write_json_atomic
+from slmops.errors import IntegrityError, ModelLoadError
+from slmops.register.resolve import VersionRef
+
+logger = logging.getLogger(__name__)
+
+STAMP_SCHEMA = 1
+
+
+def _stat_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def stamp_path(folder: Path, stamps_dir: Path) -> Path:
+    """Where the stamp of ``folder`` lives: keyed by its absolute path, outside the folder itself."""
+    key = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:32]
+    return Path(stamps_dir) / f"{key}.json"
+
+
+def _stamp(folder: Path, manifest: Manifest) -> dict:
+    files = {rel: _stat_key(folder / rel) for rel in [*manifest.files, MANIFEST_NAME]}
+    return {"schema": STAMP_SCHEMA, "folder": str(folder.resolve()), "digest": manifest.digest(), "files": files}
+
+
+def verify_folder(folder: Path, *, stamps_dir: Path) -> Manifest:
+    """The folder's manifest, its files checked: through the stamp when nothing changed, else by sha256.
+
+    Raises IntegrityError (as :func:`slmops.artifacts.read_manifest`) when a file does not match.
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    path = stamp_path(folder, stamps_dir)
+    try:
+        if json.loads(path.read_text()) == _stamp(folder, manifest):
+            return manifest
+    except (OSError, ValueError):
+        pass  # no stamp, an unreadable one, or a file gone: verify in full
+    path.unlink(missing_ok=True)
+    verify_files(folder, manifest)
+    write_stamp(folder, manifest, stamps_dir=stamps_dir)
+    return manifest
+
+
+def write_stamp(folder: Path, manifest: Manifest, *, stamps_dir: Path) -> None:
+    """Record that ``folder`` was just verified against ``manifest`` (call only right after a full check)."""
+    path = stamp_path(folder, stamps_dir)
+    try:
+        write_json_atomic(path, _stamp(Path(folder), manifest))
+    except OSError as exc:  # a read-only cache still loads, it just hashes every time
+        logger.info("cannot write the verified stamp %s: %s", path, exc)
+
+
+def fetch_version(ref: VersionRef, *, cache_dir: Path, notify: Callable[[float], None]) -> Path:
+    """The verified artifact folder of ``ref``: from the cache when intact, else downloaded (once per version).
+
+    A cached copy that fails its check, or whose manifest digest differs from the digest the
+    version was registered with (a registry rebuilt with the same version numbers), is
+    downloaded again; a fresh download that fails the check raises IntegrityError.
+    """
+    cache = Path(cache_dir) / "models" / ref.name / ref.version
+    stamps = Path(cache_dir) / "verified"
+    if (cache / "MLmodel").is_file():
+        try:
+            folder = model_folder(cache, ref.uri)
+            manifest = verify_folder(folder, stamps_dir=stamps)
+            if ref.digest is None or manifest.digest() == ref.digest:
+                notify(1.0)
+                return folder
+            logger.warning("cached copy of %s has digest %s, the registry %s; downloading it again",
+                           ref.uri, manifest.digest()[:12], ref.digest[:12])
+        except (IntegrityError, ModelLoadError) as exc:
+            logger.warning("cached copy of %s is unusable (%s); downloading it again", ref.uri, exc)
+    return _download(ref, cache, stamps_dir=stamps, notify=notify)
+
+
+def _download(ref: VersionRef, cache: Path, *, stamps_dir: Path, notify: Callable[[float], None]) -> Path:
+    import mlflow.artifacts  # only on a cache miss: importing mlflow costs about 2 s
+
+    notify(0.0)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(tmp)))
+        manifest = read_manifest(model_folder(local, ref.uri), verify=True)
+        if ref.digest is not None and manifest.digest() != ref.digest:
+            raise IntegrityError(
+                f"{ref.uri} was registered with candidate digest {ref.digest} but its files have "
+                f"{manifest.digest()}; re-register the candidate"
+            )
+        shutil.rmtree(cache, ignore_errors=True)  # a stale or corrupt copy
+        os.replace(local, cache)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    folder = model_folder(cache, ref.uri)
+    write_stamp(folder, manifest, stamps_dir=stamps_dir)  # hashed in tmp just now; a rename keeps the files
+    notify(1.0)
+    return folder
+
+
+def model_folder(root: Path, uri: str) -> Path:
+    """The slmops artifact folder inside a downloaded pyfunc model (named in its MLmodel file)."""
+    import yaml
+
+    from slmops.register.names import ARTIFACT_KEY
+
+    try:
+        mlmodel = yaml.safe_load((root / "MLmodel").read_text())
+        rel = mlmodel["flavors"]["python_function"]["artifacts"][ARTIFACT_KEY]["path"]
+    except (FileNotFoundError, KeyError, TypeError):
+        raise ModelLoadError(f"{uri} is not an slmops model (its MLmodel names no {ARTIFACT_KEY!r} artifact)") from None
+    return root / rel
