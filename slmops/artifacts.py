@@ -27,6 +27,7 @@ from slmops.errors import IntegrityError
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "slmops-manifest.json"
+GATE_NAME = "slmops-gate.json"  # the gate result a registered folder carries beside its candidate
 _CHUNK = 8 * 2**20
 
 
@@ -57,6 +58,12 @@ class Manifest(BaseModel):
         for path in sorted(self.files):
             h.update(f"{path}\0{self.files[path].sha256}\n".encode())
         return h.hexdigest()
+
+    def candidate_digest(self) -> str:
+        """The digest of the candidate this folder holds: a registered folder adds only its gate result."""
+        if GATE_NAME not in self.files:
+            return self.digest()
+        return self.model_copy(update={"files": {k: v for k, v in self.files.items() if k != GATE_NAME}}).digest()
 
 
 def sha256_file(path: Path) -> str:

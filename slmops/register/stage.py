@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from slmops.artifacts import link_or_copy, read_manifest, write_json_atomic, write_manifest
+from slmops.artifacts import GATE_NAME, link_or_copy, read_manifest, write_json_atomic, write_manifest
 from slmops.catalog.estimate import estimate_memory
 from slmops.catalog.schema import Variant
 from slmops.errors import RegistryError
@@ -167,9 +167,6 @@ def _estimate_for(variant: Variant, recipe: Recipe, bench: dict[str, Any], graph
     return est.total / 2**20
 
 
-GATE_FILE = "slmops-gate.json"
-
-
 def _log_model(model_name: str, variant: Variant, folder: Path, tags: dict[str, str], *, evaluation: dict[str, Any]) -> Any:
     """Log the candidate folder, with its gate result and a manifest covering both, as a pyfunc model
     (models-from-code, no pickle) and register it. The candidate folder itself is left untouched."""
@@ -183,7 +180,7 @@ def _log_model(model_name: str, variant: Variant, folder: Path, tags: dict[str, 
         bundle = Path(staging) / "model"
         for rel in candidate.files:
             link_or_copy(Path(folder) / rel, bundle / rel)
-        write_json_atomic(bundle / GATE_FILE, evaluation)
+        write_json_atomic(bundle / GATE_NAME, evaluation)
         write_manifest(bundle, stage="register", variant=candidate.variant, source=candidate.source,
                        revision=candidate.revision,
                        info={**candidate.info, "candidate_digest": candidate.digest(), "gate_passed": evaluation["passed"]})

@@ -85,11 +85,11 @@ def fetch_version(ref: VersionRef, *, cache_dir: Path, notify: Callable[[float],
         try:
             folder = model_folder(cache, ref.uri)
             manifest = verify_folder(folder, stamps_dir=stamps)
-            if ref.digest is None or manifest.digest() == ref.digest:
+            if ref.digest is None or manifest.candidate_digest() == ref.digest:
                 notify(1.0)
                 return folder
             logger.warning("cached copy of %s has digest %s, the registry %s; downloading it again",
-                           ref.uri, manifest.digest()[:12], ref.digest[:12])
+                           ref.uri, manifest.candidate_digest()[:12], ref.digest[:12])
         except (IntegrityError, ModelLoadError) as exc:
             logger.warning("cached copy of %s is unusable (%s); downloading it again", ref.uri, exc)
     return _download(ref, cache, stamps_dir=stamps, notify=notify)
@@ -104,10 +104,10 @@ def _download(ref: VersionRef, cache: Path, *, stamps_dir: Path, notify: Callabl
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(tmp)))
         manifest = read_manifest(model_folder(local, ref.uri), verify=True)
-        if ref.digest is not None and manifest.digest() != ref.digest:
+        if ref.digest is not None and manifest.candidate_digest() != ref.digest:
             raise IntegrityError(
                 f"{ref.uri} was registered with candidate digest {ref.digest} but its files have "
-                f"{manifest.digest()}; re-register the candidate"
+                f"{manifest.candidate_digest()}; re-register the candidate"
             )
         shutil.rmtree(cache, ignore_errors=True)  # a stale or corrupt copy
         os.replace(local, cache)

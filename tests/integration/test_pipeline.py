@@ -129,6 +129,9 @@ def test_load_generate_chat_stream_embed(built) -> None:
     manifest = read_manifest(chat.folder, verify=True)
     assert gate["passed"] and {"slmops-gate.json", "recipe.json", "tokenizer.json"} <= set(manifest.files)
     assert manifest.stage == "register" and manifest.info["gate_passed"] is True
+    again = []
+    load("chat-test", on_state=again.append)  # the verified cached copy is reused, not downloaded again
+    assert [e.progress for e in again if e.state == LoadingState.DOWNLOADING] == [1.0]
     options = dict(max_tokens=12, temperature=0.9, top_p=0.9, seed=11, ignore_eos=True)
     text = chat.generate("The sun rises", **options)
     assert text == "".join(chat.stream("The sun rises", **options))
