@@ -41,3 +41,17 @@ def test_rank_explains_every_rejection_and_picks_the_fastest_eligible() -> None:
     with pytest.raises(NoEligibleModelError) as err:
         best(cands, strict, "decode_speed", what="the strict use case")
     assert "wo-int8 v2" in str(err.value) and "ppl_ratio 1.008" in str(err.value)
+
+
+def test_older_builds_of_the_same_candidate_are_superseded() -> None:
+    cands = [
+        _cand("2", "wo-int8", decode_tok_s=88, peak_rss_mb=600, ttft_ms=200, quality_ppl_ratio=1.005),  # old build
+        _cand("6", "wo-int8", decode_tok_s=60, peak_rss_mb=600, ttft_ms=200, quality_ppl_ratio=1.005),
+        _cand("7", "gguf-q4", decode_tok_s=70, peak_rss_mb=560, ttft_ms=200, quality_ppl_ratio=1.003),
+        _cand("3", "wo-int8", device="cuda", decode_tok_s=300, peak_rss_mb=600, ttft_ms=20, quality_ppl_ratio=1.0),
+    ]
+    ranked = rank(cands, Constraints(task="causal-lm", device="cpu"), "decode_speed")
+    reasons = {c.version: c.rejected for c in ranked}
+    assert reasons["2"] == ["superseded by v6 (a newer build of the same variant, recipe and device)"]
+    assert reasons["3"] == ["benchmarked on cuda, not cpu"]  # another device is another build
+    assert [c.version for c in ranked][:2] == ["7", "6"]
