@@ -264,8 +264,9 @@ def convert(src: Path, dst: Path, gguf_path: Path, *, accuracy_level: int = 4, r
     graph.initializer.extend(kept + new_inits)
     if not any(op.domain == "com.microsoft" for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    large = model.ByteSize() > 1_900_000_000
-    onnx.save_model(model, str(dst), save_as_external_data=large, location=dst.name + ".data" if large else None)
+    from slmops.quantize.ort import save_onnx
+
+    save_onnx(model, dst)
     logger.info("mapped GGUF blocks onto %d MatMulNBits (Q4_1 %d, Q8_0 %d), kept %d MatMul fp32",
                 counts["Q4_1"] + counts["Q8_0"], counts["Q4_1"], counts["Q8_0"], counts["kept"])
     return counts

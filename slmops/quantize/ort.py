@@ -10,6 +10,9 @@ from slmops.quantize.recipes import Recipe
 
 logger = logging.getLogger(__name__)
 
+# protobuf caps a serialized ModelProto at 2 GiB: larger graphs keep their weights in ONNX external data
+MAX_PROTO_BYTES = 2_000_000_000
+
 Quantizer = Callable[..., None]  # (src graph, dst graph, recipe, *, fetched: the fetched HF folder or None)
 QUANTIZERS: dict[str, Quantizer] = {}
 
@@ -36,6 +39,17 @@ def keep_fp32(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None = No
             link_or_copy(path, dst)
         else:  # onnx refuses external data with several hard links ("potential hardlink attack"): copy it
             shutil.copy2(path, dst.with_name(path.name))
+
+
+def save_onnx(model, dst: Path) -> None:  # noqa: ANN001 - onnx.ModelProto
+    """Save ``model`` to ``dst``; above MAX_PROTO_BYTES the weights go to ``<dst>.data`` (ONNX external data)."""
+    import onnx
+
+    if model.ByteSize() > MAX_PROTO_BYTES:
+        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=dst.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(dst))
 
 
 def output_projections(model) -> list[str]:  # noqa: ANN001 - onnx.ModelProto
@@ -75,8 +89,8 @@ def matmul_nbits(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None =
                                      accuracy_level=recipe.accuracy_level, nodes_to_exclude=exclude,
                                      algo_config=config)
     quantizer.process()
-    large = quantizer.model.model.ByteSize() > 2_000_000_000
-    quantizer.model.save_model_to_file(str(dst), use_external_data_format=large)
+    quantizer.model.topological_sort()
+    save_onnx(quantizer.model.model, dst)
 
 
 @register_quantizer("gguf_blocks")
@@ -100,8 +114,7 @@ def fp16(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None = None) -
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    large = model.ByteSize() > 2_000_000_000
-    onnx.save_model(model, str(dst), save_as_external_data=large, location=dst.name + ".data" if large else None)
+    save_onnx(model, dst)
 
 
 @register_quantizer("dynamic_int8")
@@ -109,10 +122,12 @@ def dynamic_int8(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None =
     """Dynamic (W8A8) int8: for encoders. Per-channel keeps MiniLM at cosine 0.991."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    weights = sum(p.stat().st_size for p in src.parent.glob(src.name + "*"))
     quantize_dynamic(
         str(src),
         str(dst),
         per_channel=recipe.per_channel,
         reduce_range=recipe.reduce_range,
         weight_type=QuantType.QInt8,
+        use_external_data_format=weights > MAX_PROTO_BYTES,
     )

@@ -113,6 +113,8 @@ def _open_optimized(path: Path, options, providers: tuple[str, ...], entry: Path
         return None
     try:
         options.optimized_model_filepath = str(tmp / "model.onnx")
+        # ORT warns that an ENABLE_ALL graph may be hardware specific: the cache key holds the CPU flags
+        options.log_severity_level = max(options.log_severity_level, 3)
         if len(_graph_files(path)) > 1:  # external data stays external (a protobuf holds at most 2 GB)
             options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "model.onnx.data")
             options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")

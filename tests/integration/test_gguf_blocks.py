@@ -80,3 +80,20 @@ def test_gguf_blocks_need_the_gguf(built, tmp_path: Path) -> None:
     with pytest.raises(QuantizeError, match="not a readable GGUF file"):
         quantize(variant, RECIPES["gguf-q4"], src=root / "export", out=tmp_path / "out", fetched=tmp_path)
     assert not (tmp_path / "out").exists()
+
+
+def test_graphs_over_the_protobuf_limit_use_external_data(built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the 2 GB limit lowered to 1 byte, every quantizer writes model.onnx + model.onnx.data that still runs."""
+    import slmops.quantize.ort as ort_quantizers
+
+    variant, root = built
+    for name in ("gguf-q4", "wo-int8"):
+        quantize(variant, RECIPES[name], src=root / "export", out=tmp_path / "inline" / name, fetched=root / "fetch")
+    monkeypatch.setattr(ort_quantizers, "MAX_PROTO_BYTES", 1)
+    for name in ("gguf-q4", "wo-int8"):
+        out, inline = tmp_path / "external" / name, tmp_path / "inline" / name
+        quantize(variant, RECIPES[name], src=root / "export", out=out, fetched=root / "fetch")
+        assert not (inline / "model.onnx.data").exists()
+        assert (out / "model.onnx.data").stat().st_size > (out / "model.onnx").stat().st_size
+        assert "model.onnx.data" in read_manifest(out, verify=True).files
+        assert np.abs(_logits(out) - _logits(inline)).max() < 1e-5
