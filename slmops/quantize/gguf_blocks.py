@@ -123,6 +123,49 @@ def q8_0_to_nbits(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q.astype(np.uint8), d.reshape(-1)
 
 
+def _embedding_gathers(graph, blocks: GGUFBlocks, inits: dict, consumers: dict[str, int],  # noqa: ANN001
+                       new_inits: list) -> tuple[dict, set[str]]:
+    """GatherBlockQuantized replacements for token-embedding Gathers whose table is a Q8_0 tensor.
+
+    The table is an initializer ``[vocab, hidden]`` (optimum) or ``Transpose(lm_head weight)`` (the
+    genai builder's tied embedding). Updates ``consumers`` for the inputs the rewrite stops using.
+    """
+    from onnx import helper, numpy_helper
+
+    graph_inputs = {i.name for i in graph.input}
+    producers = {out: node for node in graph.node for out in node.output}
+    replaced, removed = {}, set()
+    for node in graph.node:
+        if node.op_type != "Gather" or node.input[1] not in graph_inputs:
+            continue
+        table, transpose = node.input[0], None
+        if table not in inits and table in producers and producers[table].op_type == "Transpose":
+            transpose = producers[table]
+            table = transpose.input[0]
+        if table not in inits:
+            continue
+        weight = numpy_helper.to_array(inits[table])
+        columns = weight if transpose is not None else weight.T  # [hidden, vocab]: one column per token
+        traced = blocks.trace(columns) if columns.shape[0] % BLOCK == 0 else None
+        if traced is None or traced[0] != "Q8_0":
+            continue
+        codes, scales = q8_0_to_nbits(blocks.gather(traced[1]))
+        vocab, hidden = columns.shape[1], columns.shape[0]
+        base = node.name.replace("/", "_").strip("_")
+        new_inits += [numpy_helper.from_array(codes.reshape(vocab, hidden), f"{base}.qtable"),
+                      numpy_helper.from_array(scales.reshape(vocab, hidden // BLOCK), f"{base}.scales"),
+                      numpy_helper.from_array(np.full((vocab, hidden // BLOCK), 128, np.uint8), f"{base}.zero_points")]
+        replaced[node.name] = helper.make_node(
+            "GatherBlockQuantized", [f"{base}.qtable", node.input[1], f"{base}.scales", f"{base}.zero_points"],
+            list(node.output), name=node.name, domain="com.microsoft", gather_axis=0, quantize_axis=1,
+            block_size=BLOCK, bits=8)
+        consumers[node.input[0]] -= 1
+        if transpose is not None and consumers[node.input[0]] == 0:
+            removed.add(transpose.name)
+            consumers[table] -= 1
+    return replaced, removed
+
+
 def _ceil_to(x: int, m: int) -> int:
     return -(-x // m) * m
 
@@ -157,11 +200,13 @@ def _augment(packed: np.ndarray, scales: np.ndarray, zp: np.ndarray, remainder: 
 
 
 def convert(src: Path, dst: Path, gguf_path: Path, *, accuracy_level: int = 4, remainder_mode: str = "side",
-            lm_head: bool = True) -> dict[str, int]:
+            lm_head: bool = True, embedding: bool = False) -> dict[str, int]:
     """Rewrite the MatMuls of ``src`` whose weights came from ``gguf_path`` as MatMulNBits; save to ``dst``.
 
-    Returns counts (converted per kind, kept fp32). Raises QuantizeError when no MatMul
-    weight matches the GGUF (the graph was not exported from these weights).
+    With ``embedding``, a token-embedding Gather whose table came from a Q8_0 tensor becomes an
+    exact GatherBlockQuantized (SmolLM2: 113 MB of fp32 table -> 28 MB). Returns counts
+    (converted per kind, kept fp32). Raises QuantizeError when no MatMul weight matches the
+    GGUF (the graph was not exported from these weights).
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -174,11 +219,18 @@ def convert(src: Path, dst: Path, gguf_path: Path, *, accuracy_level: int = 4, r
     for node in graph.node:
         for name in node.input:
             consumers[name] = consumers.get(name, 0) + 1
-    counts = {"Q4_1": 0, "Q8_0": 0, "kept": 0}
+    counts = {"Q4_1": 0, "Q8_0": 0, "kept": 0, "embedding": 0}
     block_sums: dict[str, str] = {}  # MatMul input -> its per-block sums (shared by consumers of one input)
     new_nodes, new_inits = [], []
     dropped: set[str] = set()
+    replaced, removed = _embedding_gathers(graph, blocks, inits, consumers, new_inits) if embedding else ({}, set())
+    counts["embedding"] = len(replaced)
     for node in graph.node:
+        if node.name in removed:
+            continue
+        if node.name in replaced:
+            new_nodes.append(replaced[node.name])
+            continue
         weight_name = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else None
         if weight_name not in inits:
             new_nodes.append(node)
@@ -257,6 +309,7 @@ def convert(src: Path, dst: Path, gguf_path: Path, *, accuracy_level: int = 4, r
     if counts["Q4_1"] + counts["Q8_0"] == 0:
         raise QuantizeError(f"no MatMul weight of {src} matches a Q4_1/Q8_0 row of {gguf_path.name}; "
                             "the graph was not exported from this GGUF: use a matmul_nbits recipe")
+    dropped |= {name for name in inits if consumers.get(name, 1) == 0}
     del graph.node[:]
     graph.node.extend(new_nodes)
     kept = [i for i in graph.initializer if i.name not in dropped]

@@ -104,7 +104,7 @@ def gguf_blocks(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None = 
         raise QuantizeError(f"recipe {recipe.name!r} maps a GGUF's blocks, but {fetched} holds no .gguf file; "
                             "use it only for variants fetched with source: gguf (and re-run `slmops fetch`)")
     convert(src, dst, found[0], accuracy_level=recipe.accuracy_level if recipe.accuracy_level is not None else 4,
-            remainder_mode=recipe.remainder, lm_head=recipe.lm_head)
+            remainder_mode=recipe.remainder, lm_head=recipe.lm_head, embedding=recipe.embedding)
 
 
 @register_quantizer("fp16")

@@ -29,6 +29,7 @@ class Recipe(BaseModel):
     accuracy_level: Literal[0, 1, 2, 3, 4] | None = None
     algorithm: Literal["rtn", "k_quant", "hqq"] = "rtn"  # matmul_nbits: how the 4/8-bit codes are chosen
     lm_head: bool = True  # quantize the output projection (tied to the embedding in SmolLM2) as well
+    embedding: bool = False  # quantize the token-embedding table (GatherBlockQuantized); gguf_blocks only
     remainder: Literal["side", "augment", "drop"] = "side"  # gguf_blocks: see slmops/quantize/gguf_blocks.py
     per_channel: bool = False
     reduce_range: bool = False
@@ -46,6 +47,8 @@ class Recipe(BaseModel):
                 raise ValueError("algorithm k_quant only builds 4-bit weights; use rtn for bits=8")
         elif self.bits is not None or self.block_size is not None:
             raise ValueError(f"bits/block_size only apply to method matmul_nbits, not {self.method!r}")
+        if self.embedding and self.method != "gguf_blocks":
+            raise ValueError("embedding: true is implemented for method gguf_blocks (an exact Q8_0 table) only")
         if self.method == "gguf_blocks" and self.precision != "int4":
             raise ValueError("gguf_blocks maps Q4_1/Q8_0 blocks: precision int4")
         if self.method == "fp16" and self.precision != "fp16":

@@ -69,6 +69,11 @@ def test_every_matmul_is_mapped_and_the_folder_is_complete(built) -> None:
     bits = sorted({a.i for n in ops for a in n.attribute if a.name == "bits"})
     assert bits == [4, 8]  # Q4_1 body, Q8_0 tied embedding as lm_head
     assert not [n for n in graph.node if n.op_type == "MatMul" and n.input[1].endswith(".weight")]
+    # the Q8_0 token table is gathered quantized; no fp32 copy of it (or of any weight matrix) is left
+    assert [n.op_type for n in graph.node if n.input and n.input[-1] == "input_ids" or "input_ids" in n.input][:1] == [
+        "GatherBlockQuantized"]
+    assert "Transpose" not in {n.op_type for n in graph.node}
+    assert max(int(np.prod(i.dims)) for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT) < 64 * 64
 
 
 def test_gguf_blocks_need_the_gguf(built, tmp_path: Path) -> None:
