@@ -102,7 +102,18 @@ def _download(ref: VersionRef, cache: Path, *, stamps_dir: Path, notify: Callabl
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(tmp)))
+        # slmops reports progress through the DOWNLOADING state; MLflow's own tqdm bar would print to stderr
+        from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+        previous = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
+        os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(tmp)))
+        finally:
+            if previous is None:
+                os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
+            else:
+                os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = previous
         manifest = read_manifest(model_folder(local, ref.uri), verify=True)
         if ref.digest is not None and manifest.candidate_digest() != ref.digest:
             raise IntegrityError(
