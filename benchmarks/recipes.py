@@ -96,14 +96,14 @@ def print_table(variant_id: str, task: str, rows: list[dict], rounds: int) -> No
                   f"{m['top1_agreement']:7.3f}{m.get('greedy_prefix', float('nan')):8.2f}{'pass' if r['passed'] else 'FAIL':>6}"
                   f"{r['ttft_ms']:9.0f}{r['decode_tok_s']:8.1f}{speed}{r['peak_rss_mb']:8.0f}")
     else:
-        head = f"{'recipe':16}{'precision':>10}{'size MB':>9}{'quality':>26}{'gate':>6}{'items/s':>9}{'vs fp32':>8}{'RSS MB':>8}"
+        head = f"{'recipe':16}{'precision':>10}{'size MB':>9}  {'quality':40}{'gate':>6}{'items/s':>9}{'vs fp32':>8}{'RSS MB':>8}"
         ref = next((r["items_s"] for r in rows if r["recipe"] == "fp32"), None)
         print(head + "\n" + "-" * len(head))
         for r in rows:
             quality = ", ".join(f"{k} {v:.3f}" for k, v in list(r["metrics"].items())[:2])
             speed = f"{r['items_s'] / ref:7.2f}x" if ref and r["items_s"] else f"{'-':>8}"
             items = f"{r['items_s']:9.1f}" if r["items_s"] else f"{'-':>9}"
-            print(f"{r['recipe']:16}{r['precision']:>10}{r['size_mb']:9.1f}{quality:>26}{'pass' if r['passed'] else 'FAIL':>6}"
+            print(f"{r['recipe']:16}{r['precision']:>10}{r['size_mb']:9.1f}  {quality:40}{'pass' if r['passed'] else 'FAIL':>6}"
                   f"{items}{speed}{r['peak_rss_mb']:8.0f}")
     for r in rows:
         if not r["passed"]:
