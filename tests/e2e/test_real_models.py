@@ -33,6 +33,8 @@ def test_quality_gates_on_real_models(real_project) -> None:
     assert 10 < smol["fp32"]["metrics"]["ppl"] < 20  # the dequantized Q4_1 SmolLM2 on the shipped text
     assert smol["wo-int8"]["passed"] and smol["wo-int8"]["metrics"]["ppl_ratio"] < 1.03
     assert not smol["wo-int4"]["passed"]  # re-quantizing the Q4_1 weights costs >20% PPL: recorded, not eligible
+    # the GGUF's own 4-bit blocks mapped onto MatMulNBits lose nothing but int8 activation rounding
+    assert smol["gguf-q4"]["passed"] and smol["gguf-q4"]["metrics"]["ppl_ratio"] < 1.01
     mini = json.loads(project.gate_file("all-minilm-l6-v2").read_text())["candidates"]
     assert mini["dyn-int8-pc"]["passed"] and mini["dyn-int8-pc"]["metrics"]["cosine_mean"] > 0.98
 
