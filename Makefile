@@ -16,7 +16,7 @@ export DO_NOT_TRACK ?= 1
 
 LLAMA_WHEELS := $(HOME)/.cache/slmops/wheels
 
-.PHONY: setup run test test-fast dvc-repro bench bench-deps clean
+.PHONY: setup run test test-fast dvc-repro bench bench-recipes bench-deps clean
 
 setup: $(STAMP)
 
@@ -55,6 +55,10 @@ bench-deps: setup
 # Side-by-side table: slmops runtime vs torch, optimum ORTModel and llama.cpp (needs `make run` first).
 bench: bench-deps
 	$(BIN)/python benchmarks/compare.py
+
+# Quality/speed/size of every applicable recipe on both real models (needs `make run` first).
+bench-recipes: setup
+	$(BIN)/python benchmarks/recipes.py --rounds 2
 
 clean:
 	rm -rf artifacts .pytest_cache
