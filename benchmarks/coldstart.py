@@ -62,7 +62,7 @@ def child_slmops(target: str, resolver: str, optimized_cache: bool) -> dict:
             "version": ref.uri}
 
 
-def _first_output(model) -> None:  # noqa: ANN001
+def _first_output(model) -> None:
     if model.card.task == "causal-lm":
         from slmops.runtime.params import GenerationParams
 

@@ -57,7 +57,7 @@ def _eval_ids() -> list[int]:
     return tok.encode(eval_text(), add_special_tokens=False).ids
 
 
-def _ppl_from_logits(chunks: list[tuple[list[int], "np.ndarray"]]) -> float:  # noqa: F821
+def _ppl_from_logits(chunks: list[tuple[list[int], "np.ndarray"]]) -> float:
     import numpy as np
 
     nll = []
@@ -74,7 +74,7 @@ def _windows(ids: list[int], window: int = 512) -> list[list[int]]:
     return [ids[s : s + window + 1] for s in range(0, len(ids) - 1, window) if len(ids[s : s + window + 1]) > 1]
 
 
-def _time_decode(first_token, next_token, prompt: list[int], new_tokens: int, repeats: int = 3) -> dict:  # noqa: ANN001
+def _time_decode(first_token, next_token, prompt: list[int], new_tokens: int, repeats: int = 3) -> dict:
     """first_token(prompt) -> state; next_token(state) -> state. Median TTFT and decode tok/s over repeats (+1 warm-up)."""
     ttft, rates = [], []
     for run in range(repeats + 1):
@@ -130,12 +130,12 @@ def peer_torch(spec: dict) -> dict:
     load_s = time.perf_counter() - t0
 
     @torch.inference_mode()
-    def first(prompt: list[int]):  # noqa: ANN202
+    def first(prompt: list[int]):
         out = model(torch.tensor([prompt]), use_cache=True)
         return out.past_key_values, int(out.logits[0, -1].argmax())
 
     @torch.inference_mode()
-    def step(state):  # noqa: ANN001, ANN202
+    def step(state):
         past, token = state
         out = model(torch.tensor([[token]]), past_key_values=past, use_cache=True)
         return out.past_key_values, int(out.logits[0, -1].argmax())
@@ -190,12 +190,12 @@ def peer_optimum(spec: dict) -> dict:
     model = ORTModelForCausalLM.from_pretrained(folder, session_options=options, use_cache=True, use_io_binding=False)
     load_s = time.perf_counter() - t0
 
-    def first(prompt: list[int]):  # noqa: ANN202
+    def first(prompt: list[int]):
         ids = torch.tensor([prompt])
         out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
         return out.past_key_values, int(out.logits[0, -1].argmax()), len(prompt)
 
-    def step(state):  # noqa: ANN001, ANN202
+    def step(state):
         past, token, n = state
         out = model(input_ids=torch.tensor([[token]]), attention_mask=torch.ones((1, n + 1), dtype=torch.long),
                     past_key_values=past, use_cache=True)
@@ -228,12 +228,12 @@ def peer_llamacpp(spec: dict) -> dict:
         ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
 
-    def first(prompt: list[int]):  # noqa: ANN202
+    def first(prompt: list[int]):
         llm.reset()
         llm.eval(prompt)
         return int(last_logits().argmax())
 
-    def step(token: int):  # noqa: ANN202
+    def step(token: int):
         llm.eval([token])
         return int(last_logits().argmax())
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("smollm2-135m-instruct", "all-minilm-l6-v2")
 
 
-def build_candidates(project, variant_id: str, out: Path) -> dict[str, Path]:  # noqa: ANN001 - slmops Project
+def build_candidates(project, variant_id: str, out: Path) -> dict[str, Path]:
     """Apply every CPU recipe for the variant's task; reuse candidates built from the same export and recipe."""
     from slmops.artifacts import read_manifest
     from slmops.errors import SlmopsError
@@ -54,7 +54,7 @@ def build_candidates(project, variant_id: str, out: Path) -> dict[str, Path]:  #
     return folders
 
 
-def measure(project, variant_id: str, folders: dict[str, Path], *, rounds: int, out: Path) -> list[dict]:  # noqa: ANN001
+def measure(project, variant_id: str, folders: dict[str, Path], *, rounds: int, out: Path) -> list[dict]:
     from slmops.benchmark import run_benchmark
     from slmops.evaluate import evaluate
 
@@ -72,7 +72,7 @@ def measure(project, variant_id: str, folders: dict[str, Path], *, rounds: int, 
     rows = []
     for name, folder in folders.items():
         bench, gate = runs[name], gates["candidates"][name]
-        med = lambda key: statistics.median(b[key] for b in bench if b.get(key) is not None) if any(b.get(key) is not None for b in bench) else None  # noqa: E731
+        med = lambda key: statistics.median(b[key] for b in bench if b.get(key) is not None) if any(b.get(key) is not None for b in bench) else None
         rows.append({
             "recipe": name, "method": project.recipes[name].method, "precision": project.recipes[name].precision,
             "size_mb": bench[0]["size_mb"], "passed": gate["passed"], "reasons": gate["reasons"], "metrics": gate["metrics"],

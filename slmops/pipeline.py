@@ -20,7 +20,8 @@ def fetch(
     project: Project, variant_id: str, *, source: str | None = None, revision: str | None = None, offline: bool | None = None
 ) -> dict[str, Any]:
     """Fetch a variant: by its selection entry if selected, else from the Hub at the catalog's revision."""
-    from slmops.fetch import FetchConfig, fetch as run_fetch
+    from slmops.fetch import FetchConfig
+    from slmops.fetch import fetch as run_fetch
 
     variant = project.catalog.get(variant_id)
     sel = project.config.selection.get(variant_id)

@@ -109,8 +109,8 @@ class Project:
         from slmops.export.stage import resolve_exporter
         from slmops.fetch.sources import SOURCES
 
-        self.gates  # noqa: B018 - parse now so a bad file fails before any work
-        self.remote_code  # noqa: B018
+        self.gates
+        self.remote_code
         for name, uc in self.usecases.items():
             bad = [c for c in uc.capabilities if c not in CAPABILITIES]
             if bad:

@@ -89,7 +89,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     """The fault tests' ledger: how many faults were injected, recovered, and corrupt files left (must be 0)."""
     module = sys.modules.get("tests.integration.test_fetch_hub")
     if module is not None and module.FAULTS["injected"]:

@@ -63,7 +63,7 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95))}
 
 
-def bench_decoder(model, spec: dict) -> dict:  # noqa: ANN001
+def bench_decoder(model, spec: dict) -> dict:
     from slmops.evaluate.metrics import eval_text
     from slmops.runtime.params import GenerationParams
 
@@ -96,7 +96,7 @@ def bench_decoder(model, spec: dict) -> dict:  # noqa: ANN001
             "max_prompt_tokens": longest, "max_context": longest + spec["new_tokens"]}
 
 
-def bench_encoder(model, spec: dict) -> dict:  # noqa: ANN001
+def bench_encoder(model, spec: dict) -> dict:
     from slmops.evaluate.metrics import eval_sentences
 
     data = eval_sentences()
@@ -105,10 +105,10 @@ def bench_encoder(model, spec: dict) -> dict:  # noqa: ANN001
     if hasattr(model, "embed"):
         run = model.embed
     elif hasattr(model, "mask_logits"):  # fill-mask: predict one mask appended to each text
-        run = lambda batch, batch_size: model.mask_logits(  # noqa: E731
+        run = lambda batch, batch_size: model.mask_logits(
             [f"{t} {model.mask_token}" for t in batch], batch_size=batch_size)
     else:  # cross-encoder: score (query, text) pairs
-        run = lambda batch, batch_size: model.scores(data["queries"][0], batch, batch_size=batch_size)  # noqa: E731
+        run = lambda batch, batch_size: model.scores(data["queries"][0], batch, batch_size=batch_size)
     by_batch = {}
     for batch_size in spec["batch_sizes"]:
         rates, latency = [], []

@@ -9,8 +9,8 @@ import typer
 from slmops.cli import catalog as catalog_cmds
 from slmops.cli import run as run_cmds
 from slmops.cli import stages
-from slmops.cli.doctor import doctor
 from slmops.cli.common import cli_errors, setup_logging
+from slmops.cli.doctor import doctor
 
 app = typer.Typer(
     name="slmops",

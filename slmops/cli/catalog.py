@@ -14,13 +14,13 @@ from slmops.errors import ConfigError
 app = typer.Typer(help="Browse the model catalog.", no_args_is_help=True)
 
 
-def _catalog():  # noqa: ANN202
+def _catalog():
     from slmops.catalog import load_catalog
 
     return load_catalog()
 
 
-def _variant_row(v) -> dict:  # noqa: ANN001
+def _variant_row(v) -> dict:
     return v.model_dump(mode="json")
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slmops.errors import ExportError
@@ -61,7 +61,7 @@ def read_config(src: Path) -> dict:
     return config
 
 
-def load_openelm(src: Path, config: dict | None = None):  # noqa: ANN201 - openelm_pytorch.OpenELM
+def load_openelm(src: Path, config: dict | None = None):
     """openelm-pytorch's OpenELM with the folder's per-layer shapes and safetensors weights, in eval mode (fp32)."""
     try:
         from openelm_pytorch.config import ModelConfig
@@ -116,7 +116,7 @@ class DecoderWithPast(nn.Module):
         self.register_buffer("sin", sin, persistent=False)
         self.register_buffer("cos", cos, persistent=False)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, *past: Tensor):  # noqa: ANN201
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, *past: Tensor):
         x = self.model.token_embeddings(input_ids)
         q_len, past_len = input_ids.shape[1], past[0].shape[2]
         k_pos = torch.arange(past_len + q_len, device=x.device)

@@ -108,7 +108,7 @@ def gguf_to_hf(gguf: Path, out: Path) -> None:
     link_or_copy(gguf, out / gguf.name)
 
 
-def _fix_gguf_tokenizer(tokenizer, config) -> None:  # noqa: ANN001 - transformers types
+def _fix_gguf_tokenizer(tokenizer, config) -> None:
     """The GGUF converter marks <|im_start|> as eos, adds a BOS and sets no pad: use the model config's eos."""
     eos_id = config.eos_token_id if isinstance(config.eos_token_id, int) else config.eos_token_id[0]
     eos = tokenizer.convert_ids_to_tokens(eos_id)

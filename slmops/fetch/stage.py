@@ -8,8 +8,8 @@ from pathlib import Path
 from slmops.artifacts import Manifest, atomic_folder, write_manifest
 from slmops.catalog.schema import Variant
 from slmops.errors import ConfigError
+from slmops.fetch import hub as _hub
 from slmops.fetch.config import FetchConfig
-from slmops.fetch import hub as _hub  # noqa: F401 - registers the hub source
 from slmops.fetch.sources import SOURCES, compare_with_config
 from slmops.settings import Settings, get_settings
 

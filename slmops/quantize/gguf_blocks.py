@@ -123,7 +123,7 @@ def q8_0_to_nbits(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q.astype(np.uint8), d.reshape(-1)
 
 
-def _embedding_gathers(graph, blocks: GGUFBlocks, inits: dict, consumers: dict[str, int],  # noqa: ANN001
+def _embedding_gathers(graph, blocks: GGUFBlocks, inits: dict, consumers: dict[str, int],
                        new_inits: list) -> tuple[dict, set[str]]:
     """GatherBlockQuantized replacements for token-embedding Gathers whose table is a Q8_0 tensor.
 

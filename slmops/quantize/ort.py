@@ -30,9 +30,9 @@ def register_quantizer(method: str) -> Callable[[Quantizer], Quantizer]:
 @register_quantizer("none")
 def keep_fp32(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None = None) -> None:
     """The unquantized reference: the exported graph, linked."""
-    from slmops.artifacts import link_or_copy
-
     import shutil
+
+    from slmops.artifacts import link_or_copy
 
     for path in src.parent.glob(src.name + "*"):  # the graph and its external data (model.onnx_data / .data)
         if path == src:
@@ -41,7 +41,7 @@ def keep_fp32(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None = No
             shutil.copy2(path, dst.with_name(path.name))
 
 
-def save_onnx(model, dst: Path) -> None:  # noqa: ANN001 - onnx.ModelProto
+def save_onnx(model, dst: Path) -> None:
     """Save ``model`` to ``dst``; above MAX_PROTO_BYTES the weights go to ``<dst>.data`` (ONNX external data)."""
     import onnx
 
@@ -52,7 +52,7 @@ def save_onnx(model, dst: Path) -> None:  # noqa: ANN001 - onnx.ModelProto
         onnx.save_model(model, str(dst))
 
 
-def output_projections(model) -> list[str]:  # noqa: ANN001 - onnx.ModelProto
+def output_projections(model) -> list[str]:
     """Names of the MatMul nodes writing a graph output directly (the lm_head of a decoder)."""
     outputs = {o.name for o in model.graph.output}
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.output[0] in outputs]

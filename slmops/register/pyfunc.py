@@ -19,12 +19,12 @@ from slmops.register.names import ARTIFACT_KEY
 class SlmopsModel(mlflow.pyfunc.PythonModel):
     """Wraps the slmops runtime model opened from the logged artifact folder."""
 
-    def load_context(self, context):  # noqa: ANN001, ANN201 - mlflow inspects these hints
+    def load_context(self, context):
         from slmops.runtime.open import open_folder
 
         self.model = open_folder(context.artifacts[ARTIFACT_KEY])
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    def predict(self, context, model_input, params=None):
         rows = _rows(model_input)
         task = self.model.card.task
         if task == "causal-lm":
@@ -62,7 +62,7 @@ def _rows(model_input: Any) -> list[dict[str, Any]]:
     return [{"prompt": model_input, "text": model_input}]
 
 
-def signature_for(task: str):  # noqa: ANN201 - mlflow type
+def signature_for(task: str):
     """An explicit signature (inputs and generation params) per task; no model run to infer it."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema

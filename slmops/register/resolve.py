@@ -139,7 +139,7 @@ class RestRegistryReader:
         url = f"{self.base_url}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(params)}"
         request = urllib.request.Request(url, headers=self.headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310 - http(s) only
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             body = exc.read()

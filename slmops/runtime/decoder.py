@@ -21,7 +21,7 @@ class OnnxDecoderGraph:
     """Feeds a decoder-with-past graph: optimum's ``text-generation-with-past`` export or the fused graph of
     onnxruntime-genai's builder (GroupQueryAttention, no position_ids). KV cache in, present KV out."""
 
-    def __init__(self, session, card: ModelCard) -> None:  # noqa: ANN001 - ort.InferenceSession
+    def __init__(self, session, card: ModelCard) -> None:
         self.session = session
         inputs = {i.name: i for i in session.get_inputs()}
         self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
@@ -74,7 +74,7 @@ def _kv_shape(shape: list, card: ModelCard) -> tuple[int, int]:
 class SharedKVCache:
     """One preallocated [batch, kv_heads, capacity, head_dim] OrtValue per past/present pair, and how much is filled."""
 
-    def __init__(self, buffers: list, capacity: int, length: int = 0) -> None:  # noqa: ANN001 - OrtValues
+    def __init__(self, buffers: list, capacity: int, length: int = 0) -> None:
         self.buffers, self.capacity, self.length = buffers, capacity, length
 
 
@@ -124,7 +124,7 @@ GRAPHS = {"optimum-decoder": OnnxDecoderGraph, "genai-decoder": SharedKVDecoderG
 class TextModel(LoadedModel):
     """Generation and chat over a causal-LM artifact folder."""
 
-    def __init__(self, folder: Path, card: ModelCard, session) -> None:  # noqa: ANN001
+    def __init__(self, folder: Path, card: ModelCard, session) -> None:
         super().__init__(folder, card)
         self.tokenizer = Tokenizer(folder)
         self.graph = GRAPHS[card.graph](session, card)

@@ -25,7 +25,7 @@ def _check_texts(name: str, texts: object) -> list[str]:
 
 
 class _EncoderBase(LoadedModel):
-    def __init__(self, folder: Path, card: ModelCard, session) -> None:  # noqa: ANN001
+    def __init__(self, folder: Path, card: ModelCard, session) -> None:
         super().__init__(folder, card)
         self.session = session
         self.tokenizer = Tokenizer(folder)

@@ -24,7 +24,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 class FillMaskModel(_EncoderBase):
     """Masked-token predictions of a ``fill-mask`` export (BertForMaskedLM and the like)."""
 
-    def __init__(self, folder: Path, card: ModelCard, session) -> None:  # noqa: ANN001
+    def __init__(self, folder: Path, card: ModelCard, session) -> None:
         super().__init__(folder, card, session)
         mask = self.tokenizer.mask_token
         mask_id = self.tokenizer.token_to_id(mask) if mask else None

@@ -57,7 +57,7 @@ def load(
             ref = _resolve(target, task=task, device=device, max_memory_mb=max_memory_mb,
                            max_latency_ms=max_latency_ms, min_quality=min_quality,
                            capabilities=capabilities or [], settings=settings)
-            progress = lambda p: notify(LoadingEvent(LoadingState.DOWNLOADING, label, progress=p))  # noqa: E731
+            progress = lambda p: notify(LoadingEvent(LoadingState.DOWNLOADING, label, progress=p))
             folder = fetch_version(ref, cache_dir=settings.cache_dir, notify=progress)
         notify(LoadingEvent(LoadingState.LOADING, label))
         _check_budget(folder, max_memory_mb)

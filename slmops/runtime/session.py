@@ -36,7 +36,7 @@ DEVICE_PROVIDERS: dict[str, tuple[str, ...]] = {
 
 
 def create_session(path: Path, *, device: str = "cpu", threads: int | None = None,
-                   optimized_dir: Path | None = None):  # noqa: ANN201 - ort type
+                   optimized_dir: Path | None = None):
     """An InferenceSession for ``path`` on ``device``; raises ModelLoadError if the device or file is unusable.
 
     With ``optimized_dir``, the graph optimized by a previous open is reused (and written on the first).
@@ -89,7 +89,7 @@ def _key(path: Path, device: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
-def _open_optimized(path: Path, options, providers: tuple[str, ...], entry: Path):  # noqa: ANN001, ANN202
+def _open_optimized(path: Path, options, providers: tuple[str, ...], entry: Path):
     """A session on the cached optimized graph; on a miss, open the original while saving it. None on failure."""
     import onnxruntime as ort
 
@@ -101,7 +101,7 @@ def _open_optimized(path: Path, options, providers: tuple[str, ...], entry: Path
             return ort.InferenceSession(str(entry / "model.onnx"), sess_options=options, providers=list(providers))
     except (OSError, ValueError):
         pass  # no entry yet, or a changed one
-    except Exception as exc:  # noqa: BLE001 - an unreadable optimized graph: rebuild it
+    except Exception as exc:
         logger.warning("cached optimized graph %s does not open (%s); optimizing %s again", entry, exc, path)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     shutil.rmtree(entry, ignore_errors=True)
@@ -122,7 +122,7 @@ def _open_optimized(path: Path, options, providers: tuple[str, ...], entry: Path
         os.replace(tmp, entry)
         (entry / "stamp.json").write_text(json.dumps({p.name: _identity(p) for p in _graph_files(entry / "model.onnx")}))
         return session
-    except Exception as exc:  # noqa: BLE001 - fall back to a plain open, which raises the real error
+    except Exception as exc:
         logger.info("could not save the optimized graph of %s: %s", path, exc)
         return None
     finally:

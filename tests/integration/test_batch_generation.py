@@ -63,7 +63,7 @@ def test_rows_stop_independently(model) -> None:
     assert cut[1] == full[1][: full[1].index(stop)] and cut[2] == model.generate(PROMPTS[2], **options, stop=[stop])
 
 
-def model_params(options: dict):  # noqa: ANN201
+def model_params(options: dict):
     from slmops.runtime.params import GenerationParams
 
     return GenerationParams.build(**options)
@@ -102,7 +102,7 @@ def test_batch_errors_name_the_value(model) -> None:
         model.generate_batch(["hi"], max_tokens=300)
 
 
-def test_optimized_graph_cache_reopens_the_same_model(model, tmp_path) -> None:  # noqa: ANN001
+def test_optimized_graph_cache_reopens_the_same_model(model, tmp_path) -> None:
     ids = model.prompt_ids(PROMPTS[3])
     first = open_folder(model.folder, optimized_dir=tmp_path)  # optimizes and saves the graph
     entries = list(tmp_path.iterdir())

@@ -72,7 +72,7 @@ def _perturb_largest_weight(folder: Path) -> None:
 
 
 def test_a_corrupted_export_fails_validation(tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def corrupt(variant, src, out):  # noqa: ANN001, ANN202 - the Exporter signature
+    def corrupt(variant, src, out):
         card = export_optimum(variant, src, out)
         _perturb_largest_weight(out)
         return card

@@ -220,7 +220,7 @@ def test_cli_fetch_offline_flag_and_errors(server, tiny_models, isolated: Path) 
 
     env = {**tiny_env(isolated, tiny_models, server.endpoint), "SLMOPS_HUB_TIMEOUT_S": "1"}
     server.state.publish_folder("tiny/tiny-bert", tiny_models["tiny-bert"][0])
-    run = lambda *a: subprocess.run([sys.executable, "-m", "slmops.cli", "fetch", *a], capture_output=True, text=True,  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "slmops.cli", "fetch", *a], capture_output=True, text=True,
                                     env={**__import__("os").environ, **env})
     missing = run("tiny-bert", "--offline")
     assert missing.returncode == 1 and "offline: tiny-bert" in missing.stderr

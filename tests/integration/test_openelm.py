@@ -45,7 +45,7 @@ def reference(built):
     return load_openelm(root / "fetch")
 
 
-def _torch_greedy(model, ids: list[int], steps: int) -> list[int]:  # noqa: ANN001 - openelm_pytorch.OpenELM
+def _torch_greedy(model, ids: list[int], steps: int) -> list[int]:
     from slmops.export.openelm import torch_step
 
     logits, cache = torch_step(model, ids, None)

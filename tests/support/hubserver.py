@@ -155,10 +155,10 @@ def make_handler(state: HubState) -> type[BaseHTTPRequestHandler]:
                 return None
             return repo, commit
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self._serve(send_body=True)
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             self._serve(send_body=False)
 
         def _serve(self, *, send_body: bool) -> None:

@@ -24,7 +24,7 @@ def _corpus() -> list[str]:
     return eval_text().splitlines() + data["queries"] + data["documents"] + ["héllo wörld — ünïcode ✓ 日本語"]
 
 
-def _tiny_bpe_tokenizer():  # noqa: ANN202 - transformers.PreTrainedTokenizerFast
+def _tiny_bpe_tokenizer():
     """A byte-level BPE tokenizer (400 tokens) with ChatML specials and template, trained on the eval corpus."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -35,7 +35,7 @@ def _copy(tmp_path: Path) -> Path:
     return dst
 
 
-def _edit(path: Path, fn) -> None:  # noqa: ANN001
+def _edit(path: Path, fn) -> None:
     data = yaml.safe_load(path.read_text())
     fn(data)
     path.write_text(yaml.safe_dump(data))

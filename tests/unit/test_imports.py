@@ -26,6 +26,6 @@ def test_import_slmops_is_lazy() -> None:
     assert "onnxruntime" not in loaded and "mlflow" not in loaded
 
 
-def test_import_creates_nothing(tmp_path) -> None:  # noqa: ANN001
+def test_import_creates_nothing(tmp_path) -> None:
     subprocess.run([sys.executable, "-c", "import slmops, slmops.cli, slmops.pipeline, slmops.runtime"], cwd=tmp_path, check=True)
     assert list(tmp_path.iterdir()) == []

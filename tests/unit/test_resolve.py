@@ -50,7 +50,7 @@ def store(tmp_path_factory: pytest.TempPathFactory):
     get_settings.cache_clear()
 
 
-def _answer(target: str, reader, settings):  # noqa: ANN001, ANN202
+def _answer(target: str, reader, settings):
     try:
         return resolve_version(target, reader=reader, settings=settings)
     except RegistryError as exc:
