@@ -174,6 +174,7 @@ def _log_model(model_name: str, variant: Variant, folder: Path, tags: dict[str, 
 
     from slmops.register.names import ARTIFACT_KEY
     from slmops.register.pyfunc import signature_for
+    from slmops.runtime.cache import mlflow_progress_bars_off
 
     candidate = read_manifest(folder)
     with tempfile.TemporaryDirectory(prefix="slmops-register-") as staging:
@@ -184,15 +185,16 @@ def _log_model(model_name: str, variant: Variant, folder: Path, tags: dict[str, 
         write_manifest(bundle, stage="register", variant=candidate.variant, source=candidate.source,
                        revision=candidate.revision,
                        info={**candidate.info, "candidate_digest": candidate.digest(), "gate_passed": evaluation["passed"]})
-        return mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(Path(__file__).with_name("model_code.py")),
-            artifacts={ARTIFACT_KEY: str(bundle)},
-            signature=signature_for(variant.task),
-            pip_requirements=[f"{p}=={metadata.version(p)}" for p in RUNTIME_REQUIREMENTS],
-            registered_model_name=model_name,
-            tags=tags,
-        )
+        with mlflow_progress_bars_off():
+            return mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(Path(__file__).with_name("model_code.py")),
+                artifacts={ARTIFACT_KEY: str(bundle)},
+                signature=signature_for(variant.task),
+                pip_requirements=[f"{p}=={metadata.version(p)}" for p in RUNTIME_REQUIREMENTS],
+                registered_model_name=model_name,
+                tags=tags,
+            )
 
 
 def _find_version(client: Any, model_name: str, digest: str, device: str) -> str | None:

@@ -10,13 +10,14 @@ place is re-hashed even if its size and mtime were restored.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from slmops.artifacts import MANIFEST_NAME, Manifest, read_manifest, verify_files, write_json_atomic
@@ -72,6 +73,21 @@ def write_stamp(folder: Path, manifest: Manifest, *, stamps_dir: Path) -> None:
         logger.info("cannot write the verified stamp %s: %s", path, exc)
 
 
+@contextlib.contextmanager
+def mlflow_progress_bars_off() -> Iterator[None]:
+    """Silence MLflow's tqdm artifact bars (MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR) for the duration."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    previous = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
 def fetch_version(ref: VersionRef, *, cache_dir: Path, notify: Callable[[float], None]) -> Path:
     """The verified artifact folder of ``ref``: from the cache when intact, else downloaded (once per version).
 
@@ -102,18 +118,8 @@ def _download(ref: VersionRef, cache: Path, *, stamps_dir: Path, notify: Callabl
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
     try:
-        # slmops reports progress through the DOWNLOADING state; MLflow's own tqdm bar would print to stderr
-        from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
-
-        previous = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
-        os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"
-        try:
+        with mlflow_progress_bars_off():  # progress goes through the DOWNLOADING state instead
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(tmp)))
-        finally:
-            if previous is None:
-                os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
-            else:
-                os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = previous
         manifest = read_manifest(model_folder(local, ref.uri), verify=True)
         if ref.digest is not None and manifest.candidate_digest() != ref.digest:
             raise IntegrityError(
