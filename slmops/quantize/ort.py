@@ -89,6 +89,11 @@ def matmul_nbits(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None =
                                      accuracy_level=recipe.accuracy_level, nodes_to_exclude=exclude,
                                      algo_config=config)
     quantizer.process()
+    if recipe.embedding:
+        from slmops.quantize.tied import gather_from_quantized_head
+
+        if not gather_from_quantized_head(quantizer.model.model):
+            logger.info("%s: no token embedding tied to the quantized lm_head; the table stays fp32", src.parent.name)
     quantizer.model.topological_sort()
     save_onnx(quantizer.model.model, dst)
 

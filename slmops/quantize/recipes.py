@@ -29,7 +29,9 @@ class Recipe(BaseModel):
     accuracy_level: Literal[0, 1, 2, 3, 4] | None = None
     algorithm: Literal["rtn", "k_quant", "hqq"] = "rtn"  # matmul_nbits: how the 4/8-bit codes are chosen
     lm_head: bool = True  # quantize the output projection (tied to the embedding in SmolLM2) as well
-    embedding: bool = False  # quantize the token-embedding table (GatherBlockQuantized); gguf_blocks only
+    # gather the token embedding quantized (GatherBlockQuantized) where the graph allows: an exact Q8_0 table
+    # (gguf_blocks) or a table tied to the quantized lm_head (matmul_nbits); elsewhere it stays fp32
+    embedding: bool = False
     remainder: Literal["side", "augment", "drop"] = "side"  # gguf_blocks: see slmops/quantize/gguf_blocks.py
     per_channel: bool = False
     reduce_range: bool = False
@@ -47,8 +49,9 @@ class Recipe(BaseModel):
                 raise ValueError("algorithm k_quant only builds 4-bit weights; use rtn for bits=8")
         elif self.bits is not None or self.block_size is not None:
             raise ValueError(f"bits/block_size only apply to method matmul_nbits, not {self.method!r}")
-        if self.embedding and self.method != "gguf_blocks":
-            raise ValueError("embedding: true is implemented for method gguf_blocks (an exact Q8_0 table) only")
+        if self.embedding and not (self.method == "gguf_blocks" or (self.method == "matmul_nbits" and self.lm_head)):
+            raise ValueError("embedding: true needs method gguf_blocks, or matmul_nbits with lm_head: true "
+                             "(the tied embedding then gathers the quantized lm_head)")
         if self.method == "gguf_blocks" and self.precision != "int4":
             raise ValueError("gguf_blocks maps Q4_1/Q8_0 blocks: precision int4")
         if self.method == "fp16" and self.precision != "fp16":

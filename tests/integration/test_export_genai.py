@@ -93,3 +93,44 @@ def test_genai_refuses_encoders(tiny_models, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="decoders only.*use optimum"):
         export(variant, src=src, out=tmp_path / "out", exporter="genai")
     assert not (tmp_path / "out").exists()
+
+
+def test_tied_embedding_gathers_the_quantized_head(exported) -> None:
+    """embedding: true replaces Gather(Transpose(fp32 head)) by GatherBlockQuantized over the head's own codes."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    variant, root = exported
+    for recipe in ("wo-int8", "wo-int4"):
+        tied = RECIPES[recipe].model_copy(update={"name": f"{recipe}-emb", "embedding": True})
+        quantize(variant, tied, src=root / "genai", out=root / "tied" / recipe)
+        graph = onnx.load(str(root / "tied" / recipe / "model.onnx")).graph
+        ops = {n.op_type for n in graph.node}
+        assert "GatherBlockQuantized" in ops and "Transpose" not in ops
+        assert max(int(np.prod(i.dims)) for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT) < 64 * 64
+        # ORT itself dequantizes the head (identity input, fp32 compute) and gathers every token: they must agree
+        head = next(n for n in graph.node if n.op_type == "MatMulNBits" and n.output[0] == "logits")
+        gather = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+        attrs = {a.name: helper.get_attribute_value(a) for a in head.attribute}
+        inits = [i for i in graph.initializer if i.name in set(head.input) | set(gather.input)]
+        probe = helper.make_graph(
+            [helper.make_node("MatMulNBits", ["eye", *head.input[1:]], ["w"], domain="com.microsoft",
+                              **{**attrs, "accuracy_level": 0}),
+             helper.make_node("GatherBlockQuantized", [gather.input[0], "ids", *gather.input[2:]], ["e"],
+                              domain="com.microsoft", **{a.name: helper.get_attribute_value(a) for a in gather.attribute})],
+            "probe", [helper.make_tensor_value_info("eye", onnx.TensorProto.FLOAT, None),
+                      helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, None)],
+            [helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, None),
+             helper.make_tensor_value_info("e", onnx.TensorProto.FLOAT, None)], inits)
+        session = ort.InferenceSession(helper.make_model(probe, opset_imports=[
+            helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]).SerializeToString())
+        k, n = attrs["K"], attrs["N"]
+        w, e = session.run(None, {"eye": np.eye(k, dtype=np.float32), "ids": np.arange(n, dtype=np.int64)})
+        assert np.abs(w.T - e).max() < 1e-6
+        text = open_folder(root / "tied" / recipe).generate("The sun", max_tokens=5, temperature=0.0, ignore_eos=True)
+        assert isinstance(text, str)
+    # optimum's graph keeps a separate table: the flag is a no-op there, not an error
+    tied = RECIPES["wo-int8"].model_copy(update={"name": "wo-int8-emb", "embedding": True})
+    quantize(variant, tied, src=root / "optimum", out=root / "tied" / "optimum")
+    assert "Gather" in {n.op_type for n in onnx.load(str(root / "tied" / "optimum" / "model.onnx")).graph.node}
