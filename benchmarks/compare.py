@@ -370,7 +370,7 @@ def _aggregate(results: list[dict], base: list[dict] | None) -> dict:
     ok = [r for r in results if "error" not in r]
     if not ok:
         return results[-1]
-    row = {k: v for k, v in ok[0].items()}
+    row = dict(ok[0])
     for key in ("ttft_ms", "decode_tok_s", "peak_rss_mb", "load_s", "generate_tok_s"):
         if key in ok[0]:
             row[key] = float(np.median([r[key] for r in ok]))

@@ -72,7 +72,10 @@ def measure(project, variant_id: str, folders: dict[str, Path], *, rounds: int, 
     rows = []
     for name, folder in folders.items():
         bench, gate = runs[name], gates["candidates"][name]
-        med = lambda key: statistics.median(b[key] for b in bench if b.get(key) is not None) if any(b.get(key) is not None for b in bench) else None
+        def med(key: str, bench: list[dict] = bench) -> float | None:
+            values = [b[key] for b in bench if b.get(key) is not None]
+            return statistics.median(values) if values else None
+
         rows.append({
             "recipe": name, "method": project.recipes[name].method, "precision": project.recipes[name].precision,
             "size_mb": bench[0]["size_mb"], "passed": gate["passed"], "reasons": gate["reasons"], "metrics": gate["metrics"],

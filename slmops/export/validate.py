@@ -135,25 +135,17 @@ def _logits_reference(auto_class: str) -> Callable[[Variant, Path, FixedInputs],
 
 def _embedding_reference(variant: Variant, src: Path, inputs: FixedInputs) -> dict[str, Any]:
     """Token embeddings, and the pooled sentence embedding for graphs exported with sentence-transformers."""
-    import numpy as np
     import torch
 
     from slmops.export.modelcard import read_pooling
+    from slmops.runtime.encoder import pool
 
     model = _load("AutoModel", variant, src)
     with torch.inference_mode():
         hidden = model(**_torch(inputs, "input_ids", "attention_mask", "token_type_ids")).last_hidden_state.float().numpy()
     pooling = read_pooling(src)
-    mask = inputs.arrays["attention_mask"][..., None].astype(np.float32)
-    mode = pooling.mode if pooling else "mean"
-    if mode == "cls":
-        pooled = hidden[:, 0]
-    elif mode == "max":
-        pooled = np.where(mask > 0, hidden, -1e9).max(axis=1)
-    else:
-        pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
-    if pooling is not None and pooling.normalize:
-        pooled = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+    pooled = pool(hidden, inputs.arrays["attention_mask"], mode=pooling.mode if pooling else "mean",
+                  normalize=pooling is not None and pooling.normalize)
     return {"last_hidden_state": hidden, "token_embeddings": hidden, "sentence_embedding": pooled}
 
 

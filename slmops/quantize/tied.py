@@ -16,6 +16,21 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
+def gather_block_quantized(gather, codes: np.ndarray, scales: np.ndarray, zero: np.ndarray, *,  # noqa: ANN001
+                           block: int, bits: int) -> tuple:
+    """A GatherBlockQuantized taking ``gather``'s place (same ids and output), and its three tables
+    (codes ``[vocab, hidden*bits/8]``, scales and zero points ``[vocab, blocks]``, packed like the codes)."""
+    from onnx import helper, numpy_helper
+
+    base = gather.name.replace("/", "_").strip("_")
+    names = [f"{base}.qtable", f"{base}.scales", f"{base}.zero_points"]
+    tables = [numpy_helper.from_array(array, name) for array, name in zip((codes, scales, zero), names)]
+    node = helper.make_node("GatherBlockQuantized", [names[0], gather.input[1], *names[1:]], list(gather.output),
+                            name=gather.name, domain="com.microsoft", gather_axis=0, quantize_axis=1,
+                            block_size=block, bits=bits)
+    return node, tables
+
+
 def gather_from_quantized_head(model) -> bool:  # noqa: ANN001 - onnx.ModelProto, edited in place
     """Point the tied embedding Gather at the quantized lm_head; returns False when the graph has no such pair."""
     from onnx import helper, numpy_helper
@@ -46,14 +61,8 @@ def gather_from_quantized_head(model) -> bool:  # noqa: ANN001 - onnx.ModelProto
     else:  # symmetric: MatMulNBits' default zero point 2^(bits-1), packed like the data
         mid = 1 << (bits - 1)
         zero = np.full((n, blocks if bits == 8 else (blocks + 1) // 2), mid if bits == 8 else mid | (mid << 4), np.uint8)
-    base = gather.name.replace("/", "_").strip("_")
-    graph.initializer.extend([numpy_helper.from_array(codes, f"{base}.qtable"),
-                              numpy_helper.from_array(scales, f"{base}.scales"),
-                              numpy_helper.from_array(zero, f"{base}.zero_points")])
-    replacement = helper.make_node(
-        "GatherBlockQuantized", [f"{base}.qtable", gather.input[1], f"{base}.scales", f"{base}.zero_points"],
-        list(gather.output), name=gather.name, domain="com.microsoft", gather_axis=0, quantize_axis=1,
-        block_size=block, bits=bits)
+    replacement, tables = gather_block_quantized(gather, codes, scales, zero, block=block, bits=bits)
+    graph.initializer.extend(tables)
     nodes = [replacement if node is gather else node for node in graph.node if node is not transpose]
     del graph.node[:]
     graph.node.extend(nodes)

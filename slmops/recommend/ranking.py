@@ -80,13 +80,15 @@ def _check(c: Candidate, k: Constraints) -> list[str]:
 def rank(candidates: list[Candidate], constraints: Constraints, objective: str) -> list[Candidate]:
     """All candidates, eligible ones first and best first by ``objective``; ``rejected`` says why for the rest."""
     metric, higher = OBJECTIVES[objective]
+    def build(c: Candidate) -> tuple[str | None, ...]:
+        return tuple(c.tags.get(tag) for tag in (names.TAG_VARIANT, names.TAG_RECIPE, names.TAG_DEVICE))
+
     newest: dict[tuple[str | None, ...], int] = {}
     for c in candidates:
-        build = (c.tags.get(names.TAG_VARIANT), c.tags.get(names.TAG_RECIPE), c.tags.get(names.TAG_DEVICE))
-        newest[build] = max(newest.get(build, 0), int(c.version))
+        newest[build(c)] = max(newest.get(build(c), 0), int(c.version))
     for c in candidates:
         c.rejected = _check(c, constraints)
-        latest = newest[(c.tags.get(names.TAG_VARIANT), c.tags.get(names.TAG_RECIPE), c.tags.get(names.TAG_DEVICE))]
+        latest = newest[build(c)]
         if int(c.version) < latest:  # an older build: its numbers describe artifacts the pipeline replaced
             c.rejected.append(f"superseded by v{latest} (a newer build of the same variant, recipe and device)")
         if metric not in c.metrics and not c.rejected:

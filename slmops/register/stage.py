@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from slmops.artifacts import GATE_NAME, link_or_copy, read_manifest, write_json_atomic, write_manifest
+from slmops.artifacts import GATE_NAME, Manifest, link_or_copy, read_manifest, write_json_atomic, write_manifest
 from slmops.catalog.estimate import estimate_memory
 from slmops.catalog.schema import Variant
 from slmops.errors import RegistryError
@@ -140,7 +140,7 @@ def register(
                 # we pass an explicit signature; an input example would make MLflow run the model at log time
                 warnings.filterwarnings("ignore", message=".*input example was not provided.*")
                 warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
-                info = _log_model(model_name, variant, folder, tags, evaluation=evaluation)
+                info = _log_model(model_name, variant, folder, tags, candidate=manifest, evaluation=evaluation)
             version = str(info.registered_model_version)
 
             for key, value in {**tags, "slmops.latest_run": run.info.run_id}.items():
@@ -167,7 +167,8 @@ def _estimate_for(variant: Variant, recipe: Recipe, bench: dict[str, Any], graph
     return est.total / 2**20
 
 
-def _log_model(model_name: str, variant: Variant, folder: Path, tags: dict[str, str], *, evaluation: dict[str, Any]) -> Any:
+def _log_model(model_name: str, variant: Variant, folder: Path, tags: dict[str, str], *, candidate: Manifest,
+               evaluation: dict[str, Any]) -> Any:
     """Log the candidate folder, with its gate result and a manifest covering both, as a pyfunc model
     (models-from-code, no pickle) and register it. The candidate folder itself is left untouched."""
     import mlflow.pyfunc
@@ -176,7 +177,6 @@ def _log_model(model_name: str, variant: Variant, folder: Path, tags: dict[str, 
     from slmops.register.pyfunc import signature_for
     from slmops.runtime.cache import mlflow_progress_bars_off
 
-    candidate = read_manifest(folder)
     with tempfile.TemporaryDirectory(prefix="slmops-register-") as staging:
         bundle = Path(staging) / "model"
         for rel in candidate.files:

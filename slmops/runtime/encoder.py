@@ -24,6 +24,21 @@ def _check_texts(name: str, texts: object) -> list[str]:
     return list(texts)
 
 
+
+def pool(hidden: np.ndarray, attention_mask: np.ndarray, *, mode: str = "mean", normalize: bool = True) -> np.ndarray:
+    """sentence-transformers pooling of token states ``[batch, seq, dim]`` (mean over real tokens, CLS or max),
+    optionally L2-normalised."""
+    mask = attention_mask[..., None].astype(np.float32)
+    if mode == "cls":
+        pooled = hidden[:, 0]
+    elif mode == "max":
+        pooled = np.where(mask > 0, hidden, -1e9).max(axis=1)
+    else:
+        pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+    if normalize:
+        pooled = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+    return pooled
+
 class _EncoderBase(LoadedModel):
     def __init__(self, folder: Path, card: ModelCard, session) -> None:
         super().__init__(folder, card)
@@ -61,17 +76,8 @@ class EmbeddingModel(_EncoderBase):
         for start in range(0, len(texts), batch_size):
             feed = self._feed(texts[start : start + batch_size])
             hidden = self.session.run(None, feed)[0].astype(np.float32)
-            mask = feed["attention_mask"][..., None].astype(np.float32)
-            mode = pooling.mode if pooling else "mean"
-            if mode == "cls":
-                pooled = hidden[:, 0]
-            elif mode == "max":
-                pooled = np.where(mask > 0, hidden, -1e9).max(axis=1)
-            else:
-                pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
-            if pooling is None or pooling.normalize:
-                pooled = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-            out.append(pooled)
+            out.append(pool(hidden, feed["attention_mask"], mode=pooling.mode if pooling else "mean",
+                            normalize=pooling is None or pooling.normalize))
         return np.concatenate(out, axis=0)
 
 

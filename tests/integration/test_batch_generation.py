@@ -7,11 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from slmops.artifacts import write_manifest
-from slmops.catalog.schema import Variant
 from slmops.errors import ContextLengthError, GenerationParamsError
 from slmops.export import export
 from slmops.runtime.open import open_folder
+from tests.support.tiny import as_fetched
 
 PROMPTS = [
     "The sun",
@@ -27,8 +26,7 @@ def model(request, tiny_models, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp(f"batch-{request.param}")
     src = root / "fetch"
     shutil.copytree(folder, src)
-    write_manifest(src, stage="fetch", variant="tiny-llama", source="test")
-    variant = Variant(id="tiny-llama", family="tiny", repo_id="tiny/tiny-llama", revision="main", license="apache-2.0", **facts)
+    variant = as_fetched(src, "tiny-llama", facts)
     export(variant, src=src, out=root / "out", exporter=request.param)
     return open_folder(root / "out")
 

@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slmops.artifacts import write_manifest
-from slmops.catalog.schema import Variant
 from slmops.evaluate import evaluate, load_gates
 from slmops.export import export
 from slmops.quantize import load_recipes, quantize
 from slmops.runtime.open import open_folder
+from tests.support.tiny import as_fetched
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -24,8 +23,7 @@ def built(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("cross")
     src = root / "fetch"
     facts = build_tiny_cross_encoder(src)
-    write_manifest(src, stage="fetch", variant="tiny-ce", source="test")
-    variant = Variant(id="tiny-ce", family="tiny", repo_id="tiny/tiny-ce", revision="main", license="apache-2.0", **facts)
+    variant = as_fetched(src, "tiny-ce", facts)
     export(variant, src=src, out=root / "export")
     recipes = load_recipes(CONFIGS / "recipes.yaml")
     for name in ("fp32", "dyn-int8-pc"):

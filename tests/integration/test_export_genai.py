@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slmops.artifacts import read_manifest, write_manifest
-from slmops.catalog.schema import Variant
+from slmops.artifacts import read_manifest
 from slmops.errors import ExportError
 from slmops.export import export
 from slmops.quantize import load_recipes, quantize
 from slmops.runtime.open import open_folder
+from tests.support.tiny import as_fetched
 
 RECIPES = load_recipes(Path(__file__).resolve().parents[2] / "configs" / "recipes.yaml")
 
@@ -24,8 +24,7 @@ def exported(tiny_models, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("genai")
     src = root / "fetch"
     shutil.copytree(folder, src)
-    write_manifest(src, stage="fetch", variant="tiny-llama", source="test")
-    variant = Variant(id="tiny-llama", family="tiny", repo_id="tiny/tiny-llama", revision="main", license="apache-2.0", **facts)
+    variant = as_fetched(src, "tiny-llama", facts)
     for name in ("optimum", "genai"):
         export(variant, src=src, out=root / name, exporter=name)
     return variant, root
@@ -88,8 +87,7 @@ def test_genai_refuses_encoders(tiny_models, tmp_path: Path) -> None:
     folder, facts = tiny_models["tiny-bert"]
     src = tmp_path / "fetch"
     shutil.copytree(folder, src)
-    write_manifest(src, stage="fetch", variant="tiny-bert", source="test")
-    variant = Variant(id="tiny-bert", family="tiny", repo_id="tiny/tiny-bert", revision="main", license="apache-2.0", **facts)
+    variant = as_fetched(src, "tiny-bert", facts)
     with pytest.raises(ExportError, match="decoders only.*use optimum"):
         export(variant, src=src, out=tmp_path / "out", exporter="genai")
     assert not (tmp_path / "out").exists()

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slmops.artifacts import read_manifest, write_manifest
-from slmops.catalog.schema import Variant
+from slmops.artifacts import read_manifest
 from slmops.errors import GenerationParamsError
 from slmops.evaluate import evaluate, load_gates
 from slmops.export import export
 from slmops.quantize import load_recipes, quantize
 from slmops.runtime.open import open_folder
+from tests.support.tiny import as_fetched
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TEXTS = [
@@ -31,8 +31,7 @@ def built(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("fillmask")
     src = root / "fetch"
     facts = build_tiny_masked_lm(src)
-    write_manifest(src, stage="fetch", variant="tiny-mlm", source="test")
-    variant = Variant(id="tiny-mlm", family="tiny", repo_id="tiny/tiny-mlm", revision="main", license="apache-2.0", **facts)
+    variant = as_fetched(src, "tiny-mlm", facts)
     export(variant, src=src, out=root / "export")
     recipes = load_recipes(CONFIGS / "recipes.yaml")
     for name in ("fp32", "dyn-int8-pc"):

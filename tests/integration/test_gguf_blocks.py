@@ -8,13 +8,13 @@ import numpy as np
 import onnx
 import pytest
 
-from slmops.artifacts import read_manifest, write_manifest
-from slmops.catalog.schema import Variant
+from slmops.artifacts import read_manifest
 from slmops.errors import QuantizeError
 from slmops.export import export
 from slmops.fetch.sources import gguf_to_hf
 from slmops.quantize import load_recipes, quantize
 from slmops.runtime.open import open_folder
+from tests.support.tiny import as_fetched
 
 RECIPES = load_recipes(Path(__file__).resolve().parents[2] / "configs" / "recipes.yaml")
 TEXT = "The sun rises in the east and sets in the west. Water boils at one hundred degrees."
@@ -28,8 +28,7 @@ def built(tiny_models, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("gguf-blocks")
     build_tiny_gguf(folder, root / "tiny.gguf")
     gguf_to_hf(root / "tiny.gguf", root / "fetch")
-    write_manifest(root / "fetch", stage="fetch", variant="tiny-llama", source="gguf")
-    variant = Variant(id="tiny-llama", family="tiny", repo_id="tiny/tiny-llama", revision="main", license="apache-2.0", **facts)
+    variant = as_fetched(root / "fetch", "tiny-llama", facts, source="gguf")
     export(variant, src=root / "fetch", out=root / "export", exporter="genai")
     exact_fp32 = RECIPES["gguf-q4"].model_copy(update={"name": "exact-fp32", "accuracy_level": 0})
     dropped = RECIPES["gguf-q4"].model_copy(update={"name": "dropped", "accuracy_level": 0, "remainder": "drop"})

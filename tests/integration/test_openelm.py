@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from slmops.artifacts import read_manifest, write_manifest
-from slmops.catalog.schema import Variant
 from slmops.errors import ConfigError, ExportError
 from slmops.evaluate import evaluate, load_gates
 from slmops.export import export
 from slmops.quantize import load_recipes, quantize
 from slmops.runtime.open import open_folder
 from slmops.runtime.params import GenerationParams
+from tests.support.tiny import as_fetched
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PROMPT = "The sun rises in the east and sets in the west."
@@ -30,9 +30,7 @@ def built(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("openelm")
     src = root / "fetch"
     facts = build_tiny_openelm(src)
-    write_manifest(src, stage="fetch", variant="tiny-openelm", source="test")
-    variant = Variant(id="tiny-openelm", family="tiny", repo_id="tiny/tiny-openelm", revision="main",
-                      license="apple-sample-code-license", **facts)
+    variant = as_fetched(src, "tiny-openelm", facts, license="apple-sample-code-license")
     export(variant, src=src, out=root / "export")  # no exporter named: the variant's (catalog) exporter routes it
     return variant, root
 

@@ -43,6 +43,15 @@ def _tiny_bpe_tokenizer():
     return hf_tok
 
 
+def as_fetched(src: Path, vid: str, facts: dict, *, source: str = "test", license: str = "apache-2.0"):  # noqa: A002
+    """Mark ``src`` as a finished fetch (manifest) and return the catalog Variant for it."""
+    from slmops.artifacts import write_manifest
+    from slmops.catalog.schema import Variant
+
+    write_manifest(src, stage="fetch", variant=vid, source=source)
+    return Variant(id=vid, family="tiny", repo_id=f"tiny/{vid}", revision="main", license=license, **facts)
+
+
 def build_tiny_llama(out: Path) -> dict:
     """Save a tiny LlamaForCausalLM + tokenizer into ``out``; return its catalog numbers."""
     import torch
@@ -157,45 +166,40 @@ def build_tiny_bert(out: Path) -> dict:
     }
 
 
-def build_tiny_cross_encoder(out: Path) -> dict:
-    """Save a tiny BertForSequenceClassification (1 label, as ms-marco cross-encoders); return catalog numbers."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    facts = build_tiny_bert(out)  # the tokenizer and a BERT body
-    for name in ("modules.json", "sentence_bert_config.json"):
-        (out / name).unlink()
+def _bert_with_head(out: Path, head: str, *, seed: int, **config: object):  # noqa: ANN202 - a transformers model
+    """The tiny BERT's tokenizer and body under ``out`` as a plain HF folder with the ``head`` class on top."""
     import shutil
 
+    import torch
+    import transformers
+
+    facts = build_tiny_bert(out)
+    for name in ("modules.json", "sentence_bert_config.json"):
+        (out / name).unlink()
     shutil.rmtree(out / "1_Pooling")
-    torch.manual_seed(1)
-    config = BertConfig.from_pretrained(out)
-    config.num_labels = 1
-    config.architectures = ["BertForSequenceClassification"]
-    model = BertForSequenceClassification(config).eval()
+    torch.manual_seed(seed)
+    bert_config = transformers.BertConfig.from_pretrained(out)
+    bert_config.architectures = [head]
+    for key, value in config.items():
+        setattr(bert_config, key, value)
+    model = getattr(transformers, head)(bert_config).eval()
     model.save_pretrained(out, safe_serialization=True)
+    return facts, model
+
+
+def build_tiny_cross_encoder(out: Path) -> dict:
+    """Save a tiny BertForSequenceClassification (1 label, as ms-marco cross-encoders); return catalog numbers."""
+    facts, model = _bert_with_head(out, "BertForSequenceClassification", seed=1, num_labels=1)
     return {**facts, "task": "cross-encoder", "architecture": "BertForSequenceClassification",
             "params": model.num_parameters()}
 
 
 def build_tiny_masked_lm(out: Path) -> dict:
     """Save a tiny BertForMaskedLM (tied decoder, as MiniLM's) with the [MASK] tokenizer; return catalog numbers."""
-    import shutil
-
-    import torch
-    from transformers import BertConfig, BertForMaskedLM
-
-    facts = build_tiny_bert(out)  # the tokenizer and a BERT body
-    for name in ("modules.json", "sentence_bert_config.json"):
-        (out / name).unlink()
-    shutil.rmtree(out / "1_Pooling")
-    torch.manual_seed(2)
-    config = BertConfig.from_pretrained(out)
-    config.architectures = ["BertForMaskedLM"]
-    config.initializer_range = 0.2  # spread the random logits so top-k orders are not near-ties
-    model = BertForMaskedLM(config).eval()
-    model.save_pretrained(out, safe_serialization=True)
+    # initializer_range 0.2 spreads the random logits so top-k orders are not near-ties
+    facts, model = _bert_with_head(out, "BertForMaskedLM", seed=2, initializer_range=0.2)
     return {**facts, "task": "fill-mask", "architecture": "BertForMaskedLM", "params": model.num_parameters()}
+
 
 
 def write_configs(config_dir: Path, *, variants: dict[str, dict], repo_prefix: str = "tiny") -> None:
