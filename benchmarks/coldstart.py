@@ -45,7 +45,7 @@ def child_slmops(target: str, resolver: str, optimized_cache: bool) -> dict:
     from slmops.settings import get_settings
 
     t_import = time.perf_counter()
-    from slmops.register.resolve import registry_reader, resolve_version
+    from slmops.runtime.registry import registry_reader, resolve_version
 
     settings = get_settings()
     ref = resolve_version(target, reader=registry_reader(settings, light=resolver == "light"), settings=settings)
@@ -63,13 +63,16 @@ def child_slmops(target: str, resolver: str, optimized_cache: bool) -> dict:
 
 
 def _first_output(model) -> None:
-    if model.card.task == "causal-lm":
+    """The first token of a decoder, or the first embedding / score / mask prediction of an encoder."""
+    if hasattr(model, "token_stream"):
         from slmops.runtime.params import GenerationParams
 
         ids = model.prompt_ids(PROMPT)
         next(iter(model.token_stream(ids, GenerationParams(max_tokens=1, temperature=0.0, ignore_eos=True))))
-    elif model.card.task == "sentence-embedding":
+    elif hasattr(model, "embed"):
         model.embed([PROMPT])
+    elif hasattr(model, "mask_logits"):
+        model.mask_logits([f"{PROMPT} {model.mask_token}"])
     else:
         model.scores(PROMPT, [PROMPT])
 

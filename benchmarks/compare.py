@@ -51,7 +51,7 @@ def _prompt_ids(n: int) -> list[int]:
 def _eval_ids() -> list[int]:
     from tokenizers import Tokenizer
 
-    from slmops.evaluate.metrics import eval_text
+    from slmops.taskdefs.base import eval_text
 
     tok = Tokenizer.from_file(str(ROOT / "artifacts" / "export" / DECODER / "tokenizer.json"))
     return tok.encode(eval_text(), add_special_tokens=False).ids
@@ -94,7 +94,7 @@ def _time_decode(first_token, next_token, prompt: list[int], new_tokens: int, re
 
 # ----------------------------------------------------------------------------- peers (each runs in its own process)
 def peer_slmops(spec: dict) -> dict:
-    from slmops.evaluate.metrics import decoder_scores
+    from slmops.taskdefs.base import decoder_scores
     from slmops.runtime.open import open_folder
     from slmops.runtime.params import GenerationParams
 
@@ -161,7 +161,7 @@ def optimum_folders() -> dict[str, Path]:
     """
     from slmops.catalog import load_catalog
     from slmops.export import export
-    from slmops.export.modelcard import read_model_card
+    from slmops.runtime.card import read_model_card
     from slmops.quantize import load_recipes, quantize
 
     pipeline_export = ROOT / "artifacts" / "export" / DECODER
@@ -252,7 +252,7 @@ def peer_llamacpp(spec: dict) -> dict:
 def peer_encoder(spec: dict) -> dict:
     import numpy as np
 
-    from slmops.evaluate.metrics import eval_sentences
+    from slmops.taskdefs.base import eval_sentences
 
     data = eval_sentences()
     texts = ((data["queries"] + data["documents"]) * 10)[:256]

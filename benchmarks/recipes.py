@@ -61,14 +61,14 @@ def measure(project, variant_id: str, folders: dict[str, Path], *, rounds: int, 
     variant = project.catalog.get(variant_id)
     print(f"  gates for {variant_id} ...", flush=True)
     gates = evaluate(task=variant.task, candidates=folders, reference=project.config.reference_recipe,
-                     gates=project.gates, out=out / "gates.json", threads=project.settings.threads)
+                     gates=project.gates, out=out / "gates.json", threads=project.settings.threads).model_dump()
     config = project.config.benchmark.model_copy(update={
         "profiles": ["cpu-2t"], "prompt_tokens": [128], "headline_prompt_tokens": 128, "batch_sizes": [32]})
     runs: dict[str, list[dict]] = {name: [] for name in folders}
     for r in range(rounds):
         for name, folder in folders.items():  # interleaved: every recipe once per round
             print(f"  bench round {r + 1}/{rounds}: {name}", flush=True)
-            runs[name].append(run_benchmark(folder, config=config, profiles=project.device_profiles))
+            runs[name].append(run_benchmark(folder, config=config, profiles=project.device_profiles).model_dump())
     rows = []
     for name, folder in folders.items():
         bench, gate = runs[name], gates["candidates"][name]
@@ -87,8 +87,10 @@ def measure(project, variant_id: str, folders: dict[str, Path], *, rounds: int, 
 
 
 def print_table(variant_id: str, task: str, rows: list[dict], rounds: int) -> None:
+    from slmops.tasks import get_task
+
     print(f"\n{variant_id} ({task}): cpu-2t, medians of {rounds} interleaved round(s)")
-    if task == "causal-lm":
+    if get_task(task).generative:
         head = f"{'recipe':16}{'precision':>10}{'size MB':>9}{'PPL':>8}{'ratio':>8}{'top1':>7}{'greedy':>8}{'gate':>6}{'TTFT ms':>9}{'tok/s':>8}{'vs fp32':>8}{'RSS MB':>8}"
         ref = next((r["decode_tok_s"] for r in rows if r["recipe"] == "fp32"), None)
         print(head + "\n" + "-" * len(head))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from slmops.results import BenchReport, GateReport, Recommendations, RegistryRecord
+
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -33,27 +35,27 @@ def quantize(variant: str) -> dict[str, Any]:
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(variant: str) -> dict[str, Any]:
+def evaluate(variant: str) -> GateReport:
     return pipeline.evaluate(Project.load(), variant)
 
 
 @task(name="benchmark", cache_policy=NO_CACHE)
-def benchmark(variant: str) -> dict[str, Any]:
+def benchmark(variant: str) -> dict[str, BenchReport]:
     return pipeline.benchmark(Project.load(), variant)
 
 
 @task(name="register", cache_policy=NO_CACHE)
-def register(variant: str) -> dict[str, Any]:
+def register(variant: str) -> RegistryRecord:
     return pipeline.register(Project.load(), variant)
 
 
 @task(name="recommend", cache_policy=NO_CACHE)
-def recommend() -> dict[str, Any]:
+def recommend() -> Recommendations:
     return pipeline.recommend(Project.load())
 
 
 @flow(name="slmops-build", task_runner=ThreadPoolTaskRunner(max_workers=1))
-def build(variants: list[str] | None = None) -> dict[str, Any]:
+def build(variants: list[str] | None = None) -> Recommendations:
     """Build, gate, benchmark and register the selected variants, then set the use-case aliases."""
     project = Project.load()  # fail fast on bad configs, before any work
     selected = variants or list(project.config.selection)
@@ -74,4 +76,5 @@ if __name__ == "__main__":
     from slmops.cli.common import cli_errors, console
 
     decisions = cli_errors(lambda: build(sys.argv[1:] or None))()
-    console.print(f"built; {sum(d['chosen'] is not None for d in decisions.values())} of {len(decisions)} use cases have a model")
+    chosen = sum(d.chosen is not None for d in decisions.usecases.values())
+    console.print(f"built; {chosen} of {len(decisions.usecases)} use cases have a model")

@@ -66,6 +66,15 @@ class Manifest(BaseModel):
         return self.model_copy(update={"files": {k: v for k, v in self.files.items() if k != GATE_NAME}}).digest()
 
 
+def file_identity(path: Path) -> list[int]:
+    """What changes when a file's content may have: size, mtime and ctime (ns) and inode.
+
+    ctime cannot be set back by hand, so a same-size edit with its mtime restored still shows.
+    """
+    st = Path(path).stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()

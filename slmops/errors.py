@@ -20,11 +20,33 @@ class CatalogError(ConfigError):
     """catalog.yaml is invalid; the message names the file, variant and field."""
 
 
-class UnknownVariantError(SlmopsError, LookupError):
+class _PlainMessage:
+    """Mixin for errors based on LookupError/KeyError, which would repr() the message."""
+
+    args: tuple[object, ...]
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UsageError(SlmopsError, ValueError):
+    """A function, command or option was called with invalid arguments (generation parameters have their own)."""
+
+
+class UnknownVariantError(_PlainMessage, SlmopsError, LookupError):
     """A variant id is not in the catalog; the message suggests close ids."""
 
-    def __str__(self) -> str:  # LookupError would repr() the message
-        return str(self.args[0]) if self.args else ""
+
+class UnknownTaskError(_PlainMessage, SlmopsError, LookupError):
+    """A task name is not a row of the task table (slmops.tasks); the message lists the known ones."""
+
+
+class UnknownPluginError(_PlainMessage, ConfigError, LookupError):
+    """No exporter, fetch source or quantizer is registered under that name; the message lists those that are."""
+
+
+class MissingResultError(SlmopsError, FileNotFoundError):
+    """A stage's input (an upstream stage's result) is missing or unreadable; the message names the command."""
 
 
 class FetchError(SlmopsError, RuntimeError):
@@ -55,11 +77,8 @@ class RegistryError(SlmopsError, RuntimeError):
     """The MLflow registry has no such model/alias/version, or could not be written."""
 
 
-class NoEligibleModelError(RegistryError, LookupError):
+class NoEligibleModelError(_PlainMessage, RegistryError, LookupError):
     """No registered model passes its gate and fits the use case's constraints."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 class GenerationParamsError(SlmopsError, ValueError):
@@ -76,3 +95,23 @@ class MemoryBudgetError(SlmopsError, MemoryError):
 
 class ModelLoadError(SlmopsError, RuntimeError):
     """An artifact folder cannot be opened by the runtime."""
+
+
+class TaskMismatchError(SlmopsError, TypeError):
+    """A model was asked for what its task does not do (e.g. embeddings from a causal LM)."""
+
+
+class PyfuncInputError(SlmopsError, ValueError):
+    """A pyfunc ``predict`` input does not fit the model's signature; the message names the expected columns."""
+
+
+def describe_validation(exc: Exception) -> str:
+    """A pydantic ValidationError as '; '-joined 'name=value: message' parts (unknown names listed as such)."""
+    parts = []
+    for err in exc.errors():  # type: ignore[attr-defined]  # pydantic's ValidationError, duck-typed: no import here
+        name = ".".join(str(p) for p in err["loc"]) or "value"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown option {name!r}")
+        else:
+            parts.append(f"{name}={err.get('input')!r}: {err['msg']}")
+    return "; ".join(parts)

@@ -5,13 +5,20 @@ The CLI (and so DVC) and the Prefect flow call exactly these, so both build the 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
-from slmops.artifacts import write_json_atomic
 from slmops.project import Project
+from slmops.results import (
+    BenchReport,
+    GateReport,
+    Recommendations,
+    RegisteredCandidate,
+    RegistryRecord,
+    read_result,
+    write_result,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +67,7 @@ def quantize(project: Project, variant_id: str) -> dict[str, Any]:
     return {"variant": variant_id, "candidates": done}
 
 
-def evaluate(project: Project, variant_id: str) -> dict[str, Any]:
+def evaluate(project: Project, variant_id: str) -> GateReport:
     from slmops.evaluate import evaluate as run_evaluate
 
     variant, sel = project.selected(variant_id)
@@ -74,7 +81,9 @@ def evaluate(project: Project, variant_id: str) -> dict[str, Any]:
     )
 
 
-def benchmark(project: Project, variant_id: str, *, on_done: Callable[[str], None] | None = None) -> dict[str, Any]:
+def benchmark(
+    project: Project, variant_id: str, *, on_done: Callable[[str], None] | None = None
+) -> dict[str, BenchReport]:
     """Benchmark every candidate of the variant, one fresh subprocess each; ``on_done(recipe)`` after each."""
     from slmops.benchmark import run_benchmark
 
@@ -92,29 +101,32 @@ def benchmark(project: Project, variant_id: str, *, on_done: Callable[[str], Non
     return results
 
 
-def register(project: Project, variant_id: str) -> dict[str, Any]:
+def register(project: Project, variant_id: str) -> RegistryRecord:
+    """Log every candidate of the variant to MLflow; raises MissingResultError naming the stage to run first."""
     from slmops.register import register as run_register
 
     variant, sel = project.selected(variant_id)
-    gate = json.loads(project.gate_file(variant_id).read_text())
+    gate = read_result(project.gate_file(variant_id), GateReport, variant=variant_id)
     out = {}
     for name in sel.recipes:
-        bench = json.loads(project.bench_file(variant_id, name).read_text())
+        evaluation = gate.candidate(name, variant=variant_id)
+        bench = read_result(project.bench_file(variant_id, name), BenchReport, variant=variant_id)
         registered = run_register(
             variant=variant, recipe=project.recipes[name], folder=project.candidate_dir(variant_id, name),
-            evaluation=gate["candidates"][name], benchmark=bench, device=project.config.device, settings=project.settings,
+            evaluation=evaluation, benchmark=bench, device=project.config.device, settings=project.settings,
         )
-        out[name] = {"run_id": registered.run_id, "model": registered.model_name, "version": registered.version,
-                     "reused": registered.reused, "gate": "passed" if gate["candidates"][name]["passed"] else "failed"}
-    write_json_atomic(project.registry_file(variant_id), out)
-    return out
+        out[name] = RegisteredCandidate(run_id=registered.run_id, model=registered.model_name, version=registered.version,
+                                        reused=registered.reused, gate="passed" if evaluation.passed else "failed")
+    record = RegistryRecord(variant=variant_id, candidates=out)
+    write_result(project.registry_file(variant_id), record)
+    return record
 
 
-def recommend(project: Project) -> dict[str, Any]:
+def recommend(project: Project) -> Recommendations:
     from slmops.recommend import recommend as run_recommend
 
     decisions = run_recommend(project.usecases, settings=project.settings, plots_dir=project.plots_dir())
-    write_json_atomic(project.recommendations_file(), decisions)
+    write_result(project.recommendations_file(), decisions)
     return decisions
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from slmops.benchmark.config import BenchmarkConfig, DeviceProfile, load_device_profiles
 from slmops.catalog.schema import Catalog, Variant, load_catalog
-from slmops.configfile import load_model
+from slmops.configfile import load_config
 from slmops.errors import ConfigError
 from slmops.evaluate.gates import Gates, load_gates
 from slmops.export.config import ValidationConfig
@@ -48,8 +48,18 @@ class PipelineConfig(BaseModel):
     export_validation: ValidationConfig = Field(default_factory=ValidationConfig)
 
 
-def load_pipeline_config(path: Path) -> PipelineConfig:
-    return load_model(path, PipelineConfig, what="pipeline")
+class RemoteCode(BaseModel):
+    """configs/remote_code.yaml: repos whose remote code may run, each pinned to the commit that was reviewed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allow: dict[str, Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]] = Field(
+        default_factory=dict, description="repo_id -> the 40-hex commit sha whose remote code was reviewed."
+    )
+
+
+def load_pipeline_config(path: Path | None = None) -> PipelineConfig:
+    return load_config("pipeline.yaml", PipelineConfig, path=path)
 
 
 @dataclass
@@ -92,12 +102,7 @@ class Project:
         path = self.settings.config_dir / "remote_code.yaml"
         if not path.is_file():
             return {}
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        allow = data.get("allow") or {}
-        bad = {k: v for k, v in allow.items() if not (isinstance(v, str) and len(v) == 40 and all(c in "0123456789abcdef" for c in v))}
-        if not isinstance(allow, dict) or bad:
-            raise ConfigError(f"{path}: allow must map repo_id -> 40-hex commit sha; bad entries: {bad}")
-        return dict(allow)
+        return dict(load_config("remote_code.yaml", RemoteCode, path=path).allow)
 
     @cached_property
     def config(self) -> PipelineConfig:

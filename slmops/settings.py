@@ -38,18 +38,31 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("SLMOPS_TRACKING_TOKEN", "MLFLOW_TRACKING_TOKEN"), repr=False,
         description="Bearer token for an http(s) tracking server (read by the runtime's light registry reader).",
     )
-    tracking_username: str | None = Field(default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_USERNAME"))
+    tracking_username: str | None = Field(
+        default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_USERNAME"),
+        description="Basic-auth user for an http(s) tracking server (with MLFLOW_TRACKING_PASSWORD).",
+    )
     tracking_password: str | None = Field(
-        default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_PASSWORD"), repr=False
+        default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_PASSWORD"), repr=False,
+        description="Basic-auth password for an http(s) tracking server.",
     )
     mlruns_dir: Path = Field(default=Path("mlruns"), description="Local MLflow store used when no tracking URI is set.")
     cache_dir: Path = Field(
         default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "slmops",
-        description="Runtime loader cache for downloaded model artifacts.",
+        description="Runtime loader cache for downloaded model artifacts; default: $XDG_CACHE_HOME/slmops.",
     )
-    hf_endpoint: str | None = Field(default=None, validation_alias=AliasChoices("SLMOPS_HF_ENDPOINT", "HF_ENDPOINT"))
-    hf_offline: bool = Field(default=False, validation_alias=AliasChoices("SLMOPS_OFFLINE", "HF_HUB_OFFLINE"))
-    hf_token: str | None = Field(default=None, validation_alias=AliasChoices("SLMOPS_HF_TOKEN", "HF_TOKEN"), repr=False)
+    hf_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("SLMOPS_HF_ENDPOINT", "HF_ENDPOINT"),
+        description="Hugging Face Hub (or mirror) URL; default https://huggingface.co.",
+    )
+    hf_offline: bool = Field(
+        default=False, validation_alias=AliasChoices("SLMOPS_OFFLINE", "HF_HUB_OFFLINE"),
+        description="Fetch from the local Hub cache only, never the network.",
+    )
+    hf_token: str | None = Field(
+        default=None, validation_alias=AliasChoices("SLMOPS_HF_TOKEN", "HF_TOKEN"), repr=False,
+        description="Hub token for gated or private repos.",
+    )
     hf_cache_dir: Path | None = Field(
         default=None, validation_alias=AliasChoices("SLMOPS_HF_CACHE_DIR", "HF_HUB_CACHE"),
         description="huggingface_hub cache; default: $HF_HOME/hub.",
@@ -57,13 +70,14 @@ class Settings(BaseSettings):
     hf_home: Path = Field(
         default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface",
         validation_alias=AliasChoices("SLMOPS_HF_HOME", "HF_HOME"),
+        description="huggingface_hub's home folder; default: $XDG_CACHE_HOME/huggingface.",
     )
     hub_timeout_s: float = Field(default=10.0, gt=0, description="Seconds without data before a Hub request times out.")
     hub_retries: int = Field(default=5, ge=0, description="Retries per file after transient Hub errors.")
     hub_backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles per retry (max 30 s).")
-    threads: int = Field(default_factory=_default_threads, ge=1, description="Intra-op threads for onnxruntime.")
-    device: Literal["cpu", "cuda"] = "cpu"
-    log_level: str = "WARNING"
+    threads: int = Field(default_factory=_default_threads, ge=1, description="Intra-op threads for onnxruntime; default: the CPU count, at most 8.")
+    device: Literal["cpu", "cuda"] = Field(default="cpu", description="Device the runtime loads models on.")
+    log_level: str = Field(default="WARNING", description="Level of slmops' own loggers in the CLI (-v: INFO).")
 
     @field_validator("log_level")
     @classmethod
@@ -89,3 +103,24 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Settings from the environment, read once per process (tests clear the cache)."""
     return Settings()
+
+
+def env_vars(name: str) -> list[str]:
+    """The environment variables that set the field ``name``, first one winning."""
+    alias = Settings.model_fields[name].validation_alias
+    if isinstance(alias, AliasChoices):
+        return [str(c) for c in alias.choices]
+    return [f"SLMOPS_{name.upper()}"]
+
+
+def settings_markdown() -> str:
+    """The README's settings table, generated from the fields above (a test keeps the README equal to it)."""
+    lines = ["| variable | default | what it sets |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = "see right"
+        else:
+            default = "unset" if field.default is None else f"`{field.default}`"
+        names = " or ".join(f"`{v}`" for v in env_vars(name))
+        lines.append(f"| {names} | {default} | {field.description} |")
+    return "\n".join(lines)

@@ -49,6 +49,6 @@ class BenchmarkConfig(BaseModel):
         return self
 
 
-def load_device_profiles(path: Path) -> dict[str, DeviceProfile]:
+def load_device_profiles(path: Path | None = None) -> dict[str, DeviceProfile]:
     """Profiles by name from configs/devices.yaml; raises ConfigError naming the profile and field."""
-    return load_named(path, DeviceProfile, key="profiles", what="profile")
+    return load_named("devices.yaml", DeviceProfile, key="profiles", path=path)

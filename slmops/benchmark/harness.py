@@ -11,15 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from slmops.artifacts import folder_size, read_manifest, write_json_atomic
+from slmops.artifacts import folder_size, read_manifest
 from slmops.benchmark.config import BenchmarkConfig, DeviceProfile
 from slmops.errors import BenchmarkError, ConfigError
+from slmops.results import BenchReport, write_result
 from slmops.runtime.session import DEVICE_PROVIDERS
 
 logger = logging.getLogger(__name__)
-HEADLINE_KEYS = ("load_s", "ttft_ms", "decode_tok_s", "token_latency_ms", "items_per_s", "latency_ms_batch1",
-                 "peak_rss_mb", "peak_rss_sampled_mb", "rss_after_load_mb", "providers", "max_prompt_tokens",
-                 "max_context", "max_seq_tokens", "batch_size")
 
 
 def machine_context(profile: DeviceProfile) -> dict[str, Any]:
@@ -73,7 +71,7 @@ def _run_profile(folder: Path, config: BenchmarkConfig, profile: DeviceProfile) 
 
 def run_benchmark(
     folder: Path, *, config: BenchmarkConfig, profiles: dict[str, DeviceProfile], out: Path | None = None
-) -> dict[str, Any]:
+) -> BenchReport:
     """Measure the candidate in ``folder`` on each configured profile, each in a fresh subprocess.
 
     A profile whose device is absent is skipped with its reason. The first profile that ran
@@ -95,16 +93,16 @@ def run_benchmark(
         results[name] = _run_profile(folder, config, profile)
     ran = [n for n, r in results.items() if not r.get("skipped")]
     headline = results[ran[0]] if ran else {}
-    report = {
-        "headline_profile": ran[0] if ran else None,
-        "device": profiles[ran[0]].device if ran else None,
-        **{k: headline[k] for k in HEADLINE_KEYS if k in headline},
-        "context": headline.get("context"),
-        "profiles": results,
-        "size_mb": folder_size(folder) / 2**20,
-        "candidate_digest": manifest.digest(),
-        "config": config.model_dump(),
-    }
+    report = BenchReport(
+        headline_profile=ran[0] if ran else None,
+        device=profiles[ran[0]].device if ran else None,
+        **{k: headline[k] for k in BenchReport.HEADLINE if k in headline},
+        context=headline.get("context"),
+        profiles=results,
+        size_mb=folder_size(folder) / 2**20,
+        candidate_digest=manifest.digest(),
+        config=config.model_dump(),
+    )
     if out is not None:
-        write_json_atomic(out, report)
+        write_result(out, report)
     return report

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from slmops.catalog.schema import Variant
+from slmops.runtime.base import RUNTIME_OVERHEAD_BYTES
+from slmops.tasks import get_task
 from slmops.errors import ConfigError
 
 Precision = Literal["fp32", "fp16", "int8", "int4"]
@@ -53,7 +55,6 @@ GRAPH_LAYOUTS: dict[str, GraphLayout] = {
     "optimum": GraphLayout(tied_lm_head_fp32_copy=True, prepack_factor=2.0),
     "genai": GraphLayout(tied_lm_head_fp32_copy=False, prepack_factor=1.55),
 }
-RUNTIME_OVERHEAD_BYTES = 96 * 2**20  # Python, numpy, onnxruntime, tokenizers, slmops: resident before weights
 ARENA_FACTOR = 1.5  # onnxruntime's arena grows by doubling: activations cost ~1.5x their size
 
 
@@ -110,7 +111,7 @@ def estimate_memory(
         raise ConfigError(f"batch={batch} must be at least 1")
     embed = variant.vocab_size * variant.hidden_size
     other = max(variant.params - embed, 0)
-    decoder = variant.task == "causal-lm"
+    decoder = get_task(variant.task).generative
     if decoder:
         copies = layout.prepack_factor if spec.decoder_prepacked else 1.0
     else:

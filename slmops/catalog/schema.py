@@ -7,13 +7,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
-from slmops.errors import CatalogError, UnknownVariantError
-
-Task = Literal["causal-lm", "sentence-embedding", "cross-encoder", "fill-mask"]
-TASKS: tuple[str, ...] = ("causal-lm", "sentence-embedding", "cross-encoder", "fill-mask")
+from slmops.errors import CatalogError, ConfigError, UnknownVariantError
+from slmops.tasks import TaskName
 Capability = Literal[
     "text_generation", "instruction_following", "chat", "code_generation", "reasoning", "multilingual"
 ]
@@ -62,7 +59,7 @@ class Variant(BaseModel):
     family: str
     repo_id: Annotated[str, Field(pattern=r"^[\w.\-]+/[\w.\-]+$")]
     revision: Annotated[str, Field(min_length=1)]
-    task: Task
+    task: TaskName
     architecture: str
     params: Annotated[int, Field(gt=0)]
     layers: Annotated[int, Field(gt=0)]
@@ -151,56 +148,39 @@ class Catalog(BaseModel):
             raise UnknownVariantError(f"unknown variant {variant_id!r}.{extra}") from None
 
 
-def _format_validation(path: Path, where: str, exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(entry)"
-        value = err.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        parts.append(f"{loc}: {err['msg']}{shown}")
-    return f"{path}: {where}: " + "; ".join(parts)
-
-
 def parse_catalog(data: Any, *, source: Path) -> Catalog:
-    """Validate raw YAML data into a Catalog; errors name the file, the variant and the field."""
+    """Validate raw YAML data into a Catalog; errors name the file, the key path (variant, field) and the fix."""
+    from slmops.configfile import validate
+
     if not isinstance(data, dict) or set(data) - {"families", "variants"} or "variants" not in data:
-        raise CatalogError(f"{source}: top level must be a mapping with 'families' and 'variants'")
+        raise CatalogError(f"{source}: top level must be a mapping with 'families' and 'variants' (and nothing else)")
     families: dict[str, Family] = {}
     for key, raw in (data.get("families") or {}).items():
-        try:
-            families[key] = Family.model_validate(raw)
-        except ValidationError as exc:
-            raise CatalogError(_format_validation(source, f"family {key!r}", exc)) from None
+        families[key] = validate(raw, Family, path=source, loc=("families", key), error=CatalogError)
     variants: dict[str, Variant] = {}
     for key, raw in (data.get("variants") or {}).items():
         if not isinstance(raw, dict):
-            raise CatalogError(f"{source}: variant {key!r}: expected a mapping of fields, got {raw!r}")
+            raise CatalogError(f"{source}: variants.{key}: expected a mapping of fields, got {raw!r}")
         family_key = raw.get("family")
         if family_key not in families:
             raise CatalogError(
-                f"{source}: variant {key!r}: family {family_key!r} is not defined under 'families' "
-                f"(known: {', '.join(sorted(families))})"
+                f"{source}: variants.{key}.family: {family_key!r} is not defined under 'families' "
+                f"(known: {', '.join(sorted(families))}); add it there or fix the name"
             )
         merged = {**families[family_key].defaults, **raw, "id": key}
-        try:
-            variants[key] = Variant.model_validate(merged)
-        except ValidationError as exc:
-            raise CatalogError(_format_validation(source, f"variant {key!r}", exc)) from None
+        variants[key] = validate(merged, Variant, path=source, loc=("variants", key), error=CatalogError)
     return Catalog(families=families, variants=variants)
 
 
 def load_catalog(path: Path | None = None) -> Catalog:
     """Read and validate the catalog (default: ``<config_dir>/catalog.yaml``). Raises CatalogError."""
-    if path is None:
-        from slmops.settings import get_settings
+    from slmops.configfile import config_path, read_yaml
 
-        path = get_settings().config_dir / "catalog.yaml"
+    path = Path(path or config_path("catalog.yaml"))
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CatalogError(f"catalog file {path} not found; set SLMOPS_CONFIG_DIR to the folder holding catalog.yaml") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise CatalogError(f"{path}: not valid YAML: {exc}") from None
-    return parse_catalog(data, source=Path(path))
+        data = read_yaml(path)
+    except CatalogError:
+        raise
+    except ConfigError as exc:
+        raise CatalogError(str(exc)) from None
+    return parse_catalog(data, source=path)

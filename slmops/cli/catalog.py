@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from slmops.catalog.schema import CAPABILITIES, TASKS, SizeClass
+from slmops.catalog.schema import CAPABILITIES, SizeClass
+from slmops.tasks import TASKS
 from slmops.cli.common import cli_errors, console, print_json
 from slmops.errors import ConfigError
 

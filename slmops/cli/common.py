@@ -52,4 +52,9 @@ def project() -> Any:
 
 
 def print_json(data: Any) -> None:
+    """``data`` (a stage result or plain data) as indented JSON on stdout."""
+    if hasattr(data, "model_dump"):
+        data = data.model_dump(mode="json")
+    elif isinstance(data, dict):
+        data = {k: v.model_dump(mode="json") if hasattr(v, "model_dump") else v for k, v in data.items()}
     typer.echo(json.dumps(data, indent=2, default=str))

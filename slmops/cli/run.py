@@ -26,15 +26,13 @@ def generate(
     """Stream a completion (or a chat reply) from a registered model."""
     from slmops import load
 
-    if (prompt is None) == (chat is None):
-        from slmops.errors import GenerationParamsError
+    from slmops.errors import TaskMismatchError, UsageError
 
-        raise GenerationParamsError("pass exactly one of --prompt or --chat")
+    if (prompt is None) == (chat is None):
+        raise UsageError("pass exactly one of --prompt or --chat")
     model = load(target)
     if not hasattr(model, "stream"):
-        from slmops.errors import GenerationParamsError
-
-        raise GenerationParamsError(f"{target!r} is a {model.card.task} model; it cannot generate text")
+        raise TaskMismatchError(f"{target!r} is a {model.card.task} model; it cannot generate text")
     options = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                    repetition_penalty=repetition_penalty, seed=seed, stop=tuple(stop or ()))
     messages = [{"role": "user", "content": chat}] if chat is not None else None
@@ -51,8 +49,11 @@ def embed(
 ) -> None:
     """Print embeddings and their cosine-similarity matrix."""
     from slmops import load
+    from slmops.errors import TaskMismatchError
 
     model = load(target)
+    if not hasattr(model, "embed"):
+        raise TaskMismatchError(f"{target!r} is a {model.card.task} model; it does not embed texts")
     vectors = model.embed(texts)
     print_json({"dim": int(vectors.shape[1]), "similarity": (vectors @ vectors.T).round(4).tolist()})
 
@@ -63,15 +64,14 @@ def demo(
     embed_target: str = "embeddings-cpu",
 ) -> None:
     """Load the recommended models, print a chat reply and an embedding similarity."""
-    import json
-
     from slmops import load
     from slmops.cli.stages import print_recommendations
+    from slmops.results import Recommendations, read_result
     from slmops.settings import get_settings
 
     rec_path = get_settings().artifacts_dir / "recommendations.json"
     if rec_path.is_file():
-        print_recommendations(json.loads(rec_path.read_text()))
+        print_recommendations(read_result(rec_path, Recommendations))
     chat = load(chat_target)
     question = "What is the capital of France? Answer in one sentence."
     console.print(f"[bold]{chat_target}[/] ({chat.card.variant}, {chat.card.recipe}) > {question}")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from slmops.cli.common import cli_errors, console, print_json, project
+
+if TYPE_CHECKING:
+    from slmops.results import Recommendations
 
 
 def fetch(
@@ -44,9 +47,9 @@ def evaluate(variant: str) -> None:
     table = Table(title=f"quality gate: {variant}")
     for col in ("candidate", "passed", "metrics", "reasons"):
         table.add_column(col)
-    for name, r in report["candidates"].items():
-        metrics = ", ".join(f"{k}={v:.4g}" for k, v in r["metrics"].items())
-        table.add_row(name, "yes" if r["passed"] else "[red]no[/]", metrics, "; ".join(r["reasons"]))
+    for name, r in report.candidates.items():
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in r.metrics.items())
+        table.add_row(name, "yes" if r.passed else "[red]no[/]", metrics, "; ".join(r.reasons))
     console.print(table)
 
 
@@ -61,13 +64,14 @@ def bench(variant: str) -> None:
     with Progress(console=console, transient=True) as progress:
         job = progress.add_task(f"benchmarking {variant}", total=len(sel.recipes))
         rows = pipeline.benchmark(proj, variant, on_done=lambda _: progress.advance(job))
-    table = Table(title=f"benchmark: {variant} (headline profile {next(iter(rows.values()))['headline_profile']})")
+    table = Table(title=f"benchmark: {variant} (headline profile {next(iter(rows.values())).headline_profile})")
     keys = ["load_s", "ttft_ms", "decode_tok_s", "items_per_s", "peak_rss_mb", "size_mb"]
-    keys = [k for k in keys if any(k in r for r in rows.values())]
+    dumped = {name: r.model_dump(exclude_none=True) for name, r in rows.items()}
+    keys = [k for k in keys if any(k in r for r in dumped.values())]
     table.add_column("candidate")
     for k in keys:
         table.add_column(k, justify="right")
-    for name, r in rows.items():
+    for name, r in dumped.items():
         table.add_row(name, *(f"{r[k]:.1f}" if k in r else "-" for k in keys))
     console.print(table)
 
@@ -90,12 +94,12 @@ def recommend(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     print_recommendations(decisions)
 
 
-def print_recommendations(decisions: dict[str, Any]) -> None:
+def print_recommendations(decisions: Recommendations) -> None:
     table = Table(title="recommendations")
     for col in ("use case", "model", "why"):
         table.add_column(col)
-    for name, d in decisions.items():
-        table.add_row(name, d.get("alias_uri") or "[red]none[/]", d["why"])
+    for name, d in decisions.usecases.items():
+        table.add_row(name, d.alias_uri or "[red]none[/]", d.why)
     console.print(table)
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from slmops.catalog.schema import Task
+from slmops.tasks import TASKS, get_task
 
 
 class Tolerance(BaseModel):
@@ -25,14 +25,25 @@ class Tolerance(BaseModel):
 
 
 class ValidationConfig(BaseModel):
-    """Tolerances of the export check against PyTorch, per task (``default`` for tasks not listed)."""
+    """Tolerances of the export check against PyTorch per task; a task not listed gets its table default."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    default: Tolerance = Field(default_factory=Tolerance)
-    tasks: dict[Task, Tolerance] = Field(
-        default_factory=lambda: {"causal-lm": Tolerance(atol=1e-4, rtol=1e-3)}
-    )
+    default: Tolerance | None = Field(default=None, description="For tasks not listed; else the task table's default.")
+    tasks: dict[str, Tolerance] = Field(default_factory=dict)
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, value: dict[str, Tolerance]) -> dict[str, Tolerance]:
+        bad = [task for task in value if task not in TASKS]
+        if bad:
+            raise ValueError(f"unknown tasks {bad}; use {', '.join(TASKS)}")
+        return value
 
     def tolerance(self, task: str) -> Tolerance:
-        return self.tasks.get(task, self.default)  # type: ignore[call-overload]
+        if task in self.tasks:
+            return self.tasks[task]
+        if self.default is not None:
+            return self.default
+        atol, rtol = get_task(task).tolerance
+        return Tolerance(atol=atol, rtol=rtol)

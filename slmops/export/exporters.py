@@ -1,7 +1,7 @@
 """Exporters: registered components turning an HF folder into an ONNX artifact folder.
 
-optimum is the general route for every task. Which optimum task each slmops
-task maps to is data (``OPTIMUM_TASKS``).
+optimum is the general route for every task (which optimum task each slmops task maps to is
+the task table's ``optimum_task``); ``genai`` builds fused decoders, ``openelm`` OpenELM.
 """
 
 from __future__ import annotations
@@ -11,22 +11,19 @@ import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from slmops.catalog.schema import Variant
 from slmops.errors import ExportError
-from slmops.export.modelcard import ModelCard, read_pooling
+from slmops.plugins import PluginRegistry
+from slmops.runtime.card import ModelCard
+from slmops.tasks import GraphKind, get_task
 
 logger = logging.getLogger(__name__)
 
 Exporter = Callable[[Variant, Path, Path], ModelCard]
-EXPORTERS: dict[str, Exporter] = {}
-
-OPTIMUM_TASKS: dict[str, str] = {
-    "causal-lm": "text-generation-with-past",
-    "sentence-embedding": "feature-extraction",
-    "cross-encoder": "text-classification",
-    "fill-mask": "fill-mask",
-}
+# exporter name -> exporter; every built-in one is defined in this module
+EXPORTERS: PluginRegistry[Exporter] = PluginRegistry("exporter", builtins=(), group="slmops.exporters")
 # Files that travel with the graph so the runtime needs nothing else.
 SIDECAR_FILES: tuple[str, ...] = (
     "config.json",
@@ -41,16 +38,6 @@ SIDECAR_FILES: tuple[str, ...] = (
 )
 
 
-def register_exporter(name: str) -> Callable[[Exporter], Exporter]:
-    """Decorator registering an exporter under ``name``."""
-
-    def deco(fn: Exporter) -> Exporter:
-        EXPORTERS[name] = fn
-        return fn
-
-    return deco
-
-
 def copy_sidecars(src: Path, out: Path) -> None:
     """Copy tokenizer/config/pooling files from the HF folder next to the graph."""
     for name in SIDECAR_FILES:
@@ -59,7 +46,7 @@ def copy_sidecars(src: Path, out: Path) -> None:
             shutil.copy2(src / name, out / name)
 
 
-def build_model_card(variant: Variant, src: Path, *, graph: str) -> ModelCard:
+def build_model_card(variant: Variant, src: Path, *, graph: GraphKind) -> ModelCard:
     """Model card from the HF config (eos ids, context) and the catalog (task)."""
     config = json.loads((src / "config.json").read_text())
     gen_path = src / "generation_config.json"
@@ -71,24 +58,24 @@ def build_model_card(variant: Variant, src: Path, *, graph: str) -> ModelCard:
     return ModelCard(
         variant=variant.id,
         task=variant.task,
-        graph=graph,  # type: ignore[arg-type]
+        graph=graph,
         context_length=config.get("max_position_embeddings") or config.get("max_context_length") or variant.context_length,
         eos_token_ids=eos_ids,
         pad_token_id=config.get("pad_token_id"),
-        pooling=read_pooling(src) if variant.task == "sentence-embedding" else None,
-        num_labels=len(config.get("id2label", {})) or None if variant.task == "cross-encoder" else None,
+        **get_task(variant.task).impl().card_fields(src, config),
         kv_heads=kv_heads if isinstance(kv_heads, int) else None,  # None: per layer, read from the graph's inputs
         head_dim=head_dim,
         layers=config.get("num_hidden_layers") or config.get("num_transformer_layers"),
     )
 
 
-@register_exporter("optimum")
+@EXPORTERS.register("optimum")
 def export_optimum(variant: Variant, src: Path, out: Path) -> ModelCard:
     """optimum's ONNX exporter (the export stage checks the graph against PyTorch afterwards)."""
     from optimum.exporters.onnx import main_export  # heavy: imported only here
 
-    task = OPTIMUM_TASKS[variant.task]
+    spec = get_task(variant.task)
+    task = spec.optimum_task
     try:
         main_export(
             model_name_or_path=str(src),
@@ -103,11 +90,10 @@ def export_optimum(variant: Variant, src: Path, out: Path) -> ModelCard:
     if not (out / "model.onnx").is_file():
         raise ExportError(f"optimum export of {variant.id} wrote no model.onnx into {out}")
     copy_sidecars(src, out)
-    graph = "optimum-decoder" if variant.task == "causal-lm" else "optimum-encoder"
-    return build_model_card(variant, src, graph=graph)
+    return build_model_card(variant, src, graph=spec.optimum_graph)
 
 
-@register_exporter("genai")
+@EXPORTERS.register("genai")
 def export_genai(variant: Variant, src: Path, out: Path) -> ModelCard:
     """onnxruntime-genai's model builder: a fused decoder graph (GroupQueryAttention, SkipSimplifiedLayerNorm,
     packed QKV), fp32 here; the quantize stage's recipes apply to it like to any graph.
@@ -119,7 +105,7 @@ def export_genai(variant: Variant, src: Path, out: Path) -> ModelCard:
     import sys
     import tempfile
 
-    if variant.task != "causal-lm":
+    if "genai-decoder" not in get_task(variant.task).graphs:
         raise ExportError(f"the genai exporter builds decoders only; {variant.id} is a {variant.task} model: use optimum")
     with tempfile.TemporaryDirectory(prefix="slmops-genai-cache-") as cache:
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out), "-p", "fp32",
@@ -133,15 +119,29 @@ def export_genai(variant: Variant, src: Path, out: Path) -> ModelCard:
     return build_model_card(variant, src, graph="genai-decoder")
 
 
-@register_exporter("openelm")
+@EXPORTERS.register("openelm")
 def export_openelm(variant: Variant, src: Path, out: Path) -> ModelCard:
     """OpenELM (per-layer head counts, qk-norm, shared embeddings) through openelm-pytorch, not the Hub's remote code:
     a decoder-with-past graph with optimum's names, checked against PyTorch on a prefill and a cached decode step.
     """
-    if variant.task != "causal-lm":
+    if not get_task(variant.task).generative:
         raise ExportError(f"the openelm exporter builds causal LMs only; {variant.id} is a {variant.task} model")
     from slmops.export.openelm import export_graph  # heavy (torch): imported only here
 
     export_graph(src, out)
     copy_sidecars(src, out)
     return build_model_card(variant, src, graph="optimum-decoder")
+
+
+def openelm_reference(variant: Variant, src: Path, inputs: Any) -> dict[str, Any]:
+    """PyTorch logits of OpenELM through openelm-pytorch (no transformers class loads it without remote code)."""
+    import numpy as np
+
+    from slmops.export.openelm import load_openelm, torch_step
+
+    model = load_openelm(src)
+    return {"logits": np.stack([torch_step(model, ids.tolist(), None)[0] for ids in inputs.arrays["input_ids"]])}
+
+
+# exporter -> its own PyTorch reference for the export check, where the task's (transformers) cannot load the source
+REFERENCES: dict[str, Callable[[Variant, Path, Any], dict[str, Any]]] = {"openelm": openelm_reference}

@@ -9,7 +9,7 @@ from slmops.artifacts import Manifest, atomic_folder, read_manifest, write_manif
 from slmops.catalog.schema import Variant
 from slmops.errors import ConfigError
 from slmops.export.config import ValidationConfig
-from slmops.export.exporters import EXPORTERS
+from slmops.export.exporters import EXPORTERS, REFERENCES
 
 logger = logging.getLogger(__name__)
 
@@ -29,14 +29,12 @@ def export(
 
     exporter = resolve_exporter(variant, exporter)
     fetched = read_manifest(src)  # refuse folders no finished fetch produced
-    try:
-        fn = EXPORTERS[exporter]
-    except KeyError:
-        raise ConfigError(f"unknown exporter {exporter!r}; use one of {', '.join(EXPORTERS)}") from None
+    fn = EXPORTERS[exporter]  # UnknownPluginError (a ConfigError) lists the registered ones
     with atomic_folder(out) as tmp:
         card = fn(variant, Path(src), tmp)
         card.write(tmp)
-        checked = validate_export(variant, src=Path(src), folder=tmp, card=card, config=validation or ValidationConfig())
+        checked = validate_export(variant, src=Path(src), folder=tmp, card=card, config=validation or ValidationConfig(),
+                                  reference=REFERENCES.get(exporter))
         manifest = write_manifest(
             tmp,
             stage="export",

@@ -27,7 +27,7 @@ from slmops.artifacts import link_or_copy, sha256_file
 from slmops.catalog.schema import Variant
 from slmops.errors import FetchError, IntegrityError
 from slmops.fetch.config import FetchConfig
-from slmops.fetch.sources import Fetched, register_source
+from slmops.fetch.sources import SOURCES, Fetched
 from slmops.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def _repo_cache(repo_id: str, cache_dir: Path) -> Path:
     return cache_dir / ("models--" + repo_id.replace("/", "--"))
 
 
-@register_source("hub")
+@SOURCES.register("hub")
 def fetch_hub(variant: Variant, config: FetchConfig, out: Path, settings: Settings) -> Fetched:
     """Resolve the revision to a commit, download the allowed files with verification, link them into ``out``."""
     from huggingface_hub import hf_hub_download

@@ -19,6 +19,7 @@ from slmops.artifacts import link_or_copy
 from slmops.catalog.schema import Variant
 from slmops.errors import FetchError
 from slmops.fetch.config import FetchConfig
+from slmops.plugins import PluginRegistry
 from slmops.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -35,17 +36,8 @@ class Fetched:
 
 
 Source = Callable[[Variant, FetchConfig, Path, Settings], Fetched]
-SOURCES: dict[str, Source] = {}
-
-
-def register_source(name: str) -> Callable[[Source], Source]:
-    """Decorator registering a fetch source under ``name``."""
-
-    def deco(fn: Source) -> Source:
-        SOURCES[name] = fn
-        return fn
-
-    return deco
+# source name -> source: "package" and "gguf" here, "hub" in slmops.fetch.hub
+SOURCES: PluginRegistry[Source] = PluginRegistry("fetch source", builtins=("slmops.fetch.hub",), group="slmops.sources")
 
 
 def _package_path(variant: Variant, expected_kind: str) -> Path:
@@ -72,7 +64,7 @@ def _package_pin(variant: Variant) -> str:
     return f"pypi:{dist}=={importlib.metadata.version(dist)}"
 
 
-@register_source("package")
+@SOURCES.register("package")
 def fetch_package(variant: Variant, config: FetchConfig, out: Path, settings: Settings) -> Fetched:
     """Copy an HF model folder shipped inside an installed package."""
     folder = _package_path(variant, "package")
@@ -84,7 +76,7 @@ def fetch_package(variant: Variant, config: FetchConfig, out: Path, settings: Se
     return Fetched(source="package", revision=pin, origin=pin)
 
 
-@register_source("gguf")
+@SOURCES.register("gguf")
 def fetch_gguf(variant: Variant, config: FetchConfig, out: Path, settings: Settings) -> Fetched:
     """Dequantize a packaged GGUF through transformers into an HF folder (fixing the tokenizer's special tokens),
     keeping the GGUF itself beside it."""

@@ -7,8 +7,6 @@ from pathlib import Path
 
 from slmops.artifacts import Manifest, atomic_folder, write_manifest
 from slmops.catalog.schema import Variant
-from slmops.errors import ConfigError
-from slmops.fetch import hub as _hub
 from slmops.fetch.config import FetchConfig
 from slmops.fetch.sources import SOURCES, compare_with_config
 from slmops.settings import Settings, get_settings
@@ -20,10 +18,7 @@ def fetch(variant: Variant, *, out: Path, config: FetchConfig | None = None, set
     """Fetch ``variant`` into ``out`` (atomically, with a manifest). Raises FetchError or ConfigError."""
     config = config or FetchConfig()
     settings = settings or get_settings()
-    try:
-        source = SOURCES[config.source]
-    except KeyError:
-        raise ConfigError(f"unknown fetch source {config.source!r}; use one of {', '.join(SOURCES)}") from None
+    source = SOURCES[config.source]  # UnknownPluginError (a ConfigError) lists the registered ones
     from filelock import FileLock
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from slmops.plugins import PluginRegistry
 from slmops.quantize.recipes import Recipe
 
 logger = logging.getLogger(__name__)
@@ -14,20 +15,11 @@ logger = logging.getLogger(__name__)
 MAX_PROTO_BYTES = 2_000_000_000
 
 Quantizer = Callable[..., None]  # (src graph, dst graph, recipe, *, fetched: the fetched HF folder or None)
-QUANTIZERS: dict[str, Quantizer] = {}
+# recipe method -> quantizer; every built-in one is defined in this module
+QUANTIZERS: PluginRegistry[Quantizer] = PluginRegistry("quantizer", builtins=(), group="slmops.quantizers")
 
 
-def register_quantizer(method: str) -> Callable[[Quantizer], Quantizer]:
-    """Decorator registering the quantizer for a recipe ``method``."""
-
-    def deco(fn: Quantizer) -> Quantizer:
-        QUANTIZERS[method] = fn
-        return fn
-
-    return deco
-
-
-@register_quantizer("none")
+@QUANTIZERS.register("none")
 def keep_fp32(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None = None) -> None:
     """The unquantized reference: the exported graph, linked."""
     import shutil
@@ -58,7 +50,7 @@ def output_projections(model) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.output[0] in outputs]
 
 
-@register_quantizer("matmul_nbits")
+@QUANTIZERS.register("matmul_nbits")
 def matmul_nbits(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None = None) -> None:
     """Weight-only block quantization of MatMul weights (ORT MatMulNBits). Activations stay fp32.
 
@@ -98,7 +90,7 @@ def matmul_nbits(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None =
     save_onnx(quantizer.model.model, dst)
 
 
-@register_quantizer("gguf_blocks")
+@QUANTIZERS.register("gguf_blocks")
 def gguf_blocks(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None = None) -> None:
     """The fetched GGUF's own Q4_1/Q8_0 blocks as MatMulNBits (slmops/quantize/gguf_blocks.py)."""
     from slmops.errors import QuantizeError
@@ -112,7 +104,7 @@ def gguf_blocks(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None = 
             remainder_mode=recipe.remainder, lm_head=recipe.lm_head, embedding=recipe.embedding)
 
 
-@register_quantizer("fp16")
+@QUANTIZERS.register("fp16")
 def fp16(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None = None) -> None:
     """fp16 weights and compute for CUDA, fp32 inputs/outputs (onnxruntime's float16 converter)."""
     import onnx
@@ -122,7 +114,7 @@ def fp16(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None = None) -
     save_onnx(model, dst)
 
 
-@register_quantizer("dynamic_int8")
+@QUANTIZERS.register("dynamic_int8")
 def dynamic_int8(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None = None) -> None:
     """Dynamic (W8A8) int8: for encoders. Per-channel keeps MiniLM at cosine 0.991."""
     from onnxruntime.quantization import QuantType, quantize_dynamic

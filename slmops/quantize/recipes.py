@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from slmops.configfile import config_path, load_named
+from slmops.configfile import load_named
+from slmops.tasks import TaskName
 
 Method = Literal["none", "matmul_nbits", "gguf_blocks", "dynamic_int8", "fp16"]
 
@@ -21,7 +22,7 @@ class Recipe(BaseModel):
     description: str = ""
     method: Method
     precision: Literal["fp32", "fp16", "int8", "int4"]
-    tasks: list[Literal["causal-lm", "sentence-embedding", "cross-encoder", "fill-mask"]]
+    tasks: list[TaskName]
     devices: list[Literal["cpu", "cuda"]]
     bits: Literal[4, 8] | None = None
     block_size: int | None = Field(default=None, ge=16)
@@ -68,4 +69,4 @@ class Recipe(BaseModel):
 
 def load_recipes(path: Path | None = None) -> dict[str, Recipe]:
     """Recipes by name from ``<config_dir>/recipes.yaml``; raises ConfigError naming the recipe and field."""
-    return load_named(path or config_path("recipes.yaml"), Recipe, key="recipes", what="recipe")
+    return load_named("recipes.yaml", Recipe, key="recipes", path=path)

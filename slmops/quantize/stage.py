@@ -11,7 +11,7 @@ from pathlib import Path
 from slmops.artifacts import Manifest, atomic_folder, link_or_copy, read_manifest, write_json_atomic, write_manifest
 from slmops.catalog.schema import Variant
 from slmops.errors import ConfigError, QuantizeError
-from slmops.export.modelcard import MODEL_CARD_NAME, read_model_card
+from slmops.runtime.card import MODEL_CARD_NAME, read_model_card
 from slmops.quantize.ort import QUANTIZERS
 from slmops.quantize.recipes import Recipe
 

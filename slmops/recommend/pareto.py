@@ -4,15 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slmops.recommend.ranking import Candidate
-
-# task -> (speed metric, quality metric, quality is better when higher)
-AXES: dict[str, tuple[str, str, bool]] = {
-    "causal-lm": ("bench.decode_tok_s", "quality.ppl_ratio", False),
-    "sentence-embedding": ("bench.items_per_s", "quality.cosine_mean", True),
-    "cross-encoder": ("bench.items_per_s", "quality.spearman", True),
-    "fill-mask": ("bench.items_per_s", "quality.top1_agreement", True),
-}
+from slmops.runtime.ranking import Candidate
+from slmops.tasks import get_task
 
 
 def pareto_front(points: list[tuple[float, float]], *, quality_higher: bool) -> list[int]:
@@ -30,7 +23,8 @@ def pareto_front(points: list[tuple[float, float]], *, quality_higher: bool) -> 
 
 def plot_pareto(task: str, candidates: list[Candidate], out: Path) -> Path | None:
     """Write a PNG for ``task``'s candidates that have both axes measured; None when there is nothing to plot."""
-    speed_key, quality_key, higher = AXES[task]
+    spec = get_task(task)
+    speed_key, quality_key, higher = spec.speed_metric, spec.quality_metric, spec.quality_higher
     rows = [c for c in candidates if speed_key in c.metrics and quality_key in c.metrics]
     if not rows:
         return None

@@ -6,11 +6,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from slmops import names
 from slmops.errors import NoEligibleModelError
 from slmops.recommend.pareto import plot_pareto
-from slmops.recommend.ranking import Candidate, best, rank, registered_candidates
-from slmops.recommend.usecases import OBJECTIVES, UseCase
-from slmops.register.store import connect
+from slmops.recommend.usecases import UseCase
+from slmops.register.store import ensure_experiment
+from slmops.results import Decision, RankedRow, Recommendations
+from slmops.runtime.ranking import OBJECTIVES, Candidate, best, rank, registered_candidates
+from slmops.runtime.registry import connect
 from slmops.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -18,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 def recommend(
     usecases: dict[str, UseCase], *, settings: Settings | None = None, plots_dir: Path | None = None
-) -> dict[str, Any]:
+) -> Recommendations:
     """For each use case set the alias ``<use case>`` on the winning version; return the decisions and reasons.
 
     A use case with no eligible model keeps no alias and is reported with the reasons. The
@@ -27,7 +30,7 @@ def recommend(
     """
     settings = settings or get_settings()
     client = connect(settings)
-    decisions: dict[str, Any] = {}
+    decisions: dict[str, Decision] = {}
     plots: dict[str, Path] = {}
     for name, uc in usecases.items():
         candidates = registered_candidates(client, uc.task)
@@ -42,7 +45,7 @@ def recommend(
             winner = best(candidates, uc, uc.objective, what=f"use case {name!r}")
         except NoEligibleModelError as exc:
             _drop_alias(client, candidates, name)
-            decisions[name] = {"chosen": None, "why": str(exc), "candidates": table}
+            decisions[name] = Decision(chosen=None, why=str(exc), candidates=table)
             logger.warning("%s", exc)
             continue
         client.set_registered_model_alias(winner.model_name, name, winner.version)
@@ -50,26 +53,27 @@ def recommend(
             f"{winner.label} (v{winner.version}) has the best {metric} = {winner.metrics[metric]:.1f} "
             f"among {sum(not c.rejected for c in ranked)} eligible of {len(ranked)} registered {uc.task} versions"
         )
-        decisions[name] = {"chosen": winner.uri, "alias_uri": f"models:/{winner.model_name}@{name}", "why": why, "candidates": table}
-    _log_summary(client, settings, decisions, plots)
-    return decisions
+        decisions[name] = Decision(chosen=winner.uri, alias_uri=f"models:/{winner.model_name}@{name}", why=why,
+                                   candidates=table)
+    result = Recommendations(usecases=decisions)
+    _log_summary(client, settings, result, plots)
+    return result
 
 
-def _log_summary(client: Any, settings: Settings, decisions: dict[str, Any], plots: dict[str, Path]) -> None:
+def _log_summary(client: Any, settings: Settings, decisions: Recommendations, plots: dict[str, Path]) -> None:
     """One MLflow run per recommendation pass, holding the decisions and the Pareto plots."""
     import mlflow
 
-    from slmops.register.store import ensure_experiment
-
     with mlflow.start_run(experiment_id=ensure_experiment(client, settings), run_name="recommend"):
-        mlflow.set_tag("slmops.kind", "recommend")
-        mlflow.log_dict(decisions, "recommendations.json")
+        mlflow.set_tag(names.TAG_KIND, names.RUN_KIND_RECOMMEND)
+        mlflow.log_dict(decisions.model_dump(mode="json"), names.RECOMMEND_ARTIFACT)
         for path in plots.values():
             mlflow.log_artifact(str(path), artifact_path="plots")
 
 
-def _row(c: Candidate, metric: str) -> dict[str, Any]:
-    return {"candidate": c.label, "version": c.version, metric: c.metrics.get(metric), "eligible": not c.rejected, "rejected": c.rejected}
+def _row(c: Candidate, metric: str) -> RankedRow:
+    return RankedRow(candidate=c.label, version=c.version, metric=metric, value=c.metrics.get(metric),
+                     eligible=not c.rejected, rejected=c.rejected)
 
 
 def _drop_alias(client: Any, candidates: list[Candidate], alias: str) -> None:

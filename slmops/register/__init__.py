@@ -1,7 +1,7 @@
 """Stage 6, register: MLflow runs and model versions (a pyfunc flavour) for the candidates.
 
 The stage (and with it mlflow, the catalog and the recipes) is imported on first use, so the
-runtime can read the registry through :mod:`slmops.register.resolve` without paying for it
+runtime can read the registry through :mod:`slmops.runtime.registry` without paying for it
 (importing the stage eagerly cost about 0.19 s).
 """
 

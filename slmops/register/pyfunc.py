@@ -1,88 +1,82 @@
 """The MLflow pyfunc flavour of an slmops candidate, so `mlflow models serve` and the UI work with it.
 
-Inputs are a DataFrame (or list/dict) with one text column: ``prompt`` (causal-lm,
-optionally ``messages`` as JSON), ``text`` (sentence-embedding; fill-mask, holding the mask
-token, answered with the JSON of :meth:`FillMaskModel.fill_mask`) or ``query`` + ``document``
-(cross-encoder). Generation options and fill-mask's ``top_k`` travel as MLflow ``params``.
+``predict`` takes a ``str``, a ``list[str]``, a DataFrame, a list of row dicts or a dict of lists.
+What the columns mean, the signature and the outputs are the task module's (``signature``,
+``predict``, ``TEXT_COLUMN`` in :mod:`slmops.taskdefs`): a prompt or chat ``messages`` (JSON) for
+causal-lm, ``text`` for sentence-embedding and fill-mask, ``query`` + ``document`` for cross-encoder.
+Generation options and fill-mask's ``top_k`` travel as MLflow ``params``. An input that does not
+fit raises PyfuncInputError naming the expected columns; nothing is silently dropped.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
 from typing import Any
 
 import mlflow.pyfunc
 
-from slmops.register.names import ARTIFACT_KEY
+from slmops.errors import PyfuncInputError
+from slmops.names import ARTIFACT_KEY
+from slmops.tasks import get_task
 
 
 class SlmopsModel(mlflow.pyfunc.PythonModel):
     """Wraps the slmops runtime model opened from the logged artifact folder."""
 
-    def load_context(self, context):
+    def load_context(self, context: Any) -> None:
         from slmops.runtime.open import open_folder
 
         self.model = open_folder(context.artifacts[ARTIFACT_KEY])
+        self.task = get_task(self.model.card.task).impl()
 
-    def predict(self, context, model_input, params=None):
-        rows = _rows(model_input)
-        task = self.model.card.task
-        if task == "causal-lm":
-            options = {k: v for k, v in (params or {}).items() if v is not None}
-            out: list[str | None] = [None] * len(rows)
-            plain = []  # rows with a plain prompt go through generate_batch together
-            for i, row in enumerate(rows):
-                messages = row.get("messages")
-                if isinstance(messages, str) and messages:
-                    out[i] = self.model.generate(messages=json.loads(messages), **options)
-                else:
-                    plain.append(i)
-            if plain:
-                texts = self.model.generate_batch([rows[i].get("prompt") for i in plain], **options)
-                for i, text in zip(plain, texts):
-                    out[i] = text
-            return out
-        if task == "sentence-embedding":
-            return self.model.embed([row.get("text") for row in rows]).tolist()
-        if task == "fill-mask":
-            top_k = (params or {}).get("top_k") or 5
-            return [json.dumps(self.model.fill_mask(row.get("text"), top_k=int(top_k))) for row in rows]
-        return [float(self.model.scores(row.get("query"), [row.get("document")])[0]) for row in rows]
+    # no type hints: MLflow would read them as the input schema; the signature logged with the model is the schema
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[Any]:
+        return self.task.predict(self.model, rows(model_input, self.task.TEXT_COLUMN), params or {})
+
+    def predict_stream(self, context, model_input, params: dict[str, Any] | None = None) -> Iterator[str]:
+        stream = getattr(self.task, "predict_stream", None)
+        if stream is None:
+            raise PyfuncInputError(f"a {self.model.card.task} model does not stream; call predict()")
+        yield from stream(self.model, rows(model_input, self.task.TEXT_COLUMN), params or {})
 
 
-def _rows(model_input: Any) -> list[dict[str, Any]]:
-    if hasattr(model_input, "to_dict"):
-        return model_input.to_dict(orient="records")
+def rows(model_input: Any, text_column: str | None) -> list[dict[str, Any]]:
+    """``model_input`` as a list of row dicts; a bare string (or list of them) fills ``text_column``."""
+    if hasattr(model_input, "to_dict"):  # a DataFrame
+        return [row for record in model_input.to_dict(orient="records") for row in _explode(record)]
     if isinstance(model_input, dict):
-        keys = list(model_input)
         values = [v if isinstance(v, list) else [v] for v in model_input.values()]
-        return [dict(zip(keys, row)) for row in zip(*values)]
-    if isinstance(model_input, list):
-        return [r if isinstance(r, dict) else {"prompt": r, "text": r} for r in model_input]
-    return [{"prompt": model_input, "text": model_input}]
+        if len({len(v) for v in values}) > 1:
+            raise PyfuncInputError(f"the columns {list(model_input)} have different lengths {[len(v) for v in values]}")
+        return [dict(zip(model_input, row, strict=True)) for row in zip(*values, strict=True)]
+    items = model_input if isinstance(model_input, list) else [model_input]
+    if not items:
+        raise PyfuncInputError("the input is empty; pass at least one row")
+    out = []
+    for item in items:
+        if isinstance(item, dict):
+            out.append(item)
+        elif isinstance(item, str) and text_column is not None:
+            out.append({text_column: item})
+        else:
+            expected = f"str, list[str], " if text_column else ""
+            raise PyfuncInputError(
+                f"cannot read {type(item).__name__} {item!r:.60} as a row; pass {expected}a DataFrame, "
+                "a list of row dicts or a dict of lists"
+            )
+    return out
 
 
-def signature_for(task: str):
-    """An explicit signature (inputs and generation params) per task; no model run to infer it."""
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+def _explode(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per element where every list-valued cell holds one value per row.
 
-    if task == "causal-lm":
-        inputs = Schema([ColSpec("string", "prompt", required=False), ColSpec("string", "messages", required=False)])
-        params = ParamSchema(
-            [
-                ParamSpec("max_tokens", "long", 256),
-                ParamSpec("temperature", "double", 0.7),
-                ParamSpec("top_k", "long", 0),
-                ParamSpec("top_p", "double", 1.0),
-                ParamSpec("repetition_penalty", "double", 1.0),
-                ParamSpec("seed", "long", None),
-            ]
-        )
-        return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("string")]), params=params)
-    if task == "sentence-embedding":
-        return ModelSignature(inputs=Schema([ColSpec("string", "text")]))
-    if task == "fill-mask":
-        return ModelSignature(inputs=Schema([ColSpec("string", "text")]), outputs=Schema([ColSpec("string")]),
-                              params=ParamSchema([ParamSpec("top_k", "long", 5)]))
-    return ModelSignature(inputs=Schema([ColSpec("string", "query"), ColSpec("string", "document")]), outputs=Schema([ColSpec("double")]))
+    MLflow turns a dict of string lists (``{"prompt": ["a", "b"]}``) into a single DataFrame row whose
+    cells are the lists; this undoes that.
+    """
+    lists = {k: list(v) for k, v in record.items() if isinstance(v, list | tuple) or hasattr(v, "tolist")}
+    if not lists:
+        return [record]
+    lengths = {len(v) for v in lists.values()}
+    if len(lengths) > 1:
+        raise PyfuncInputError(f"the columns {sorted(lists)} hold lists of different lengths {sorted(lengths)}")
+    return [{**record, **{k: v[i] for k, v in lists.items()}} for i in range(lengths.pop())]

@@ -10,14 +10,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from slmops import names
 from slmops.artifacts import GATE_NAME, Manifest, link_or_copy, read_manifest, write_json_atomic, write_manifest
 from slmops.catalog.estimate import estimate_memory
 from slmops.catalog.schema import Variant
 from slmops.errors import RegistryError
 from slmops.quantize.recipes import Recipe
-from slmops.register import names
-from slmops.register.store import connect, ensure_experiment
+from slmops.register.store import ensure_experiment
+from slmops.results import BenchReport, CandidateGate
+from slmops.runtime.registry import connect
 from slmops.settings import Settings, get_settings
+from slmops.tasks import get_task
 
 logger = logging.getLogger(__name__)
 RUNTIME_REQUIREMENTS = ("onnxruntime", "tokenizers", "numpy", "jinja2", "pydantic", "pydantic-settings", "pyyaml")
@@ -33,9 +36,10 @@ class Registered:
     reused: bool
 
 
-def _flat_metrics(evaluation: dict[str, Any], bench: dict[str, Any], estimate_mb: float) -> dict[str, float]:
-    metrics = {f"quality.{k}": float(v) for k, v in evaluation["metrics"].items() if f"quality.{k}" in names.METRICS}
-    metrics["gate.passed"] = 1.0 if evaluation["passed"] else 0.0
+def _flat_metrics(evaluation: CandidateGate, report: BenchReport, estimate_mb: float) -> dict[str, float]:
+    bench = report.model_dump(exclude_none=True)
+    metrics = {f"quality.{k}": float(v) for k, v in evaluation.metrics.items() if f"quality.{k}" in names.METRICS}
+    metrics["gate.passed"] = 1.0 if evaluation.passed else 0.0
     for key in ("load_s", "ttft_ms", "decode_tok_s", "items_per_s", "peak_rss_mb", "peak_rss_sampled_mb",
                 "rss_after_load_mb", "size_mb"):
         if key in bench:
@@ -61,8 +65,8 @@ def register(
     variant: Variant,
     recipe: Recipe,
     folder: Path,
-    evaluation: dict[str, Any],
-    benchmark: dict[str, Any],
+    evaluation: CandidateGate,
+    benchmark: BenchReport,
     device: str = "cpu",
     settings: Settings | None = None,
 ) -> Registered:
@@ -78,14 +82,14 @@ def register(
     settings = settings or get_settings()
     manifest = read_manifest(folder, verify=True)
     digest = manifest.digest()
-    if evaluation.get("candidate_digest") != digest or benchmark.get("candidate_digest") != digest:
+    if evaluation.candidate_digest != digest or benchmark.candidate_digest != digest:
         raise RegistryError(
             f"gate/benchmark results for {variant.id}/{recipe.name} were computed on another build of the candidate; "
             "re-run evaluate and benchmark"
         )
     client = connect(settings)
     experiment_id = ensure_experiment(client, settings)
-    model_name = names.registered_model_name(variant.task)
+    model_name = get_task(variant.task).model_name
     tags = {
         names.TAG_VARIANT: variant.id,
         names.TAG_RECIPE: recipe.name,
@@ -94,11 +98,11 @@ def register(
         names.TAG_REVISION: manifest.revision or "unpinned",
         names.TAG_SOURCE: manifest.source,
         names.TAG_TASK: variant.task,
-        names.TAG_GATE: "passed" if evaluation["passed"] else "failed",
+        names.TAG_GATE: "passed" if evaluation.passed else "failed",
         names.TAG_DIGEST: digest,
         names.TAG_CAPABILITIES: ",".join(variant.capabilities),
     }
-    from slmops.export.modelcard import read_model_card
+    from slmops.runtime.card import read_model_card
 
     graph = read_model_card(folder).graph.split("-")[0]  # "genai-decoder" -> "genai"
     estimate_mb = _estimate_for(variant, recipe, benchmark, graph if graph in ("optimum", "genai") else "optimum")
@@ -121,20 +125,20 @@ def register(
                     "bits": recipe.bits,
                     "block_size": recipe.block_size,
                     "device": device,
-                    "bench_profile": benchmark.get("headline_profile"),
-                    "threads": (benchmark.get("context") or {}).get("threads"),
+                    "bench_profile": benchmark.headline_profile,
+                    "threads": (benchmark.context or {}).get("threads"),
                 }
             )
             mlflow.log_metrics(_flat_metrics(evaluation, benchmark, estimate_mb))
-            mlflow.log_dict(evaluation, "gate.json")
-            mlflow.log_dict(benchmark, "benchmark.json")
-            mlflow.log_dict(manifest.model_dump(mode="json"), "manifest.json")
-            if not evaluation["passed"]:
+            mlflow.log_dict(evaluation.model_dump(mode="json"), names.GATE_ARTIFACT)
+            mlflow.log_dict(benchmark.model_dump(mode="json"), names.BENCH_ARTIFACT)
+            mlflow.log_dict(manifest.model_dump(mode="json"), names.MANIFEST_ARTIFACT)
+            if not evaluation.passed:
                 logger.info("%s/%s failed its gate: logged, not registered", variant.id, recipe.name)
                 return Registered(run.info.run_id, None, None, reused=False)
             if existing is not None:
-                client.set_model_version_tag(model_name, existing, "slmops.latest_run", run.info.run_id)
-                mlflow.set_tag("slmops.version", existing)
+                client.set_model_version_tag(model_name, existing, names.TAG_LATEST_RUN, run.info.run_id)
+                mlflow.set_tag(names.TAG_VERSION, existing)
                 return Registered(run.info.run_id, model_name, existing, reused=True)
             with warnings.catch_warnings():
                 # we pass an explicit signature; an input example would make MLflow run the model at log time
@@ -143,9 +147,9 @@ def register(
                 info = _log_model(model_name, variant, folder, tags, candidate=manifest, evaluation=evaluation)
             version = str(info.registered_model_version)
 
-            for key, value in {**tags, "slmops.latest_run": run.info.run_id}.items():
+            for key, value in {**tags, names.TAG_LATEST_RUN: run.info.run_id}.items():
                 client.set_model_version_tag(model_name, version, key, value)
-            mlflow.set_tag("slmops.version", version)
+            mlflow.set_tag(names.TAG_VERSION, version)
     except RegistryError:
         raise
     except Exception as exc:  # mlflow raises MlflowException and OSError alike
@@ -154,43 +158,42 @@ def register(
     return Registered(run.info.run_id, model_name, version, reused=False)
 
 
-def _estimate_for(variant: Variant, recipe: Recipe, bench: dict[str, Any], graph: str) -> float:
+def _estimate_for(variant: Variant, recipe: Recipe, bench: BenchReport, graph: str) -> float:
     """The catalog's memory estimate (MiB) for the settings the benchmark measured, to compare with its peak RSS."""
-    if variant.task == "causal-lm" and bench.get("max_context"):
-        est = estimate_memory(variant, precision=recipe.precision, context_length=min(bench["max_context"], variant.context_length),
-                              prompt_tokens=bench["max_prompt_tokens"], graph=graph)
-    elif bench.get("max_seq_tokens"):
-        est = estimate_memory(variant, precision=recipe.precision, context_length=bench["max_seq_tokens"],
-                              batch=bench.get("batch_size", 1))
+    if get_task(variant.task).generative and bench.max_context:
+        est = estimate_memory(variant, precision=recipe.precision,
+                              context_length=min(bench.max_context, variant.context_length),
+                              prompt_tokens=bench.max_prompt_tokens or 0, graph=graph)
+    elif bench.max_seq_tokens:
+        est = estimate_memory(variant, precision=recipe.precision, context_length=bench.max_seq_tokens,
+                              batch=bench.batch_size or 1)
     else:
         est = estimate_memory(variant, precision=recipe.precision, context_length=min(2048, variant.context_length))
     return est.total / 2**20
 
 
 def _log_model(model_name: str, variant: Variant, folder: Path, tags: dict[str, str], *, candidate: Manifest,
-               evaluation: dict[str, Any]) -> Any:
+               evaluation: CandidateGate) -> Any:
     """Log the candidate folder, with its gate result and a manifest covering both, as a pyfunc model
     (models-from-code, no pickle) and register it. The candidate folder itself is left untouched."""
     import mlflow.pyfunc
 
-    from slmops.register.names import ARTIFACT_KEY
-    from slmops.register.pyfunc import signature_for
     from slmops.runtime.cache import mlflow_progress_bars_off
 
     with tempfile.TemporaryDirectory(prefix="slmops-register-") as staging:
         bundle = Path(staging) / "model"
         for rel in candidate.files:
             link_or_copy(Path(folder) / rel, bundle / rel)
-        write_json_atomic(bundle / GATE_NAME, evaluation)
+        write_json_atomic(bundle / GATE_NAME, evaluation.model_dump(mode="json"))
         write_manifest(bundle, stage="register", variant=candidate.variant, source=candidate.source,
                        revision=candidate.revision,
-                       info={**candidate.info, "candidate_digest": candidate.digest(), "gate_passed": evaluation["passed"]})
+                       info={**candidate.info, "candidate_digest": candidate.digest(), "gate_passed": evaluation.passed})
         with mlflow_progress_bars_off():
             return mlflow.pyfunc.log_model(
-                name="model",
+                name=names.MODEL_ARTIFACT_PATH,
                 python_model=str(Path(__file__).with_name("model_code.py")),
-                artifacts={ARTIFACT_KEY: str(bundle)},
-                signature=signature_for(variant.task),
+                artifacts={names.ARTIFACT_KEY: str(bundle)},
+                signature=get_task(variant.task).impl().signature(),
                 pip_requirements=[f"{p}=={metadata.version(p)}" for p in RUNTIME_REQUIREMENTS],
                 registered_model_name=model_name,
                 tags=tags,
@@ -210,6 +213,6 @@ def _find_version(client: Any, model_name: str, digest: str, device: str) -> str
     return None
 
 
-def _note(variant: Variant, recipe: Recipe, evaluation: dict[str, Any]) -> str:
-    verdict = "passed" if evaluation["passed"] else "FAILED: " + "; ".join(evaluation["reasons"])
+def _note(variant: Variant, recipe: Recipe, evaluation: CandidateGate) -> str:
+    verdict = "passed" if evaluation.passed else "FAILED: " + "; ".join(evaluation.reasons)
     return f"{variant.id} ({variant.repo_id}) with recipe `{recipe.name}` ({recipe.description}). Gate {verdict}."

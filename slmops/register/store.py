@@ -1,27 +1,14 @@
-"""Connecting to the MLflow tracking server/registry named by the settings."""
+"""The slmops experiment in the MLflow tracking store named by the settings (connecting: runtime.registry)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from slmops.register.names import EXPERIMENT
+from slmops.names import EXPERIMENT
 from slmops.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-def connect(settings: Settings) -> Any:
-    """Point mlflow at the configured store (creating the local one under mlruns/ if needed); return a client."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    uri = settings.resolved_tracking_uri()
-    if not settings.tracking_uri:
-        settings.mlruns_dir.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def ensure_experiment(client: Any, settings: Settings, name: str = EXPERIMENT) -> str:

@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from slmops.errors import ModelLoadError
-from slmops.export.modelcard import ModelCard
+from slmops.runtime.card import ModelCard
+
+# Resident memory of the runtime before any weights: Python, numpy, onnxruntime, tokenizers, slmops.
+# Used by the memory guard, the pool's budget and the catalog's estimate.
+RUNTIME_OVERHEAD_BYTES = 96 * 2**20
 
 
 def weights_bytes(folder: Path, card: ModelCard) -> int:

@@ -20,18 +20,20 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from slmops.artifacts import MANIFEST_NAME, Manifest, read_manifest, verify_files, write_json_atomic
+from slmops.artifacts import (
+    MANIFEST_NAME,
+    Manifest,
+    file_identity,
+    read_manifest,
+    verify_files,
+    write_json_atomic,
+)
 from slmops.errors import IntegrityError, ModelLoadError
-from slmops.register.resolve import VersionRef
+from slmops.runtime.registry import VersionRef
 
 logger = logging.getLogger(__name__)
 
 STAMP_SCHEMA = 1
-
-
-def _stat_key(path: Path) -> list[int]:
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 def stamp_path(folder: Path, stamps_dir: Path) -> Path:
@@ -41,7 +43,7 @@ def stamp_path(folder: Path, stamps_dir: Path) -> Path:
 
 
 def _stamp(folder: Path, manifest: Manifest) -> dict:
-    files = {rel: _stat_key(folder / rel) for rel in [*manifest.files, MANIFEST_NAME]}
+    files = {rel: file_identity(folder / rel) for rel in [*manifest.files, MANIFEST_NAME]}
     return {"schema": STAMP_SCHEMA, "folder": str(folder.resolve()), "digest": manifest.digest(), "files": files}
 
 
@@ -140,7 +142,7 @@ def model_folder(root: Path, uri: str) -> Path:
     """The slmops artifact folder inside a downloaded pyfunc model (named in its MLmodel file)."""
     import yaml
 
-    from slmops.register.names import ARTIFACT_KEY
+    from slmops.names import ARTIFACT_KEY
 
     try:
         mlmodel = yaml.safe_load((root / "MLmodel").read_text())

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from slmops.errors import ContextLengthError, GenerationParamsError, ModelLoadError
-from slmops.export.modelcard import ModelCard
+from slmops.errors import ContextLengthError, GenerationParamsError, ModelLoadError, UsageError
+from slmops.runtime.card import ModelCard
 from slmops.runtime.base import LoadedModel
 from slmops.runtime.params import GenerationParams
 from slmops.runtime.sampling import Sampler
@@ -95,7 +95,7 @@ class SharedKVDecoderGraph(OnnxDecoderGraph):
         import onnxruntime as ort
 
         if capacity is None:
-            raise ValueError("SharedKVDecoderGraph needs the cache capacity (prompt + new tokens)")
+            raise UsageError("SharedKVDecoderGraph.empty_cache needs capacity= (prompt + new tokens)")
         buffers = [ort.OrtValue.ortvalue_from_numpy(np.zeros((batch, heads, capacity, dim), dtype=self.kv_dtype))
                    for heads, dim in self.kv_shapes]
         return SharedKVCache(buffers, capacity)
@@ -109,7 +109,7 @@ class SharedKVDecoderGraph(OnnxDecoderGraph):
         batch, seq = ids.shape
         total = cache.length + seq if attention_mask is None else attention_mask.shape[1]
         if total > cache.capacity:
-            raise ValueError(f"KV cache of {cache.capacity} tokens cannot hold {total}")
+            raise ContextLengthError(f"the KV cache of {cache.capacity} tokens cannot hold {total}; size it to the request")
         mask = np.ones((batch, total), dtype=np.int64) if attention_mask is None else attention_mask
         io = cache.binding
         if io is None:  # bind the KV buffers once per cache: rebinding 2 x layers values per token cost ~0.5 ms

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from slmops.errors import GenerationParamsError
-from slmops.export.modelcard import ModelCard
+from slmops.runtime.card import ModelCard
 from slmops.runtime.base import LoadedModel
 from slmops.runtime.tokenizer import Tokenizer
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from slmops.errors import GenerationParamsError, ModelLoadError
-from slmops.export.modelcard import ModelCard
+from slmops.runtime.card import ModelCard
 from slmops.runtime.encoder import _check_texts, _EncoderBase
 
 # transformers' clean_up_tokenization: spaces the WordPiece decoder leaves before punctuation and contractions

@@ -1,7 +1,7 @@
 """``slmops.load``: resolve a use case, a ``models:/`` URI or constraints through MLflow and open the model.
 
 Imports stay light: onnxruntime, tokenizers and numpy. The registry is read without mlflow
-(:mod:`slmops.register.resolve`); mlflow is imported only to download a version missing from
+(:mod:`slmops.runtime.registry`); mlflow is imported only to download a version missing from
 the cache, or to rank versions by constraints. Never torch, transformers or optimum.
 """
 
@@ -11,14 +11,16 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from slmops.errors import MemoryBudgetError, RegistryError, SlmopsError
+from pydantic import ValidationError
+
+from slmops.errors import MemoryBudgetError, RegistryError, SlmopsError, UsageError, describe_validation
 from slmops.runtime.cache import fetch_version, verify_folder
 from slmops.runtime.open import Model, open_folder
 from slmops.runtime.states import LoadingEvent, LoadingState, StateCallback
 from slmops.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from slmops.register.resolve import VersionRef
+    from slmops.runtime.registry import VersionRef
 
 logger = logging.getLogger(__name__)
 
@@ -72,19 +74,22 @@ def load(
 
 def _resolve(target: str | None, *, task: str | None, device: str, settings: Settings, **constraints: Any) -> VersionRef:
     """The registry version to load: through the light reader for aliases and URIs, mlflow's ranking otherwise."""
-    from slmops.register.resolve import registry_reader, resolve_version
+    from slmops.runtime.registry import registry_reader, resolve_version
 
     if target is not None:
         return resolve_version(target, reader=registry_reader(settings), settings=settings)
     if task is None:
-        raise RegistryError("load() needs a target (use case, models:/ URI, folder) or task= with constraints")
-    from slmops.recommend.ranking import best, registered_candidates
-    from slmops.recommend.usecases import Constraints
-    from slmops.register.resolve import MlflowRegistryReader
+        raise UsageError("load() needs a target (use case, models:/ URI, folder) or task= with constraints")
+    from slmops.runtime.ranking import Constraints, best, registered_candidates
+    from slmops.runtime.registry import MlflowRegistryReader
+    from slmops.tasks import get_task
 
+    objective = get_task(task).objective  # UnknownTaskError names the known tasks
     reader = MlflowRegistryReader(settings)  # ranking reads every version's metrics: mlflow's client it is
-    wanted = Constraints(task=task, device=device, **constraints)
-    objective = "decode_speed" if task == "causal-lm" else "throughput"
+    try:
+        wanted = Constraints(task=task, device=device, **constraints)  # type: ignore[arg-type]  # checked below
+    except ValidationError as exc:
+        raise UsageError(f"load() constraints: {describe_validation(exc)}") from None
     chosen = best(registered_candidates(reader.client, task), wanted, objective, what="the given constraints")
     return resolve_version(chosen.uri, reader=reader, settings=settings)
 
@@ -94,9 +99,8 @@ def _check_budget(folder: Path, max_memory_mb: float | None) -> None:
     if max_memory_mb is None:
         return
     from slmops.artifacts import read_manifest
-    from slmops.catalog.estimate import RUNTIME_OVERHEAD_BYTES  # the catalog's schema: 40 ms, only with a budget
-    from slmops.export.modelcard import read_model_card
-    from slmops.runtime.base import weights_bytes
+    from slmops.runtime.base import RUNTIME_OVERHEAD_BYTES, weights_bytes
+    from slmops.runtime.card import read_model_card
 
     manifest = read_manifest(folder)
     weights = weights_bytes(folder, read_model_card(folder))  # counts external data under either name

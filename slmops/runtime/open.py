@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 from slmops.artifacts import read_manifest
-from slmops.export.modelcard import read_model_card
-from slmops.runtime.decoder import TextModel
-from slmops.runtime.encoder import EmbeddingModel, RerankModel
-from slmops.runtime.fillmask import FillMaskModel
+from slmops.errors import ModelLoadError, UnknownTaskError
+from slmops.runtime.card import read_model_card
 from slmops.runtime.session import create_session
+from slmops.tasks import get_task
 
-MODEL_CLASSES = {
-    "causal-lm": TextModel,
-    "sentence-embedding": EmbeddingModel,
-    "cross-encoder": RerankModel,
-    "fill-mask": FillMaskModel,
-}
+if TYPE_CHECKING:
+    from slmops.runtime.decoder import TextModel
+    from slmops.runtime.encoder import EmbeddingModel, RerankModel
+    from slmops.runtime.fillmask import FillMaskModel
 
-Model = TextModel | EmbeddingModel | RerankModel | FillMaskModel
+    Model: TypeAlias = TextModel | EmbeddingModel | RerankModel | FillMaskModel
+else:  # the runtime classes are imported by the task table on first use, not here
+    from slmops.runtime.base import LoadedModel as Model
 
 
 def open_folder(
@@ -32,10 +32,13 @@ def open_folder(
     folder = Path(folder)
     read_manifest(folder, verify=verify)
     card = read_model_card(folder)
-    cls = MODEL_CLASSES.get(card.task)
-    if cls is None:
-        from slmops.errors import ModelLoadError
-
-        raise ModelLoadError(f"the runtime does not serve task {card.task!r} yet (served: {', '.join(MODEL_CLASSES)})")
+    try:
+        spec = get_task(card.task)
+    except UnknownTaskError as exc:
+        raise ModelLoadError(f"{folder}: {exc}") from None
+    if card.graph not in spec.graphs:
+        raise ModelLoadError(f"{folder} holds a {card.graph!r} graph, which the {card.task} runtime does not open "
+                             f"(it opens {', '.join(spec.graphs)}); re-export it")
+    cls = spec.runtime_class()
     session = create_session(folder / card.onnx_file, device=device, threads=threads, optimized_dir=optimized_dir)
     return cls(folder, card, session)

@@ -7,8 +7,8 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from slmops.catalog.estimate import RUNTIME_OVERHEAD_BYTES
-from slmops.errors import GenerationParamsError, MemoryBudgetError
+from slmops.errors import MemoryBudgetError, UsageError
+from slmops.runtime.base import RUNTIME_OVERHEAD_BYTES
 from slmops.runtime.loader import load
 from slmops.runtime.open import Model
 
@@ -24,7 +24,7 @@ class ModelPool:
 
     def __init__(self, *, max_memory_mb: float, **load_options: Any) -> None:
         if max_memory_mb <= 0:
-            raise GenerationParamsError(f"max_memory_mb={max_memory_mb} must be positive")
+            raise UsageError(f"max_memory_mb={max_memory_mb} must be positive; pass the pool's memory budget in MiB")
         self.max_bytes = int(max_memory_mb * 2**20)
         self._load_options = load_options
         self._models: OrderedDict[str, Model] = OrderedDict()

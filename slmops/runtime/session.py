@@ -25,6 +25,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from slmops.artifacts import file_identity
 from slmops.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -71,11 +72,6 @@ def _graph_files(path: Path) -> list[Path]:
     return sorted(p for p in path.parent.glob(f"{path.name}*") if p.is_file())  # the graph and its external data
 
 
-def _identity(p: Path) -> list[int]:
-    st = p.stat()
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-
-
 def _key(path: Path, device: str) -> str:
     import onnxruntime as ort
 
@@ -85,7 +81,7 @@ def _key(path: Path, device: str) -> str:
     except (OSError, StopIteration):
         pass
     parts = [str(path.resolve()), device, ort.__version__, platform.machine(), cpu,
-             *(json.dumps([p.name, *_identity(p)]) for p in _graph_files(path))]
+             *(json.dumps([p.name, *file_identity(p)]) for p in _graph_files(path))]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
@@ -96,7 +92,7 @@ def _open_optimized(path: Path, options, providers: tuple[str, ...], entry: Path
     stamp = entry / "stamp.json"
     try:
         recorded = json.loads(stamp.read_text())
-        if recorded == {p.name: _identity(p) for p in _graph_files(entry / "model.onnx")}:
+        if recorded == {p.name: file_identity(p) for p in _graph_files(entry / "model.onnx")}:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             return ort.InferenceSession(str(entry / "model.onnx"), sess_options=options, providers=list(providers))
     except (OSError, ValueError):
@@ -120,7 +116,7 @@ def _open_optimized(path: Path, options, providers: tuple[str, ...], entry: Path
             options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
         os.replace(tmp, entry)
-        (entry / "stamp.json").write_text(json.dumps({p.name: _identity(p) for p in _graph_files(entry / "model.onnx")}))
+        (entry / "stamp.json").write_text(json.dumps({p.name: file_identity(p) for p in _graph_files(entry / "model.onnx")}))
         return session
     except Exception as exc:
         logger.info("could not save the optimized graph of %s: %s", path, exc)

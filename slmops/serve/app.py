@@ -19,6 +19,8 @@ from slmops.errors import (
     NoEligibleModelError,
     RegistryError,
     SlmopsError,
+    TaskMismatchError,
+    UsageError,
 )
 from slmops.runtime.pool import ModelPool
 
@@ -27,6 +29,8 @@ STATUS: tuple[tuple[type[SlmopsError], int], ...] = (
     (NoEligibleModelError, 404),
     (RegistryError, 404),
     (GenerationParamsError, 400),
+    (TaskMismatchError, 400),
+    (UsageError, 400),
     (MemoryBudgetError, 507),
     (IntegrityError, 500),
     (ModelLoadError, 500),
@@ -73,7 +77,7 @@ def _error(status: int, kind: str, message: str) -> JSONResponse:
 
 def _require(model: Any, method: str, target: str) -> None:
     if not hasattr(model, method):
-        raise GenerationParamsError(f"model {target!r} is a {model.card.task} model and cannot {method}")
+        raise TaskMismatchError(f"model {target!r} is a {model.card.task} model and cannot {method}")
 
 
 def create_app(pool: ModelPool) -> FastAPI:

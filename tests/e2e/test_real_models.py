@@ -23,7 +23,7 @@ def real_project(tmp_path_factory: pytest.TempPathFactory):
     for variant in project.config.selection:
         for stage in pipeline.STAGES:
             getattr(pipeline, stage)(project, variant)
-    decisions = pipeline.recommend(project)
+    decisions = pipeline.recommend(project).model_dump()["usecases"]
     return project, decisions
 
 

@@ -53,7 +53,7 @@ def test_export_matches_torch_and_reranks(built) -> None:
 def test_spearman_gate_on_the_quantized_candidate(built, tmp_path: Path) -> None:
     _, root = built
     report = evaluate(task="cross-encoder", candidates={r: root / "cand" / r for r in ("fp32", "dyn-int8-pc")},
-                      reference="fp32", gates=load_gates(CONFIGS / "gates.yaml"), out=tmp_path / "gates.json")
+                      reference="fp32", gates=load_gates(CONFIGS / "gates.yaml"), out=tmp_path / "gates.json").model_dump(mode="json")
     assert report["candidates"]["fp32"]["metrics"]["spearman"] == pytest.approx(1.0)
     rho = report["candidates"]["dyn-int8-pc"]["metrics"]["spearman"]
     assert -1.0 <= rho <= 1.0

@@ -13,7 +13,7 @@ from slmops.errors import ExportError
 from slmops.export import export
 from slmops.export.config import Tolerance, ValidationConfig
 from slmops.export.exporters import EXPORTERS, export_optimum
-from slmops.export.modelcard import read_model_card
+from slmops.runtime.card import read_model_card
 from slmops.export.validate import validate_export
 
 

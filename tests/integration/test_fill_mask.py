@@ -109,13 +109,13 @@ def test_top1_top5_gate_on_the_quantized_candidate(built, tmp_path: Path) -> Non
     _, root = built
     gates = load_gates(CONFIGS / "gates.yaml")
     report = evaluate(task="fill-mask", candidates={r: root / "cand" / r for r in ("fp32", "dyn-int8-pc")},
-                      reference="fp32", gates=gates, out=tmp_path / "gates.json")
+                      reference="fp32", gates=gates, out=tmp_path / "gates.json").model_dump(mode="json")
     fp32 = report["candidates"]["fp32"]["metrics"]
     assert fp32["top1_agreement"] == 1.0 and fp32["top5_overlap"] == 1.0 and fp32["masks"] > 50
     int8 = report["candidates"]["dyn-int8-pc"]
     assert 0.0 <= int8["metrics"]["top1_agreement"] <= 1.0 and 0.0 <= int8["metrics"]["top5_overlap"] <= 1.0
-    expected = (int8["metrics"]["top1_agreement"] >= gates.fill_mask.min_top1_agreement
-                and int8["metrics"]["top5_overlap"] >= gates.fill_mask.min_top5_overlap)
+    expected = (int8["metrics"]["top1_agreement"] >= gates.gate("fill-mask").min_top1_agreement
+                and int8["metrics"]["top5_overlap"] >= gates.gate("fill-mask").min_top5_overlap)
     assert int8["passed"] == expected and (int8["reasons"] == []) == expected
 
 
@@ -123,16 +123,16 @@ def test_pyfunc_and_benchmark_serve_fill_mask(built) -> None:
     import json
     from types import SimpleNamespace
 
-    from slmops.benchmark.worker import bench_encoder
-    from slmops.register.names import ARTIFACT_KEY
-    from slmops.register.pyfunc import SlmopsModel, signature_for
+    from slmops.names import ARTIFACT_KEY
+    from slmops.register.pyfunc import SlmopsModel
+    from slmops.tasks import get_task
 
     _, root = built
     pyfunc = SlmopsModel()
     pyfunc.load_context(SimpleNamespace(artifacts={ARTIFACT_KEY: str(root / "cand" / "fp32")}))
     out = pyfunc.predict(None, {"text": [TEXTS[1]]}, params={"top_k": 2})
     assert json.loads(out[0]) == pyfunc.model.fill_mask(TEXTS[1], top_k=2)
-    assert [p.name for p in signature_for("fill-mask").params.params] == ["top_k"]
+    assert [p.name for p in get_task("fill-mask").impl().signature().params.params] == ["top_k"]
     spec = {"items": 8, "batch_sizes": [1, 4], "warmup": 0, "repeats": 1}
-    result = bench_encoder(open_folder(root / "cand" / "dyn-int8-pc"), spec)
+    result = get_task("fill-mask").impl().bench(open_folder(root / "cand" / "dyn-int8-pc"), spec)
     assert result["items_per_s"] > 0 and result["batch_size"] == 4

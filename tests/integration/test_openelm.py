@@ -105,7 +105,7 @@ def test_wo_int8_applies_and_the_gate_is_computed(built, tmp_path: Path) -> None
     ops = {n.op_type for n in onnx.load(str(cands["wo-int8"] / "model.onnx")).graph.node}
     assert "MatMulNBits" in ops
     report = evaluate(task="causal-lm", candidates=cands, reference="fp32", gates=load_gates(CONFIGS / "gates.yaml"),
-                      out=tmp_path / "gates.json")
+                      out=tmp_path / "gates.json").model_dump(mode="json")
     fp32, int8 = report["candidates"]["fp32"], report["candidates"]["wo-int8"]
     assert fp32["metrics"]["ppl_ratio"] == pytest.approx(1.0) and fp32["passed"]
     m = int8["metrics"]

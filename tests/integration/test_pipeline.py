@@ -36,7 +36,7 @@ def built(tiny_models, tmp_path_factory: pytest.TempPathFactory):
             apply_env(mp, env)
             project = Project.load()
             with prefect_test_harness(server_startup_timeout=120):
-                decisions = build()
+                decisions = build().model_dump()["usecases"]
         yield project, decisions, env
     finally:
         mp.undo()
@@ -85,14 +85,14 @@ def test_flow_builds_registers_and_recommends(built) -> None:
     assert decisions["chat-test"]["alias_uri"] == "models:/slmops-causal-lm@chat-test"
     assert decisions["embed-test"]["alias_uri"] == "models:/slmops-sentence-embedding@embed-test"
     assert decisions["tiny-memory"]["chosen"] is None and "peak RSS" in decisions["tiny-memory"]["why"]
-    assert json.loads(project.recommendations_file().read_text()).keys() == decisions.keys()
+    assert json.loads(project.recommendations_file().read_text())["usecases"].keys() == decisions.keys()
 
 
 def test_registry_contents_and_idempotent_register(built) -> None:
     import mlflow
 
     from slmops import pipeline
-    from slmops.register.store import connect
+    from slmops.runtime.registry import connect
 
     project, _, _ = built
     client = connect(project.settings)
@@ -280,3 +280,25 @@ def test_cli_generate_uses_the_alias(built) -> None:
     bad = subprocess.run([sys.executable, "-m", "slmops.cli", "generate", "chat-test", "--prompt", "x", "--top-p", "2"],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "top_p=2.0" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_readme_pyfunc_snippet_runs_as_written(built, tmp_path: Path) -> None:
+    """The README's pyfunc block, run in a fresh interpreter from a project folder with no MLflow variables set."""
+    import ast
+    import re
+
+    from slmops.runtime.registry import connect
+
+    project, _, env = built
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = re.search(r"<!-- readme-test: pyfunc -->\n```python\n(.*?)```", readme, re.S).group(1)
+    client = connect(project.settings)
+    version = client.get_model_version_by_alias("slmops-causal-lm", "chat-test").version
+    client.set_registered_model_alias("slmops-causal-lm", "chat-cpu", version)
+    (tmp_path / "mlruns").symlink_to(project.settings.mlruns_dir.resolve(), target_is_directory=True)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SLMOPS_"))}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=clean, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [ast.literal_eval(line) for line in out.stdout.strip().splitlines()]
+    assert len(lines) == 2 and all(len(batch) == 1 and isinstance(batch[0], str) and batch[0] for batch in lines)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlruns"]  # MLflow left no mlflow.db or mlruns of its own

@@ -18,7 +18,7 @@ CHATML = (
 
 
 def _corpus() -> list[str]:
-    from slmops.evaluate.metrics import eval_sentences, eval_text
+    from slmops.taskdefs.base import eval_sentences, eval_text
 
     data = eval_sentences()
     return eval_text().splitlines() + data["queries"] + data["documents"] + ["héllo wörld — ünïcode ✓ 日本語"]

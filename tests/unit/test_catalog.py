@@ -69,7 +69,7 @@ def _variant(data: dict, vid: str = "smollm2-135m") -> dict:
         (lambda d: _variant(d).update(params=-5), "params"),
         (lambda d: _variant(d).update(kv_heads=99), "kv_heads"),
         (lambda d: _variant(d).update(capabilities=["telepathy"]), "capabilities"),
-        (lambda d: _variant(d).update(family="nope"), "family 'nope'"),
+        (lambda d: _variant(d).update(family="nope"), "family: 'nope'"),
         (lambda d: _variant(d).update(unverified=["colour"]), "unverified"),
     ],
 )

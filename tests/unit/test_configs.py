@@ -23,8 +23,9 @@ def test_real_configs_load_and_cross_check() -> None:
     assert set(project.config.selection) == {"smollm2-135m-instruct", "all-minilm-l6-v2"}
     assert {"chat-cpu", "embeddings-cpu"} <= set(project.usecases)
     assert project.recipes["wo-int8"].bits == 8 and project.recipes["wo-int8"].method == "matmul_nbits"
-    assert project.gates.causal_lm.max_ppl_ratio == pytest.approx(1.03)
-    assert project.gates.fill_mask is not None and project.gates.fill_mask.min_top5_overlap == pytest.approx(0.80)
+    assert project.gates.gate("causal-lm").max_ppl_ratio == pytest.approx(1.03)
+    assert project.gates.gate("fill-mask").min_top5_overlap == pytest.approx(0.80)
+    assert project.remote_code == {}
     checks = project.config.export_validation
     assert checks.tolerance("causal-lm").rtol == pytest.approx(1e-3) and checks.tolerance("fill-mask").atol == pytest.approx(1e-4)
 
@@ -80,6 +81,53 @@ def test_bad_config_is_rejected_clearly(tmp_path: Path, file: str, mutate, needl
     with pytest.raises(Exception) as err:
         Project.load(Settings(config_dir=config_dir))
     assert isinstance(err.value, (ConfigError, LookupError))
+    for needle in needles:
+        assert needle in str(err.value), str(err.value)
+
+
+CONFIG_FILES = ("catalog.yaml", "recipes.yaml", "gates.yaml", "usecases.yaml", "pipeline.yaml", "devices.yaml",
+                "remote_code.yaml")
+
+
+@pytest.mark.parametrize("file", CONFIG_FILES)
+def test_yaml_syntax_error_names_file_and_line(tmp_path: Path, file: str) -> None:
+    config_dir = _copy(tmp_path)
+    path = config_dir / file
+    lines = path.read_text().splitlines()
+    lines.insert(3, "  broken: [unclosed")
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError) as err:
+        Project.load(Settings(config_dir=config_dir))
+    message = str(err.value)
+    assert str(path) in message and "not valid YAML at line" in message and "fix the syntax" in message, message
+
+
+@pytest.mark.parametrize(
+    ("file", "mutate", "needles"),
+    [
+        ("catalog.yaml", lambda d: d.update(extras={}), ["catalog.yaml", "top level"]),
+        ("catalog.yaml", lambda d: d["variants"]["smollm2-135m-instruct"].update(colour="red"),
+         ["variants.smollm2-135m-instruct.colour", "remove it or correct its spelling"]),
+        ("recipes.yaml", lambda d: d.update(extra_recipes={}), ["unknown top-level keys ['extra_recipes']"]),
+        ("recipes.yaml", lambda d: d.update(recipes=["fp32"]), ["top-level 'recipes:' mapping"]),
+        ("gates.yaml", lambda d: d.update(translation={"min_bleu": 0.5}), ["translation", "unknown task"]),
+        ("gates.yaml", lambda d: d["causal-lm"].update(max_ppl=1.1), ["causal-lm.max_ppl", "remove it"]),
+        ("gates.yaml", lambda d: d["causal-lm"].pop("max_ppl_ratio"), ["causal-lm.max_ppl_ratio", "add it"]),
+        ("usecases.yaml", lambda d: d["usecases"].update({"chat-cpu": "fast"}), ["usecases.chat-cpu", "mapping"]),
+        ("usecases.yaml", lambda d: d["usecases"]["chat-cpu"].update(task="translation"), ["usecases.chat-cpu.task"]),
+        ("pipeline.yaml", lambda d: d.update(devices=["cpu"]), ["devices", "remove it or correct its spelling"]),
+        ("pipeline.yaml", lambda d: d["export_validation"]["tasks"].update({"ocr": {"atol": 1}}), ["ocr", "unknown tasks"]),
+        ("devices.yaml", lambda d: d.update(profiles=None), ["'profiles:' mapping"]),
+        ("remote_code.yaml", lambda d: d.update(allow=["some/repo"]), ["allow", "dictionary"]),
+        ("remote_code.yaml", lambda d: d.update(allow={"some/repo": "main"}), ["allow.some/repo", "main"]),
+        ("remote_code.yaml", lambda d: d.update(trust=True), ["trust", "remove it"]),
+    ],
+)
+def test_wrong_shape_or_unknown_key_names_the_key_path(tmp_path: Path, file: str, mutate, needles: list[str]) -> None:
+    config_dir = _copy(tmp_path)
+    _edit(config_dir / file, mutate)
+    with pytest.raises(ConfigError) as err:
+        Project.load(Settings(config_dir=config_dir))
     for needle in needles:
         assert needle in str(err.value), str(err.value)
 

@@ -4,7 +4,7 @@ import pytest
 
 from slmops.errors import NoEligibleModelError
 from slmops.recommend.pareto import pareto_front
-from slmops.recommend.ranking import Candidate, best, rank
+from slmops.runtime.ranking import Candidate, best, rank
 from slmops.recommend.usecases import Constraints
 
 

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from slmops.errors import RegistryError
-from slmops.register.names import TAG_DIGEST
-from slmops.register.resolve import (
+from slmops.names import TAG_DIGEST
+from slmops.runtime.registry import (
     MlflowRegistryReader,
     SqliteRegistryReader,
     registry_reader,
@@ -80,7 +80,7 @@ def test_answers_are_the_expected_ones(store) -> None:
 def test_light_reader_is_chosen_for_sqlite_and_does_not_import_mlflow(store) -> None:
     code = (
         "import sys\nfrom slmops.settings import get_settings\n"
-        "from slmops.register.resolve import registry_reader, resolve_version\n"
+        "from slmops.runtime.registry import registry_reader, resolve_version\n"
         "s = get_settings(); r = registry_reader(s)\n"
         "print(resolve_version('chat-cpu', reader=r, settings=s).version, type(r.reader).__name__, 'mlflow' in sys.modules)"
     )

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from slmops.errors import RegistryError
-from slmops.register.names import TAG_DIGEST
+from slmops.names import TAG_DIGEST
 from slmops.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -186,12 +186,23 @@ class RestRegistryReader:
 
 
 # ----------------------------------------------------------------------------------------- mlflow
+def connect(settings: Settings) -> Any:
+    """Point mlflow at the configured store (creating the local one under mlruns/ if needed); return a client."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = settings.resolved_tracking_uri()
+    if not settings.tracking_uri:
+        settings.mlruns_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 class MlflowRegistryReader:
     """mlflow's own client: the fallback for every other store, and the reference in the tests."""
 
     def __init__(self, settings: Settings) -> None:
-        from slmops.register.store import connect
-
         self.client = connect(settings)
 
     def alias(self, alias: str, *, name: str | None = None) -> VersionRef | None:

@@ -1,13 +1,48 @@
-"""Choosing among registered model versions under constraints, with the reason for every verdict."""
+"""Choosing among registered model versions under constraints, with the reason for every verdict.
+
+The runtime uses it for ``slmops.load(task=..., max_memory_mb=...)``; the recommend stage for the aliases.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from slmops import names
 from slmops.errors import NoEligibleModelError
-from slmops.recommend.usecases import OBJECTIVES, Constraints
-from slmops.register import names
+from slmops.tasks import TaskName, get_task
+
+# objective -> (metric name in MLflow, higher is better)
+OBJECTIVES: dict[str, tuple[str, bool]] = {
+    "decode_speed": ("bench.decode_tok_s", True),
+    "ttft": ("bench.ttft_ms", False),
+    "throughput": ("bench.items_per_s", True),
+    "memory": ("bench.peak_rss_mb", False),
+    "size": ("bench.size_mb", False),
+}
+Objective = Literal["decode_speed", "ttft", "throughput", "memory", "size"]
+
+
+class Constraints(BaseModel):
+    """What a model must satisfy to be chosen (every field optional but task)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: TaskName
+    device: Literal["cpu", "cuda"] = "cpu"
+    capabilities: list[str] = Field(default_factory=list, description="Catalog capabilities the variant must have.")
+    max_memory_mb: float | None = Field(default=None, gt=0, description="Upper bound on measured peak RSS.")
+    max_latency_ms: float | None = Field(
+        default=None, gt=0,
+        description="Upper bound on the task's latency metric (TTFT for decoders, batch-1 p95 for encoders).",
+    )
+    min_quality: float | None = Field(
+        default=None,
+        description="Lower bound on the task's quality metric; for a ratio to the reference (lower is better, "
+        "causal-lm's ppl_ratio) the ratio may be at most 2 - min_quality.",
+    )
 
 
 @dataclass
@@ -33,14 +68,14 @@ def registered_candidates(client: Any, task: str) -> list[Candidate]:
     """Every version of the task's registered model, with metrics read from its latest run."""
     from mlflow.exceptions import MlflowException
 
-    model_name = names.registered_model_name(task)
+    model_name = get_task(task).model_name
     try:
         versions = client.search_model_versions(f"name='{model_name}'")
     except MlflowException:
         return []
     out = []
     for v in versions:
-        run_id = v.tags.get("slmops.latest_run") or v.run_id
+        run_id = v.tags.get(names.TAG_LATEST_RUN) or v.run_id
         metrics = client.get_run(run_id).data.metrics if run_id else {}
         out.append(Candidate(model_name, str(v.version), dict(v.tags), dict(metrics)))
     return out
@@ -60,20 +95,17 @@ def _check(c: Candidate, k: Constraints) -> list[str]:
         rss = m.get("bench.peak_rss_mb")
         if rss is None or rss > k.max_memory_mb:
             reasons.append(f"peak RSS {rss:.0f} MB > {k.max_memory_mb:.0f} MB" if rss else "no memory measurement")
+    spec = get_task(k.task)
     if k.max_latency_ms is not None:
-        key = "bench.ttft_ms" if k.task == "causal-lm" else "bench.latency_p95_ms"
+        key = spec.latency_metric
         lat = m.get(key)
         if lat is None or lat > k.max_latency_ms:
             reasons.append(f"{key} {lat:.0f} ms > {k.max_latency_ms:.0f} ms" if lat else f"no {key} measurement")
     if k.min_quality is not None:
-        if k.task == "causal-lm":
-            ratio = m.get("quality.ppl_ratio", float("inf"))
-            if ratio > 2 - k.min_quality:
-                reasons.append(f"ppl_ratio {ratio:.3f} > {2 - k.min_quality:.3f}")
-        else:
-            quality = m.get("quality.cosine_mean", m.get("quality.spearman", m.get("quality.top1_agreement", float("-inf"))))
-            if quality < k.min_quality:
-                reasons.append(f"quality {quality:.3f} < {k.min_quality}")
+        quality = m.get(spec.quality_metric)
+        if not spec.quality_ok(quality, k.min_quality):
+            shown = "not measured" if quality is None else f"{quality:.3f}"
+            reasons.append(f"{spec.quality_metric} {shown}, needs {spec.quality_bound(k.min_quality)}")
     return reasons
 
 

@@ -1,4 +1,4 @@
-"""Stable names for everything slmops writes to MLflow, documented in one place.
+"""Stable names for everything slmops writes to MLflow (experiment, models, metrics, tags, artifacts), in one place.
 
 The MLflow UI's compare view lines runs up by these names, so they never change
 meaning. Metrics absent for a task are simply not logged.
@@ -54,6 +54,16 @@ TAG_TASK = "slmops.task"
 TAG_GATE = "slmops.gate"
 TAG_DIGEST = "slmops.candidate_digest"
 TAG_CAPABILITIES = "slmops.capabilities"
+TAG_LATEST_RUN = "slmops.latest_run"  # version tag: the run whose metrics describe the version now
+TAG_VERSION = "slmops.version"  # run tag: the model version the run registered or reused
+TAG_KIND = "slmops.kind"  # run tag: what kind of run (candidates carry none; "recommend" passes do)
+
+RUN_KIND_RECOMMEND = "recommend"
+RECOMMEND_ARTIFACT = "recommendations.json"
+GATE_ARTIFACT = "gate.json"
+BENCH_ARTIFACT = "benchmark.json"
+MANIFEST_ARTIFACT = "manifest.json"
+MODEL_ARTIFACT_PATH = "model"  # the pyfunc model's name inside its run
 
 
 def registered_model_name(task: str) -> str:

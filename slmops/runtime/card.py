@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from slmops.errors import ModelLoadError
+from slmops.tasks import GraphKind, TaskName
 
 MODEL_CARD_NAME = "slmops-model.json"
 
@@ -28,8 +29,8 @@ class ModelCard(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     variant: str
-    task: Literal["causal-lm", "sentence-embedding", "cross-encoder", "fill-mask"]
-    graph: Literal["optimum-decoder", "genai-decoder", "optimum-encoder"]
+    task: TaskName
+    graph: GraphKind
     onnx_file: str = "model.onnx"
     precision: str = "fp32"
     recipe: str = "fp32"
