@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from slmops.artifacts import MANIFEST_NAME
+from slmops.errors import MissingResultError
 from slmops.project import Project
 from slmops.results import (
     BenchReport,
@@ -46,6 +49,7 @@ def export(project: Project, variant_id: str) -> dict[str, Any]:
     from slmops.export import export as run_export
 
     variant, sel = project.selected(variant_id)
+    _require(project.fetch_dir(variant_id), f"slmops fetch {variant_id}")
     manifest = run_export(variant, src=project.fetch_dir(variant_id), out=project.export_dir(variant_id),
                           exporter=sel.exporter, validation=project.config.export_validation)
     checked = {name: row["max_abs_diff"] for name, row in manifest.info["validation"].items()}
@@ -56,6 +60,7 @@ def quantize(project: Project, variant_id: str) -> dict[str, Any]:
     from slmops.quantize import quantize as run_quantize
 
     variant, sel = project.selected(variant_id)
+    _require(project.export_dir(variant_id), f"slmops export {variant_id}")
     done = {}
     for name in sel.recipes:
         manifest = run_quantize(
@@ -71,6 +76,8 @@ def evaluate(project: Project, variant_id: str) -> GateReport:
     from slmops.evaluate import evaluate as run_evaluate
 
     variant, sel = project.selected(variant_id)
+    for recipe in sel.recipes:
+        _require(project.candidate_dir(variant_id, recipe), f"slmops quantize {variant_id}")
     return run_evaluate(
         task=variant.task,
         candidates={r: project.candidate_dir(variant_id, r) for r in sel.recipes},
@@ -88,6 +95,8 @@ def benchmark(
     from slmops.benchmark import run_benchmark
 
     _, sel = project.selected(variant_id)
+    for recipe in sel.recipes:
+        _require(project.candidate_dir(variant_id, recipe), f"slmops quantize {variant_id}")
     results = {}
     for name in sel.recipes:
         results[name] = run_benchmark(
@@ -128,6 +137,12 @@ def recommend(project: Project) -> Recommendations:
     decisions = run_recommend(project.usecases, settings=project.settings, plots_dir=project.plots_dir())
     write_result(project.recommendations_file(), decisions)
     return decisions
+
+
+def _require(folder: Path, command: str) -> None:
+    """Raise MissingResultError naming ``command`` when ``folder`` holds no finished stage output."""
+    if not (folder / MANIFEST_NAME).is_file():
+        raise MissingResultError(f"{folder} has no finished output of the stage before; run `{command}` first")
 
 
 STAGES = ("fetch", "export", "quantize", "evaluate", "benchmark", "register")

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from typer.testing import CliRunner
 
 from slmops.cli import app
@@ -57,3 +59,19 @@ def test_search_and_typo() -> None:
     assert result.exit_code == 0 and json.loads(result.output)[0]["id"].startswith("smollm2-")
     result = runner.invoke(app, ["catalog", "search", "qqqqqq"])
     assert result.exit_code == 1 and "no variant matches" in result.output
+
+
+@pytest.mark.parametrize(
+    ("command", "needle"),
+    [
+        (["export", "all-minilm-l6-v2"], "run `slmops fetch all-minilm-l6-v2` first"),
+        (["quantize", "all-minilm-l6-v2"], "run `slmops export all-minilm-l6-v2` first"),
+        (["evaluate", "all-minilm-l6-v2"], "run `slmops quantize all-minilm-l6-v2` first"),
+        (["bench", "all-minilm-l6-v2"], "run `slmops quantize all-minilm-l6-v2` first"),
+        (["register", "all-minilm-l6-v2"], "run `slmops evaluate all-minilm-l6-v2` first"),
+    ],
+)
+def test_stage_before_its_input_names_the_command_that_makes_it(command: list[str], needle: str) -> None:
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 1
+    assert needle in result.output and "Traceback" not in result.output
