@@ -38,7 +38,7 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}; fix the syntax there") from None
 
 
-def _fix(err: dict[str, Any], model: type[BaseModel]) -> str:
+def _fix(err: Any, model: type[BaseModel]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         return "remove it or correct its spelling"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,10 +108,14 @@ class DecoderWithPast(nn.Module):
     The cache holds keys after q/k-norm and RoPE, [batch, kv_heads_of_layer, seq, head_dim].
     """
 
+    model: Any  # openelm-pytorch's modules (torch types their attributes as Tensor | Module)
+    sin: Tensor
+    cos: Tensor
+
     def __init__(self, model: nn.Module, rope_max_length: int) -> None:
         super().__init__()
         self.model = model
-        rope = model.layers[0].attn.pos_embedding
+        rope = self.model.layers[0].attn.pos_embedding
         sin, cos = rope._create_sin_cos_theta(rope_max_length, rope.dim, base=rope.base, scale=rope.scale,
                                               dtype=torch.float32)
         self.register_buffer("sin", sin, persistent=False)
@@ -133,7 +138,7 @@ class DecoderWithPast(nn.Module):
         return (F.linear(x, self.model.token_embeddings.weight), *presents)
 
     @staticmethod
-    def _attention(attn: nn.Module, x: Tensor, mask: Tensor, sin: Tensor, cos: Tensor, past_k: Tensor,
+    def _attention(attn: Any, x: Tensor, mask: Tensor, sin: Tensor, cos: Tensor, past_k: Tensor,
                    past_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, s = x.shape[0], x.shape[1]
         qkv = attn.qkv_proj(x).view(b, s, -1, attn.head_dim).permute(0, 2, 1, 3)
@@ -202,7 +207,7 @@ def torch_step(model: nn.Module, ids: list[int], cache: list | None) -> tuple[np
     return out["logits"][0].numpy(), out["kv_cache"]
 
 
-def validate_graph(model: nn.Module, path: Path, ids: tuple[int, ...] = (1, 5, 9, 2, 7, 3, 11)) -> float:
+def validate_graph(model: Any, path: Path, ids: tuple[int, ...] = (1, 5, 9, 2, 7, 3, 11)) -> float:
     """Max abs logit diff between the graph (prefill, then one cached decode step) and the package's forward."""
     import onnxruntime as ort
 

@@ -100,7 +100,7 @@ class HubSession:
         self.api = HfApi(endpoint=self.endpoint, token=settings.hf_token)
         # huggingface_hub reads its download timeout from this module constant on every request;
         # there is no per-call argument for it.
-        constants.HF_HUB_DOWNLOAD_TIMEOUT = settings.hub_timeout_s
+        constants.HF_HUB_DOWNLOAD_TIMEOUT = settings.hub_timeout_s  # type: ignore[assignment]  # declared int, read as a timeout (float is fine)
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
         """Run ``fn``, retrying transient errors with exponential backoff; translate the rest."""
@@ -215,6 +215,8 @@ def fetch_hub(variant: Variant, config: FetchConfig, out: Path, settings: Settin
         return _fetch_offline(variant, revision, patterns, cache_dir, out)
     hub = HubSession(variant, settings, stats)
     sha = hub.call(f"revision {revision!r}", lambda: hub.api.model_info(variant.repo_id, revision=revision).sha)
+    if sha is None:
+        raise FetchError(f"the Hub returned no commit sha for {variant.repo_id}@{revision}; retry, or pin a full sha")
     if variant.remote_code:
         _check_remote_code(variant, sha, config)
     tree = hub.call("the file list", lambda: list(hub.api.list_repo_tree(variant.repo_id, revision=sha, recursive=True)))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,22 +82,21 @@ class GGUFBlocks:
 
     def trace(self, weight: np.ndarray) -> tuple[str, list[RowRef]] | None:
         """The GGUF rows behind each output column of a MatMul weight ``[K, N]``, if all come from one kind."""
-        refs = [self.rows.get(_digest(weight[:, j])) for j in range(weight.shape[1])]
-        if any(r is None for r in refs):
+        found = [self.rows.get(_digest(weight[:, j])) for j in range(weight.shape[1])]
+        refs = [r for r in found if r is not None]
+        if len(refs) < len(found):
             return None
-        kinds = {self.kinds[r.tensor] for r in refs}  # type: ignore[union-attr]
-        return (kinds.pop(), refs) if len(kinds) == 1 else None  # type: ignore[return-value]
+        kinds = {self.kinds[r.tensor] for r in refs}
+        return (kinds.pop(), refs) if len(kinds) == 1 else None
 
     def gather(self, refs: list[RowRef]) -> np.ndarray:
         """Raw blocks ``[N, blocks, bytes]`` of the given rows, in order."""
-        out = None
+        first = self.raw[refs[0].tensor]
+        out = np.empty((len(refs), *first.shape[1:]), dtype=np.uint8)
         for name in {r.tensor for r in refs}:
             idx = [(j, r.row) for j, r in enumerate(refs) if r.tensor == name]
-            block = self.raw[name][[i for _, i in idx]]
-            if out is None:
-                out = np.empty((len(refs),) + block.shape[1:], dtype=np.uint8)
-            out[[j for j, _ in idx]] = block
-        return out  # type: ignore[return-value]
+            out[[j for j, _ in idx]] = self.raw[name][[i for _, i in idx]]
+        return out
 
 
 def _digest(row: np.ndarray) -> bytes:
@@ -225,7 +225,8 @@ def convert(src: Path, dst: Path, gguf_path: Path, *, accuracy_level: int = 4, r
             consumers[name] = consumers.get(name, 0) + 1
     counts = {"Q4_1": 0, "Q8_0": 0, "kept": 0, "embedding": 0}
     block_sums: dict[str, str] = {}  # MatMul input -> its per-block sums (shared by consumers of one input)
-    new_nodes, new_inits = [], []
+    new_nodes: list[Any] = []
+    new_inits: list[Any] = []
     heads = set(output_projections(model))
     replaced, removed = _embedding_gathers(graph, blocks, inits, consumers, new_inits) if embedding else ({}, set())
     counts["embedding"] = len(replaced)
@@ -236,7 +237,7 @@ def convert(src: Path, dst: Path, gguf_path: Path, *, accuracy_level: int = 4, r
             new_nodes.append(replaced[node.name])
             continue
         weight_name = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if weight_name not in inits:
+        if weight_name is None or weight_name not in inits:
             new_nodes.append(node)
             continue
         weight = numpy_helper.to_array(inits[weight_name])

@@ -13,14 +13,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import mlflow.pyfunc
+from mlflow.pyfunc import PythonModel
 
 from slmops.errors import PyfuncInputError
 from slmops.names import ARTIFACT_KEY
 from slmops.tasks import get_task
 
 
-class SlmopsModel(mlflow.pyfunc.PythonModel):
+class SlmopsModel(PythonModel):
     """Wraps the slmops runtime model opened from the logged artifact folder."""
 
     def load_context(self, context: Any) -> None:

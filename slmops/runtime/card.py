@@ -66,7 +66,7 @@ def read_pooling(folder: Path) -> Pooling | None:
     modules = json.loads(modules_path.read_text())
     types = [m.get("type", "") for m in modules]
     pooling_path = Path(folder) / "1_Pooling" / "config.json"
-    mode = "mean"
+    mode: Literal["mean", "cls", "max"] = "mean"
     if pooling_path.is_file():
         cfg = json.loads(pooling_path.read_text())
         if cfg.get("pooling_mode_cls_token"):

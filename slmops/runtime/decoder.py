@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -127,8 +128,9 @@ class SharedKVDecoderGraph(OnnxDecoderGraph):
         # logits straight into a numpy buffer (get_outputs() would wrap every present value too); one
         # buffer is reused for the single-token steps, and the caller gets a copy it may keep
         shape = (batch, seq, self.vocab)
-        reuse = seq == 1 and cache.step_logits is not None and cache.step_logits.shape == shape
-        logits = cache.step_logits if reuse else np.empty(shape, dtype=np.float32)
+        logits = cache.step_logits
+        if seq != 1 or logits is None or logits.shape != shape:
+            logits = np.empty(shape, dtype=np.float32)
         io.bind_output("logits", "cpu", 0, np.float32, list(shape), logits.ctypes.data)
         self.session.run_with_iobinding(io)
         cache.length = total
@@ -207,16 +209,16 @@ class TextModel(LoadedModel):
             logits, cache = self.graph.forward(np.asarray([[token]], dtype=np.int64), cache)
 
     def stream(
-        self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, **options: object
+        self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, **options: Any
     ) -> Iterator[str]:
         """Yield text deltas. Joined, they equal :meth:`generate`'s result for the same options and seed."""
         self._require_loaded()
-        params = options.pop("params", None) or GenerationParams.build(**options)  # type: ignore[arg-type]
+        params = _params(options)
         ids = self._fit_context(self.prompt_ids(prompt, messages), params)  # errors now, not mid-stream
-        return _text_deltas(self.tokenizer, self.token_stream(ids, params), params.stop)  # type: ignore[arg-type]
+        return _text_deltas(self.tokenizer, self.token_stream(ids, params), params.stop)
 
     def generate(
-        self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, **options: object
+        self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, **options: Any
     ) -> str:
         """Generate a completion for ``prompt`` or a reply to chat ``messages``.
 
@@ -225,11 +227,11 @@ class TextModel(LoadedModel):
         """
         return "".join(self.stream(prompt, messages=messages, **options))
 
-    def chat(self, messages: list[dict[str, str]], **options: object) -> str:
+    def chat(self, messages: list[dict[str, str]], **options: Any) -> str:
         """The assistant's reply to ``messages``."""
         return self.generate(messages=messages, **options)
 
-    def generate_batch(self, prompts: list[str], *, batch_size: int = 16, **options: object) -> list[str]:
+    def generate_batch(self, prompts: list[str], *, batch_size: int = 16, **options: Any) -> list[str]:
         """Completions for several prompts with the same options, ``batch_size`` prompts per graph call.
 
         Each completion is the one :meth:`generate` gives for that prompt alone (greedy: the same
@@ -243,13 +245,23 @@ class TextModel(LoadedModel):
             raise GenerationParamsError(f"prompts={prompts!r} must be a non-empty list of strings")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise GenerationParamsError(f"batch_size={batch_size!r} must be a positive integer")
-        params = options.pop("params", None) or GenerationParams.build(**options)  # type: ignore[arg-type]
+        params = _params(options)
         rows = [self._fit_context(self.prompt_ids(p), params) for p in prompts]  # all errors before any work
         texts: list[str] = []
         for start in range(0, len(rows), batch_size):
-            for tokens in generate_token_batch(self, rows[start : start + batch_size], params):  # type: ignore[arg-type]
+            for tokens in generate_token_batch(self, rows[start : start + batch_size], params):
                 texts.append("".join(_text_deltas(self.tokenizer, iter(tokens), params.stop)))
         return texts
+
+
+def _params(options: dict[str, Any]) -> GenerationParams:
+    """``params=`` when given (a GenerationParams), else the keyword options validated into one."""
+    given = options.pop("params", None)
+    if given is None:
+        return GenerationParams.build(**options)
+    if not isinstance(given, GenerationParams) or options:
+        raise GenerationParamsError("pass either params=GenerationParams(...) or keyword options, not both")
+    return given
 
 
 def _text_deltas(tokenizer: Tokenizer, tokens: Iterator[int], stops: tuple[str, ...]) -> Iterator[str]:

@@ -29,7 +29,7 @@ class Tokenizer:
         self.special_ids = {
             t.id if hasattr(t, "id") else i for i, t in self._tok.get_added_tokens_decoder().items() if t.special
         }
-        self._compiled = None
+        self._compiled: Any = None  # jinja2 Template, compiled on first use
 
     def _token(self, key: str) -> str | None:
         value = self.config.get(key)

@@ -185,7 +185,9 @@ def bench(model: TextModel, spec: dict[str, Any]) -> dict[str, Any]:
                                     f"{model.card.context_length}")
             continue
         prompt = (text_ids * (length // max(len(text_ids), 1) + 1))[:length]
-        ttft, rates, step_ms = [], [], []
+        ttft: list[float] = []
+        rates: list[float] = []
+        step_ms: list[float] = []
         for run in range(spec["warmup"] + spec["repeats"]):
             start = time.perf_counter()
             stamps = [time.perf_counter() for _ in model.token_stream(prompt, params)]
