@@ -8,27 +8,14 @@ import numpy as np
 import pytest
 
 from slmops.evaluate import evaluate, load_gates
-from slmops.export import export
-from slmops.quantize import load_recipes, quantize
 from slmops.runtime.open import open_folder
-from tests.support.tiny import as_fetched
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+from tests.support.tiny import CONFIGS, build_candidates, build_tiny_cross_encoder
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory):
-    from tests.support.tiny import build_tiny_cross_encoder
-
     root = tmp_path_factory.mktemp("cross")
-    src = root / "fetch"
-    facts = build_tiny_cross_encoder(src)
-    variant = as_fetched(src, "tiny-ce", facts)
-    export(variant, src=src, out=root / "export")
-    recipes = load_recipes(CONFIGS / "recipes.yaml")
-    for name in ("fp32", "dyn-int8-pc"):
-        quantize(variant, recipes[name], src=root / "export", out=root / "cand" / name)
-    return variant, root
+    return build_candidates(root, "tiny-ce", build_tiny_cross_encoder), root
 
 
 def test_export_matches_torch_and_reranks(built) -> None:

@@ -11,12 +11,9 @@ import pytest
 from slmops.artifacts import read_manifest
 from slmops.errors import GenerationParamsError
 from slmops.evaluate import evaluate, load_gates
-from slmops.export import export
-from slmops.quantize import load_recipes, quantize
 from slmops.runtime.open import open_folder
-from tests.support.tiny import as_fetched
+from tests.support.tiny import CONFIGS, build_candidates, build_tiny_masked_lm
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TEXTS = [
     "Water boils at one hundred [MASK] at sea level.",
     "Paris is the [MASK] of France.",
@@ -26,17 +23,8 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory):
-    from tests.support.tiny import build_tiny_masked_lm
-
     root = tmp_path_factory.mktemp("fillmask")
-    src = root / "fetch"
-    facts = build_tiny_masked_lm(src)
-    variant = as_fetched(src, "tiny-mlm", facts)
-    export(variant, src=src, out=root / "export")
-    recipes = load_recipes(CONFIGS / "recipes.yaml")
-    for name in ("fp32", "dyn-int8-pc"):
-        quantize(variant, recipes[name], src=root / "export", out=root / "cand" / name)
-    return variant, root
+    return build_candidates(root, "tiny-mlm", build_tiny_masked_lm), root
 
 
 def _torch_mask_logits(root: Path, text: str) -> tuple[np.ndarray, np.ndarray]:
