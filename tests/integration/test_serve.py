@@ -168,7 +168,7 @@ def test_errors_are_json_bodies_with_fitting_statuses(served, path: str, body: d
     assert expected[2] in message
 
 
-def test_a_model_over_the_memory_budget_is_507(tiny_registry) -> None:
+def test_a_model_over_the_memory_budget_is_507() -> None:
     pool = ModelPool(max_memory_mb=OVERHEAD_MB + 0.001)
     with TestClient(create_app(pool)) as client:
         status, kind, message = _error(client.post("/v1/embed", json={"model": "embed-test", "texts": ["x"]}))
