@@ -19,8 +19,8 @@ ALIASES = {
 def tiny_registry(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], dict[str, Path]]:
     """Export, gate and register (slmops's own stages) a tiny model of every task in a SQLite store, and set the
     aliases of ALIASES. Returns the environment pointing at the store and each alias's candidate folder."""
-    from slmops.register.names import registered_model_name
-    from slmops.register.store import connect
+    from slmops.names import registered_model_name
+    from slmops.runtime.registry import connect
     from slmops.settings import get_settings
     from tests.conftest import apply_env, isolated_env
     from tests.support.mlflowserver import forget_mlflow_uris

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from slmops.evaluate import evaluate, load_gates
-from slmops.taskdefs.cross_encoder import outputs as rerank_outputs
 from slmops.runtime.open import open_folder
+from slmops.taskdefs.cross_encoder import outputs as rerank_outputs
 from tests.support.tiny import CONFIGS, build_candidates, build_tiny_cross_encoder
 
 

@@ -11,8 +11,8 @@ import pytest
 from slmops.artifacts import read_manifest
 from slmops.errors import GenerationParamsError
 from slmops.evaluate import evaluate, load_gates
-from slmops.taskdefs.fill_mask import masked_sentences
 from slmops.runtime.open import open_folder
+from slmops.taskdefs.fill_mask import masked_sentences
 from tests.support.tiny import CONFIGS, build_candidates, build_tiny_masked_lm
 
 TEXTS = [

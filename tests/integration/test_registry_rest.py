@@ -15,8 +15,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from slmops.errors import RegistryError
-from slmops.register.names import TAG_DIGEST
-from slmops.register.resolve import (
+from slmops.names import TAG_DIGEST
+from slmops.runtime.registry import (
     MlflowRegistryReader,
     ReaderUnavailable,
     RestRegistryReader,
@@ -123,7 +123,7 @@ def test_a_missing_alias_needs_no_fallback(server, at) -> None:
 def test_rest_reader_does_not_import_mlflow(server) -> None:
     code = (
         "import sys\nfrom slmops.settings import get_settings\n"
-        "from slmops.register.resolve import registry_reader, resolve_version\n"
+        "from slmops.runtime.registry import registry_reader, resolve_version\n"
         "s = get_settings(); r = registry_reader(s)\n"
         "ref = resolve_version('chat-cpu', reader=r, settings=s)\n"
         "print(ref.version, type(r.reader).__name__, 'mlflow' in sys.modules)"
@@ -170,7 +170,7 @@ def test_a_server_error_falls_back_to_mlflows_client(server, at, caplog, status:
             RestRegistryReader(proxy.url, settings=settings).alias("chat-cpu")
         proxy.fail_next = 1
         reader = registry_reader(settings)
-        with caplog.at_level(logging.WARNING, logger="slmops.register.resolve"):
+        with caplog.at_level(logging.WARNING, logger="slmops.runtime.registry"):
             ref = resolve_version("chat-cpu", reader=reader, settings=settings)
         expected = resolve_version("chat-cpu", reader=MlflowRegistryReader(settings), settings=settings)
     assert ref == expected and (ref.version, ref.digest) == ("3", "d2")
@@ -187,7 +187,7 @@ def test_a_server_error_falls_back_to_mlflows_client(server, at, caplog, status:
 def embed_rest(server, tmp_path_factory: pytest.TempPathFactory):
     """A tiny sentence embedder registered on the server by slmops's register stage, with the alias embed-rest;
     yields its candidate folder."""
-    from slmops.register.store import connect
+    from slmops.runtime.registry import connect
     from tests.support.registry import register_candidates
     from tests.support.tiny import build_candidates, build_tiny_bert
 

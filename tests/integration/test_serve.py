@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from slmops.catalog.estimate import RUNTIME_OVERHEAD_BYTES
 from slmops.runtime import ModelPool
+from slmops.runtime.base import RUNTIME_OVERHEAD_BYTES
 from slmops.serve import create_app
 from tests.conftest import apply_env
 
@@ -145,11 +145,11 @@ ERRORS = {  # case -> (path, body, (status, error type, part of the message))
     "batch-streamed": ("/v1/generate", {"model": "chat-test", "prompts": ["x"], "stream": True},
                        (400, "GenerationParamsError", "prompts= is a batch: pass it without prompt=, messages=")),
     "embed-a-decoder": ("/v1/embed", {"model": "chat-test", "texts": ["x"]},
-                        (400, "GenerationParamsError", "model 'chat-test' is a causal-lm model and cannot embed")),
+                        (400, "TaskMismatchError", "model 'chat-test' is a causal-lm model and cannot embed")),
     "generate-fill-mask": ("/v1/generate", {"model": "fill-test", "prompt": "x"},
-                           (400, "GenerationParamsError", "model 'fill-test' is a fill-mask model and cannot stream")),
+                           (400, "TaskMismatchError", "model 'fill-test' is a fill-mask model and cannot stream")),
     "rerank-an-embedder": ("/v1/rerank", {"model": "embed-test", "query": "q", "documents": ["d"]},
-                           (400, "GenerationParamsError", "is a sentence-embedding model and cannot rerank")),
+                           (400, "TaskMismatchError", "is a sentence-embedding model and cannot rerank")),
     "no-texts": ("/v1/embed", {"model": "embed-test", "texts": []},
                  (400, "GenerationParamsError", "texts must be a non-empty list of strings, got []")),
     "typo": ("/v1/generate", {"model": "chat-test", "prompt": "x", "temprature": 1},

@@ -12,7 +12,7 @@ from typing import Any
 
 from tests.support.tiny import CONFIGS
 
-BENCH: dict[str, dict[str, Any]] = {
+BENCH: dict[str, dict[str, Any]] = {  # BenchReport's headline fields
     "causal-lm": {"decode_tok_s": 100.0, "ttft_ms": 20.0, "peak_rss_mb": 200.0, "size_mb": 1.0},
     "sentence-embedding": {"items_per_s": 500.0, "peak_rss_mb": 150.0, "size_mb": 1.0,
                            "latency_ms_batch1": {"p50": 2.0, "p95": 3.0}},
@@ -30,6 +30,7 @@ def register_candidates(variant: Any, root: Path, *, recipes: tuple[str, ...] = 
     from slmops.evaluate import evaluate, load_gates
     from slmops.quantize import load_recipes
     from slmops.register import register
+    from slmops.results import BenchReport
 
     folders = {name: root / "cand" / name for name in recipes}
     report = evaluate(task=variant.task, candidates=folders, reference="fp32", gates=load_gates(CONFIGS / "gates.yaml"),
@@ -38,8 +39,9 @@ def register_candidates(variant: Any, root: Path, *, recipes: tuple[str, ...] = 
     versions: dict[str, str | None] = {}
     for name, folder in folders.items():
         numbers = {**BENCH[variant.task], **(bench or {}).get(name, {})}
-        benchmark = {"candidate_digest": read_manifest(folder).digest(), "headline_profile": "cpu-1t", **numbers}
-        registered = register(variant=variant, recipe=known[name], folder=folder, evaluation=report["candidates"][name],
+        benchmark = BenchReport(candidate_digest=read_manifest(folder).digest(), headline_profile="cpu-1t",
+                                device="cpu", config={}, profiles={"cpu-1t": {}}, **numbers)
+        registered = register(variant=variant, recipe=known[name], folder=folder, evaluation=report.candidates[name],
                               benchmark=benchmark, settings=settings)
         versions[name] = registered.version
     return versions

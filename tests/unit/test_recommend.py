@@ -4,8 +4,8 @@ import pytest
 
 from slmops.errors import NoEligibleModelError
 from slmops.recommend.pareto import pareto_front
-from slmops.runtime.ranking import Candidate, best, rank
 from slmops.recommend.usecases import Constraints
+from slmops.runtime.ranking import Candidate, best, rank
 
 
 def test_pareto_front_keeps_only_undominated_points() -> None:
@@ -74,9 +74,9 @@ def test_every_constraint_names_its_reason() -> None:
     ranked = rank(cands, k, "decode_speed")
     assert {c.version: c.rejected for c in ranked} == {
         "1": ["lacks capabilities ['chat']", "bench.ttft_ms 300 ms > 250 ms"],
-        "2": ["ppl_ratio 1.270 > 1.030"],
+        "2": ["quality.ppl_ratio 1.270, needs <= 1.030"],
         "3": ["no memory measurement", "no bench.ttft_ms measurement"],
-        "4": ["ppl_ratio inf > 1.030"],
+        "4": ["quality.ppl_ratio not measured, needs <= 1.030"],
         "5": [],
     }
     assert ranked[0].version == "5"
@@ -94,7 +94,7 @@ def test_encoders_are_held_to_batch1_latency_and_their_own_quality_metric(task: 
     ranked = rank(cands, Constraints(task=task, max_latency_ms=10, min_quality=0.98), "throughput")
     assert {c.version: c.rejected for c in ranked} == {
         "1": ["bench.latency_p95_ms 12 ms > 10 ms"],  # not TTFT, which only decoders have
-        "2": ["quality 0.950 < 0.98"],
+        "2": [f"{quality.replace('_', '.', 1)} 0.950, needs >= 0.980"],
         "3": [],
     }
 
@@ -148,7 +148,8 @@ def test_recommend_sets_and_drops_aliases_in_a_real_store(tmp_path) -> None:
     import mlflow
 
     from slmops.recommend import UseCase, recommend
-    from slmops.register.store import connect, ensure_experiment
+    from slmops.register.store import ensure_experiment
+    from slmops.runtime.registry import connect
     from slmops.settings import get_settings
 
     settings = get_settings()
@@ -175,19 +176,21 @@ def test_recommend_sets_and_drops_aliases_in_a_real_store(tmp_path) -> None:
         "impossible": UseCase(name="impossible", task="causal-lm", max_memory_mb=1, objective="decode_speed"),
         "embed-x": UseCase(name="embed-x", task="sentence-embedding", objective="throughput"),
     }
-    decisions = recommend(usecases, settings=settings, plots_dir=tmp_path / "plots")
+    decisions = recommend(usecases, settings=settings, plots_dir=tmp_path / "plots").usecases
 
-    assert decisions["chat-x"]["chosen"] == f"models:/slmops-causal-lm/{int8}"
-    assert decisions["chat-x"]["alias_uri"] == "models:/slmops-causal-lm@chat-x"
-    assert decisions["chat-x"]["why"] == (
+    chat = decisions["chat-x"]
+    assert (chat.chosen, chat.alias_uri) == (f"models:/slmops-causal-lm/{int8}", "models:/slmops-causal-lm@chat-x")
+    assert chat.why == (
         "v:wo-int8 (v2) has the best bench.decode_tok_s = 47.0 among 1 eligible of 3 registered causal-lm versions")
-    assert [(row["version"], row["eligible"], row["rejected"]) for row in decisions["chat-x"]["candidates"]] == [
-        ("2", True, []), ("3", False, ["failed its quality gate"]), ("1", False, ["peak RSS 900 MB > 800 MB"])]
-    assert decisions["impossible"]["chosen"] is None and "peak RSS 610 MB > 1 MB" in decisions["impossible"]["why"]
-    assert decisions["embed-x"]["chosen"] is None and "(nothing is registered)" in decisions["embed-x"]["why"]
+    assert [(row.version, row.value, row.eligible, row.rejected) for row in chat.candidates] == [
+        ("2", 47.0, True, []), ("3", 60.0, False, ["failed its quality gate"]),
+        ("1", 30.0, False, ["peak RSS 900 MB > 800 MB"])]
+    assert decisions["impossible"].chosen is None and "peak RSS 610 MB > 1 MB" in decisions["impossible"].why
+    assert decisions["embed-x"].chosen is None and "(nothing is registered)" in decisions["embed-x"].why
     assert client.get_registered_model("slmops-causal-lm").aliases == {"chat-x": int(int8)}  # the stale one is gone
     runs = client.search_runs([experiment_id], filter_string="tags.`slmops.kind` = 'recommend'")
     assert len(runs) == 1
-    assert mlflow.artifacts.load_dict(f"{runs[0].info.artifact_uri}/recommendations.json") == decisions
+    logged = mlflow.artifacts.load_dict(f"{runs[0].info.artifact_uri}/recommendations.json")
+    assert logged["usecases"] == {name: d.model_dump(mode="json") for name, d in decisions.items()}
     assert [a.path for a in client.list_artifacts(runs[0].info.run_id, "plots")] == ["plots/pareto-causal-lm.png"]
     assert (tmp_path / "plots" / "pareto-causal-lm.png").stat().st_size > 1000
