@@ -11,7 +11,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 UNSET = ("SLMOPS_TRACKING_URI", "MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE", "SLMOPS_OFFLINE", "HF_TOKEN", "HF_ENDPOINT",
-         "SLMOPS_THREADS")
+         "SLMOPS_THREADS", "SLMOPS_TRACKING_TOKEN", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME",
+         "MLFLOW_TRACKING_PASSWORD")
 
 
 def isolated_env(home: Path) -> dict[str, str]:

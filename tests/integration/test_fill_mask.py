@@ -11,12 +11,10 @@ import pytest
 from slmops.artifacts import read_manifest
 from slmops.errors import GenerationParamsError
 from slmops.evaluate import evaluate, load_gates
-from slmops.export import export
-from slmops.quantize import load_recipes, quantize
 from slmops.runtime.open import open_folder
-from tests.support.tiny import as_fetched
+from slmops.taskdefs.fill_mask import masked_sentences
+from tests.support.tiny import CONFIGS, build_candidates, build_tiny_masked_lm
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TEXTS = [
     "Water boils at one hundred [MASK] at sea level.",
     "Paris is the [MASK] of France.",
@@ -26,17 +24,8 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory):
-    from tests.support.tiny import build_tiny_masked_lm
-
     root = tmp_path_factory.mktemp("fillmask")
-    src = root / "fetch"
-    facts = build_tiny_masked_lm(src)
-    variant = as_fetched(src, "tiny-mlm", facts)
-    export(variant, src=src, out=root / "export")
-    recipes = load_recipes(CONFIGS / "recipes.yaml")
-    for name in ("fp32", "dyn-int8-pc"):
-        quantize(variant, recipes[name], src=root / "export", out=root / "cand" / name)
-    return variant, root
+    return build_candidates(root, "tiny-mlm", build_tiny_masked_lm), root
 
 
 def _torch_mask_logits(root: Path, text: str) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +102,15 @@ def test_top1_top5_gate_on_the_quantized_candidate(built, tmp_path: Path) -> Non
     fp32 = report["candidates"]["fp32"]["metrics"]
     assert fp32["top1_agreement"] == 1.0 and fp32["top5_overlap"] == 1.0 and fp32["masks"] > 50
     int8 = report["candidates"]["dyn-int8-pc"]
-    assert 0.0 <= int8["metrics"]["top1_agreement"] <= 1.0 and 0.0 <= int8["metrics"]["top5_overlap"] <= 1.0
+    # the same numbers recomputed from both models' logits at each mask of the gate's sentences (batched as the
+    # gate batches them: dynamic int8 scales activations per batch, so one sentence at a time differs a little)
+    top5 = {}
+    for recipe in ("fp32", "dyn-int8-pc"):
+        rows = open_folder(root / "cand" / recipe).mask_logits(masked_sentences("[MASK]"))
+        top5[recipe] = [list(np.argsort(-logits[0])[:5]) for _, logits in rows]
+    pairs = list(zip(top5["dyn-int8-pc"], top5["fp32"], strict=True))
+    assert int8["metrics"]["top1_agreement"] == pytest.approx(np.mean([a[0] == b[0] for a, b in pairs]))
+    assert int8["metrics"]["top5_overlap"] == pytest.approx(np.mean([len(set(a) & set(b)) / 5 for a, b in pairs]))
     expected = (int8["metrics"]["top1_agreement"] >= gates.gate("fill-mask").min_top1_agreement
                 and int8["metrics"]["top5_overlap"] >= gates.gate("fill-mask").min_top5_overlap)
     assert int8["passed"] == expected and (int8["reasons"] == []) == expected

@@ -136,13 +136,16 @@ def test_load_generate_chat_stream_embed(built) -> None:
     text = chat.generate("The sun rises", **options)
     assert text == "".join(chat.stream("The sun rises", **options))
     assert text == chat.generate("The sun rises", **options)  # seeded: reproducible
-    assert chat.chat([{"role": "user", "content": "hello"}], max_tokens=5, temperature=0) is not None
+    greedy = {"max_tokens": 5, "temperature": 0, "ignore_eos": True}
+    reply = chat.chat([{"role": "user", "content": "hello"}], **greedy)
+    rendered = "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"  # the tiny model's ChatML template
+    assert reply and reply == chat.generate(rendered, **greedy)
     assert len(chat.generate_batch(["a", "b"], max_tokens=3, temperature=0)) == 2
     enc = load("models:/slmops-sentence-embedding@embed-test")
     vecs = enc.embed(["a man is eating food", "a man is eating bread", "the stock market fell"])
     assert vecs.shape == (3, 32) and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
     best = load(task="causal-lm", max_memory_mb=4096)
-    assert best.card.task == "causal-lm"
+    assert best.folder == chat.folder  # ranked as recommend ranked chat-test: the same version
     with pytest.raises(NoEligibleModelError, match="peak RSS"):
         load(task="causal-lm", max_memory_mb=1)
 
@@ -263,7 +266,7 @@ def test_pyfunc_round_trip(built) -> None:
 
     model = mlflow.pyfunc.load_model("models:/slmops-causal-lm@chat-test")
     out = model.predict(pd.DataFrame({"prompt": ["The sun", "Water"]}), params={"max_tokens": 4, "temperature": 0.0})
-    assert len(out) == 2 and all(isinstance(t, str) for t in out)
+    assert len(out) == 2 and all(out)  # real completions, so the comparison below is not between empty strings
     chat = load("chat-test")  # the pyfunc batches plain prompts: the same texts as one at a time
     assert list(out) == [chat.generate(p, max_tokens=4, temperature=0.0) for p in ("The sun", "Water")]
     enc = mlflow.pyfunc.load_model("models:/slmops-sentence-embedding@embed-test")

@@ -9,8 +9,15 @@ sentence-transformers folder (mean pooling + Normalize), and BERT heads for rera
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from slmops.catalog.schema import Variant
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -50,6 +57,32 @@ def as_fetched(src: Path, vid: str, facts: dict, *, source: str = "test", licens
 
     write_manifest(src, stage="fetch", variant=vid, source=source)
     return Variant(id=vid, family="tiny", repo_id=f"tiny/{vid}", revision="main", license=license, **facts)
+
+
+def from_folder(folder: Path, facts: dict) -> Callable[[Path], dict]:
+    """A builder for :func:`build_candidates` that copies an already built tiny model (e.g. a session fixture's)."""
+
+    def build(out: Path) -> dict:
+        shutil.copytree(folder, out)
+        return facts
+
+    return build
+
+
+def build_candidates(root: Path, vid: str, build: Callable[[Path], dict], *,
+                     recipes: Sequence[str] = ("fp32", "dyn-int8-pc")) -> Variant:
+    """``build`` a tiny model into ``root/fetch``, export it (optimum) to ``root/export`` and quantize it with each
+    recipe of configs/recipes.yaml into ``root/cand/<recipe>``; return its catalog Variant."""
+    from slmops.export import export
+    from slmops.quantize import load_recipes, quantize
+
+    src = root / "fetch"
+    variant = as_fetched(src, vid, build(src))
+    export(variant, src=src, out=root / "export")
+    known = load_recipes(CONFIGS / "recipes.yaml")
+    for name in recipes:
+        quantize(variant, known[name], src=root / "export", out=root / "cand" / name)
+    return variant
 
 
 def build_tiny_llama(out: Path) -> dict:
@@ -168,8 +201,6 @@ def build_tiny_bert(out: Path) -> dict:
 
 def _bert_with_head(out: Path, head: str, *, seed: int, **config: object):  # noqa: ANN202 - a transformers model
     """The tiny BERT's tokenizer and body under ``out`` as a plain HF folder with the ``head`` class on top."""
-    import shutil
-
     import torch
     import transformers
 
@@ -201,18 +232,13 @@ def build_tiny_masked_lm(out: Path) -> dict:
     return {**facts, "task": "fill-mask", "architecture": "BertForMaskedLM", "params": model.num_parameters()}
 
 
-
 def write_configs(config_dir: Path, *, variants: dict[str, dict], repo_prefix: str = "tiny") -> None:
     """A complete configs/ folder for the tiny variants (recipes and gates copied from the real configs)."""
-    import shutil
-
     import yaml
 
-    real = Path(__file__).resolve().parents[2] / "configs"
     config_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(real / "recipes.yaml", config_dir / "recipes.yaml")
-    shutil.copy(real / "gates.yaml", config_dir / "gates.yaml")
-    shutil.copy(real / "devices.yaml", config_dir / "devices.yaml")
+    for name in ("recipes.yaml", "gates.yaml", "devices.yaml"):
+        shutil.copy(CONFIGS / name, config_dir / name)
     catalog = {
         "families": {"tiny": {"display_name": "Tiny", "publisher": "tests", "defaults": {"license": "apache-2.0"}}},
         "variants": {
