@@ -23,7 +23,7 @@ def _default_threads() -> int:
 class Settings(BaseSettings):
     """Process-wide settings. Build with :func:`get_settings`."""
 
-    model_config = SettingsConfigDict(env_prefix="SLMOPS_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="SLMOPS_", extra="ignore", frozen=True, populate_by_name=True)
 
     config_dir: Path = Field(
         default=Path("configs"), description="Folder holding catalog.yaml, usecases.yaml, recipes.yaml, pipeline.yaml."

@@ -43,7 +43,13 @@ class SlmopsModel(PythonModel):
 def rows(model_input: Any, text_column: str | None) -> list[dict[str, Any]]:
     """``model_input`` as a list of row dicts; a bare string (or list of them) fills ``text_column``."""
     if hasattr(model_input, "to_dict"):  # a DataFrame
-        return [row for record in model_input.to_dict(orient="records") for row in _explode(record)]
+        found = [row for record in model_input.to_dict(orient="records") for row in _explode(record)]
+        if not found or not any(found[0]):  # MLflow dropped every column the signature does not name
+            raise PyfuncInputError(
+                f"the input has no column the model reads (got {list(getattr(model_input, 'columns', []))}); "
+                f"pass a DataFrame or dict of lists with the signature's columns ({text_column or 'query, document'})"
+            )
+        return found
     if isinstance(model_input, dict):
         values = [v if isinstance(v, list) else [v] for v in model_input.values()]
         if len({len(v) for v in values}) > 1:

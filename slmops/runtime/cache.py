@@ -28,7 +28,7 @@ from slmops.artifacts import (
     verify_files,
     write_json_atomic,
 )
-from slmops.errors import IntegrityError, ModelLoadError
+from slmops.errors import IntegrityError, ModelLoadError, RegistryError
 from slmops.runtime.registry import VersionRef
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,9 @@ def mlflow_progress_bars_off() -> Iterator[None]:
             os.environ[name] = previous
 
 
-def fetch_version(ref: VersionRef, *, cache_dir: Path, notify: Callable[[float], None]) -> Path:
+def fetch_version(
+    ref: VersionRef, *, cache_dir: Path, notify: Callable[[float], None], tracking_uri: str | None = None
+) -> Path:
     """The verified artifact folder of ``ref``: from the cache when intact, else downloaded (once per version).
 
     A cached copy that fails its check, or whose manifest digest differs from the digest the
@@ -110,18 +112,27 @@ def fetch_version(ref: VersionRef, *, cache_dir: Path, notify: Callable[[float],
                            ref.uri, manifest.candidate_digest()[:12], ref.digest[:12])
         except (IntegrityError, ModelLoadError) as exc:
             logger.warning("cached copy of %s is unusable (%s); downloading it again", ref.uri, exc)
-    return _download(ref, cache, stamps_dir=stamps, notify=notify)
+    return _download(ref, cache, stamps_dir=stamps, notify=notify, tracking_uri=tracking_uri)
 
 
-def _download(ref: VersionRef, cache: Path, *, stamps_dir: Path, notify: Callable[[float], None]) -> Path:
+def _download(
+    ref: VersionRef, cache: Path, *, stamps_dir: Path, notify: Callable[[float], None], tracking_uri: str | None
+) -> Path:
     import mlflow.artifacts  # only on a cache miss: importing mlflow costs about 2 s
+    from mlflow.exceptions import MlflowException
 
     notify(0.0)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
     try:
-        with mlflow_progress_bars_off():  # progress goes through the DOWNLOADING state instead
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(tmp)))
+        try:
+            with mlflow_progress_bars_off():  # progress goes through the DOWNLOADING state instead
+                # the tracking URI resolves mlflow-artifacts:/ sources (a server's proxied artifacts)
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(tmp),
+                                                                 tracking_uri=tracking_uri))
+        except MlflowException as exc:
+            raise RegistryError(f"downloading {ref.uri} from {ref.source} failed: {exc.message}; check that the "
+                                "tracking server is up and serves artifacts (mlflow server --serve-artifacts)") from None
         manifest = read_manifest(model_folder(local, ref.uri), verify=True)
         if ref.digest is not None and manifest.candidate_digest() != ref.digest:
             raise IntegrityError(

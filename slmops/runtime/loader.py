@@ -60,7 +60,8 @@ def load(
                            max_latency_ms=max_latency_ms, min_quality=min_quality,
                            capabilities=capabilities or [], settings=settings)
             progress = lambda p: notify(LoadingEvent(LoadingState.DOWNLOADING, label, progress=p))
-            folder = fetch_version(ref, cache_dir=settings.cache_dir, notify=progress)
+            folder = fetch_version(ref, cache_dir=settings.cache_dir, notify=progress,
+                                   tracking_uri=settings.resolved_tracking_uri())
         notify(LoadingEvent(LoadingState.LOADING, label))
         _check_budget(folder, max_memory_mb)
         model = open_folder(folder, device=device, threads=settings.threads, verify=False,

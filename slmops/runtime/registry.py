@@ -147,7 +147,11 @@ class RestRegistryReader:
                 code = json.loads(body).get("error_code")
             except (ValueError, AttributeError):
                 code = None
-            if code == "RESOURCE_DOES_NOT_EXIST" or (exc.code == 404 and code is None and b"not found" in body.lower()):
+            # mlflow answers a missing model/version with RESOURCE_DOES_NOT_EXIST, and a missing alias of an
+            # existing model with 400 INVALID_PARAMETER_VALUE; anything without mlflow's JSON error (an HTML
+            # 404 from a wrong URL path, a proxy's page) is not an answer
+            missing_alias = endpoint == "registered-models/alias" and code == "INVALID_PARAMETER_VALUE"
+            if code == "RESOURCE_DOES_NOT_EXIST" or missing_alias:
                 return None
             raise ReaderUnavailable(f"{url}: HTTP {exc.code} {code or ''}".strip()) from None
         except (urllib.error.URLError, OSError, ValueError) as exc:
@@ -208,14 +212,15 @@ class MlflowRegistryReader:
     def alias(self, alias: str, *, name: str | None = None) -> VersionRef | None:
         from mlflow.exceptions import MlflowException
 
-        if name is None:
-            name = next((rm.name for rm in self.client.search_registered_models() if alias in (rm.aliases or {})), None)
-            if name is None:
-                return None
         try:
+            if name is None:
+                models = self.client.search_registered_models()
+                name = next((rm.name for rm in models if alias in (rm.aliases or {})), None)
+                if name is None:
+                    return None
             mv = self.client.get_model_version_by_alias(name, alias)
-        except MlflowException:
-            return None
+        except MlflowException as exc:
+            return _not_found(exc, self.client.tracking_uri)
         return self._ref(mv)
 
     def version(self, name: str, version: str) -> VersionRef | None:
@@ -225,12 +230,19 @@ class MlflowRegistryReader:
             return None
         try:
             return self._ref(self.client.get_model_version(name, str(version)))
-        except MlflowException:
-            return None
+        except MlflowException as exc:
+            return _not_found(exc, self.client.tracking_uri)
 
     def _ref(self, mv: Any) -> VersionRef:
         source = self.client.get_model_version_download_uri(mv.name, mv.version)
         return VersionRef(mv.name, str(mv.version), source, (mv.tags or {}).get(TAG_DIGEST))
+
+
+def _not_found(exc: Any, where: str) -> None:
+    """None for mlflow's "no such model/version/alias" answers; RegistryError for anything else (auth, server)."""
+    if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        return None
+    raise RegistryError(f"the registry at {where} failed: {exc.error_code}: {exc.message}") from None
 
 
 # ----------------------------------------------------------------------------------------- choosing

@@ -12,7 +12,6 @@ import sys
 
 import numpy as np
 import pytest
-from mlflow.exceptions import MlflowException
 
 from slmops.errors import RegistryError
 from slmops.names import TAG_DIGEST
@@ -27,14 +26,11 @@ from slmops.settings import get_settings
 from tests.conftest import UNSET, apply_env, isolated_env
 from tests.support.mlflowserver import MlflowServer, RecordingProxy, forget_mlflow_uris
 
-MISSING_ALIAS_BUG = ("bug: mlflow answers a missing alias of an existing model with HTTP 400 INVALID_PARAMETER_VALUE, "
-                     "which RestRegistryReader reports as ReaderUnavailable instead of 'no such alias' (None)")
-MISSING_ALIAS = pytest.mark.xfail(strict=True, raises=ReaderUnavailable, reason=MISSING_ALIAS_BUG)
 TARGETS = [
     "chat-cpu", "embeddings-cpu", "no-such-alias",
     "models:/slmops-causal-lm@chat-cpu",
-    pytest.param("models:/slmops-causal-lm@embeddings-cpu", marks=MISSING_ALIAS),  # the alias is on another model
-    pytest.param("models:/slmops-causal-lm@nope", marks=MISSING_ALIAS),
+    "models:/slmops-causal-lm@embeddings-cpu",  # the alias is on another model
+    "models:/slmops-causal-lm@nope",
     "models:/unknown-model@chat-cpu",
     "models:/slmops-causal-lm/1", "models:/slmops-causal-lm/2", "models:/slmops-causal-lm/3",
     "models:/slmops-causal-lm/99", "models:/unknown-model/1", "models:/slmops-sentence-embedding/1",
@@ -111,7 +107,6 @@ def test_answers_are_the_expected_ones(server, at) -> None:
     assert type(reader.reader) is RestRegistryReader  # none of these needed mlflow's client
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=MISSING_ALIAS_BUG)
 def test_a_missing_alias_needs_no_fallback(server, at) -> None:
     settings = at(server[0].url)
     reader = registry_reader(settings)
@@ -220,9 +215,6 @@ def test_load_through_the_server(embed_rest, server, at) -> None:
     _load_and_compare(embed_rest)
 
 
-@pytest.mark.xfail(strict=True, raises=MlflowException,
-                   reason="bug: with only SLMOPS_TRACKING_URI set, the loader downloads mlflow-artifacts:/ URIs "
-                   "without telling mlflow the tracking URI, and mlflow's error escapes (not a RegistryError)")
 def test_load_through_the_server_with_slmops_tracking_uri(embed_rest, server, at) -> None:
     at(server[0].url)
     _load_and_compare(embed_rest)
