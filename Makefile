@@ -12,6 +12,8 @@ NO_DEPS := onnxruntime-genai==0.15.2
 export PATH := $(abspath $(BIN)):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_LEVEL ?= WARNING
+# The in-process flow starts a temporary Prefect server; its 20 s default start-up limit fails on a busy 2-core machine.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export DO_NOT_TRACK ?= 1
 
 LLAMA_WHEELS := $(HOME)/.cache/slmops/wheels

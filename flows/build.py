@@ -9,49 +9,58 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from slmops.results import BenchReport, GateReport, Recommendations, RegistryRecord
-
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from slmops import pipeline
+from slmops.cli import report
 from slmops.project import Project
+from slmops.results import BenchReport, GateReport, Recommendations, RegistryRecord
 
 
 @task(name="fetch", retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE)
 def fetch(variant: str) -> dict[str, Any]:
-    return pipeline.fetch(Project.load(), variant)
+    with report.stage("fetch", variant) as progress:
+        return progress.done(pipeline.fetch(Project.load(), variant))
 
 
 @task(name="export", cache_policy=NO_CACHE)
 def export(variant: str) -> dict[str, Any]:
-    return pipeline.export(Project.load(), variant)
+    with report.stage("export", variant) as progress:
+        return progress.done(pipeline.export(Project.load(), variant))
 
 
 @task(name="quantize", cache_policy=NO_CACHE)
 def quantize(variant: str) -> dict[str, Any]:
-    return pipeline.quantize(Project.load(), variant)
+    project = Project.load()
+    with report.stage("quantize", variant, steps=len(project.config.selection[variant].recipes)) as progress:
+        return progress.done(pipeline.quantize(project, variant, on_done=progress.advance))
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(variant: str) -> GateReport:
-    return pipeline.evaluate(Project.load(), variant)
+    with report.stage("evaluate", variant) as progress:
+        return progress.done(pipeline.evaluate(Project.load(), variant))
 
 
 @task(name="benchmark", cache_policy=NO_CACHE)
 def benchmark(variant: str) -> dict[str, BenchReport]:
-    return pipeline.benchmark(Project.load(), variant)
+    project = Project.load()
+    with report.stage("benchmark", variant, steps=len(project.config.selection[variant].recipes)) as progress:
+        return progress.done(pipeline.benchmark(project, variant, on_done=progress.advance))
 
 
 @task(name="register", cache_policy=NO_CACHE)
 def register(variant: str) -> RegistryRecord:
-    return pipeline.register(Project.load(), variant)
+    with report.stage("register", variant) as progress:
+        return progress.done(pipeline.register(Project.load(), variant))
 
 
 @task(name="recommend", cache_policy=NO_CACHE)
 def recommend() -> Recommendations:
-    return pipeline.recommend(Project.load())
+    with report.stage("recommend") as progress:
+        return progress.done(pipeline.recommend(Project.load()))
 
 
 @flow(name="slmops-build", task_runner=ThreadPoolTaskRunner(max_workers=1))
@@ -61,20 +70,23 @@ def build(variants: list[str] | None = None) -> Recommendations:
     selected = variants or list(project.config.selection)
     for variant in selected:
         project.selected(variant)
-    registered = []
+    benched, registered = [], []
     for variant in selected:
         fetched = fetch.submit(variant)
         exported = export.submit(variant, wait_for=[fetched])
         quantized = quantize.submit(variant, wait_for=[exported])
         evaluated = evaluate.submit(variant, wait_for=[quantized])
-        benched = benchmark.submit(variant, wait_for=[evaluated])
-        registered.append(register.submit(variant, wait_for=[evaluated, benched]))
-    return recommend.submit(wait_for=registered).result()
+        benched.append(benchmark.submit(variant, wait_for=[evaluated]))
+        registered.append(register.submit(variant, wait_for=[evaluated, benched[-1]]))
+    decisions = recommend.submit(wait_for=registered).result()
+    report.warn_skipped_profiles(b.result() for b in benched)  # once per build, not once per candidate
+    return decisions
 
 
 if __name__ == "__main__":
-    from slmops.cli.common import cli_errors, console
+    from slmops.cli.common import cli_errors, console, setup_logging
 
+    setup_logging(0)  # slmops's own log format and SLMOPS_LOG_LEVEL, as under the `slmops` command
     decisions = cli_errors(lambda: build(sys.argv[1:] or None))()
     chosen = sum(d.chosen is not None for d in decisions.usecases.values())
     console.print(f"built; {chosen} of {len(decisions.usecases)} use cases have a model")

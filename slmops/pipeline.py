@@ -56,7 +56,8 @@ def export(project: Project, variant_id: str) -> dict[str, Any]:
     return {"variant": variant_id, "files": len(manifest.files), "max_abs_diff": checked}
 
 
-def quantize(project: Project, variant_id: str) -> dict[str, Any]:
+def quantize(project: Project, variant_id: str, *, on_done: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Build every selected recipe's candidate of the variant; ``on_done(recipe)`` after each."""
     from slmops.quantize import quantize as run_quantize
 
     variant, sel = project.selected(variant_id)
@@ -69,6 +70,8 @@ def quantize(project: Project, variant_id: str) -> dict[str, Any]:
             fetched=project.fetch_dir(variant_id),
         )
         done[name] = manifest.digest()
+        if on_done is not None:
+            on_done(name)
     return {"variant": variant_id, "candidates": done}
 
 

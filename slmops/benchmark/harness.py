@@ -86,8 +86,8 @@ def run_benchmark(
         except KeyError:
             raise ConfigError(f"benchmark profile {name!r} is not defined; known: {', '.join(profiles)}") from None
         reason = unavailable_reason(profile)
-        if reason is not None:
-            logger.warning("skipping profile %s: %s", name, reason)
+        if reason is not None:  # recorded in the report; callers warn once per build (slmops.cli.report)
+            logger.info("skipping profile %s: %s", name, reason)
             results[name] = {"skipped": True, "reason": reason}
             continue
         results[name] = _run_profile(folder, config, profile)

@@ -58,6 +58,7 @@ def bench(variant: str) -> None:
     from rich.progress import Progress
 
     from slmops import pipeline
+    from slmops.cli.report import warn_skipped_profiles
 
     proj = project()
     _, sel = proj.selected(variant)
@@ -74,6 +75,7 @@ def bench(variant: str) -> None:
     for name, r in dumped.items():
         table.add_row(name, *(f"{r[k]:.1f}" if k in r else "-" for k in keys))
     console.print(table)
+    warn_skipped_profiles([rows])  # once for the variant, not once per candidate
 
 
 def register(variant: str) -> None:

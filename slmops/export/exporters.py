@@ -72,25 +72,41 @@ def build_model_card(variant: Variant, src: Path, *, graph: GraphKind) -> ModelC
 @EXPORTERS.register("optimum")
 def export_optimum(variant: Variant, src: Path, out: Path) -> ModelCard:
     """optimum's ONNX exporter (the export stage checks the graph against PyTorch afterwards)."""
+    import importlib.util
+
+    import torch
     from optimum.exporters.onnx import main_export  # heavy: imported only here
 
-    spec = get_task(variant.task)
-    task = spec.optimum_task
+    from slmops.quiet import log_records_dropped, warnings_ignored
+
+    task = get_task(variant.task).optimum_task
+    # Without sentence-transformers optimum infers that library from modules.json, warns that it is not
+    # installed and falls back to transformers: naming transformers then is the same export, minus the notice.
+    library = None if importlib.util.find_spec("sentence_transformers") else "transformers"
     try:
-        main_export(
-            model_name_or_path=str(src),
-            output=out,
-            task=task,
-            device="cpu",
-            trust_remote_code=variant.remote_code,
-            do_validation=False,  # it only logs; slmops.export.validate checks every exporter and records the diffs
-        )
+        # optimum always passes from_pretrained(torch_dtype=...), which transformers 4.57 answers with
+        # "`torch_dtype` is deprecated! Use `dtype` instead!"; optimum offers no way to pass dtype instead.
+        # TracerWarnings are torch.jit's caveats about tracing; every export is checked against PyTorch
+        # right after (slmops.export.validate), which is what would catch a trace that went wrong.
+        deprecated_dtype = r"^`torch_dtype` is deprecated"
+        with log_records_dropped("transformers.configuration_utils", deprecated_dtype), \
+                log_records_dropped("transformers.modeling_utils", deprecated_dtype), \
+                warnings_ignored(("", torch.jit.TracerWarning)):
+            main_export(
+                model_name_or_path=str(src),
+                output=out,
+                task=task,
+                device="cpu",
+                trust_remote_code=variant.remote_code,
+                library_name=library,
+                do_validation=False,  # it only logs; slmops.export.validate checks every exporter and records the diffs
+            )
     except Exception as exc:  # optimum raises bare ValueError/RuntimeError/KeyError
         raise ExportError(f"optimum export of {variant.id} (task {task}) failed: {exc}") from exc
     if not (out / "model.onnx").is_file():
         raise ExportError(f"optimum export of {variant.id} wrote no model.onnx into {out}")
     copy_sidecars(src, out)
-    return build_model_card(variant, src, graph=spec.optimum_graph)
+    return build_model_card(variant, src, graph=get_task(variant.task).optimum_graph)
 
 
 @EXPORTERS.register("genai")

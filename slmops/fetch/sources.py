@@ -90,9 +90,14 @@ def gguf_to_hf(gguf: Path, out: Path) -> None:
     """Write the HF folder of a GGUF file into ``out``: fp32 weights, fixed tokenizer, and the GGUF itself."""
     from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: imported only here
 
+    from slmops.quiet import gguf_progress_bar_off
+
     logger.info("converting %s to an HF folder (about 20 s)", gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with gguf_progress_bar_off():  # the build shows its own progress for the whole fetch
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # legacy=True is what transformers picks by default, with a notice that says so and that a tokenizer
+    # loaded from a GGUF file can ignore it; naming it keeps the tokenizer identical and skips the notice.
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, legacy=True)
     _fix_gguf_tokenizer(tokenizer, model.config)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

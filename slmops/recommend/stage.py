@@ -46,7 +46,7 @@ def recommend(
         except NoEligibleModelError as exc:
             _drop_alias(client, candidates, name)
             decisions[name] = Decision(chosen=None, why=str(exc), candidates=table)
-            logger.warning("%s", exc)
+            logger.info("%s", exc)  # a result, not a fault: the decision carries it (the build's line and table show it)
             continue
         client.set_registered_model_alias(winner.model_name, name, winner.version)
         why = (

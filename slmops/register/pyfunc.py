@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import pandas as pd  # mlflow.pyfunc imports it anyway; named for predict's type hint
 from mlflow.pyfunc import PythonModel
 
 from slmops.errors import PyfuncInputError
@@ -29,11 +30,15 @@ class SlmopsModel(PythonModel):
         self.model = open_folder(context.artifacts[ARTIFACT_KEY])
         self.task = get_task(self.model.card.task).impl()
 
-    # no type hints: MLflow would read them as the input schema; the signature logged with the model is the schema
-    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[Any]:
+    # The DataFrame hint is what MLflow passes under the column signatures; MLflow infers nothing from it (no data
+    # validation, as without a hint) and no longer warns "Add type hints to the `predict` method". Direct callers
+    # may pass any input rows() reads.
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[Any]:
         return self.task.predict(self.model, rows(model_input, self.task.TEXT_COLUMN), params or {})
 
-    def predict_stream(self, context, model_input, params: dict[str, Any] | None = None) -> Iterator[str]:
+    def predict_stream(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> Iterator[str]:
         stream = getattr(self.task, "predict_stream", None)
         if stream is None:
             raise PyfuncInputError(f"a {self.model.card.task} model does not stream; call predict()")

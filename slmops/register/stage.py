@@ -143,7 +143,6 @@ def register(
             with warnings.catch_warnings():
                 # we pass an explicit signature; an input example would make MLflow run the model at log time
                 warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-                warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
                 info = _log_model(model_name, variant, folder, tags, candidate=manifest, evaluation=evaluation)
             version = str(info.registered_model_version)
 
@@ -178,7 +177,7 @@ def _log_model(model_name: str, variant: Variant, folder: Path, tags: dict[str, 
     (models-from-code, no pickle) and register it. The candidate folder itself is left untouched."""
     import mlflow.pyfunc
 
-    from slmops.runtime.cache import mlflow_progress_bars_off
+    from slmops.quiet import mlflow_progress_bars_off, mlflow_registration_quiet
 
     with tempfile.TemporaryDirectory(prefix="slmops-register-") as staging:
         bundle = Path(staging) / "model"
@@ -188,7 +187,8 @@ def _log_model(model_name: str, variant: Variant, folder: Path, tags: dict[str, 
         write_manifest(bundle, stage="register", variant=candidate.variant, source=candidate.source,
                        revision=candidate.revision,
                        info={**candidate.info, "candidate_digest": candidate.digest(), "gate_passed": evaluation.passed})
-        with mlflow_progress_bars_off():
+        # slmops reports each registered version itself (the stage's summary line and log)
+        with mlflow_progress_bars_off(), mlflow_registration_quiet():
             return mlflow.pyfunc.log_model(
                 name=names.MODEL_ARTIFACT_PATH,
                 python_model=str(Path(__file__).with_name("model_code.py")),

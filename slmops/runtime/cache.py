@@ -10,14 +10,13 @@ place is re-hashed even if its size and mtime were restored.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from slmops.artifacts import (
@@ -29,6 +28,7 @@ from slmops.artifacts import (
     write_json_atomic,
 )
 from slmops.errors import IntegrityError, ModelLoadError, RegistryError
+from slmops.quiet import mlflow_progress_bars_off
 from slmops.runtime.registry import VersionRef
 
 logger = logging.getLogger(__name__)
@@ -73,21 +73,6 @@ def write_stamp(folder: Path, manifest: Manifest, *, stamps_dir: Path) -> None:
         write_json_atomic(path, _stamp(Path(folder), manifest))
     except OSError as exc:  # a read-only cache still loads, it just hashes every time
         logger.info("cannot write the verified stamp %s: %s", path, exc)
-
-
-@contextlib.contextmanager
-def mlflow_progress_bars_off() -> Iterator[None]:
-    """Silence MLflow's tqdm artifact bars (MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR) for the duration."""
-    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    previous = os.environ.get(name)
-    os.environ[name] = "false"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = previous
 
 
 def fetch_version(

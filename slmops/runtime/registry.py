@@ -195,12 +195,15 @@ def connect(settings: Settings) -> Any:
     import mlflow
     from mlflow import MlflowClient
 
+    from slmops.quiet import mlflow_store_init_quiet
+
     uri = settings.resolved_tracking_uri()
     if not settings.tracking_uri:
         settings.mlruns_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with mlflow_store_init_quiet():  # the client opens the store, creating a fresh SQLite one's tables
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 class MlflowRegistryReader:

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from slmops.errors import PyfuncInputError
+
 OPTIONS = {"max_tokens": 6, "temperature": 0.8, "top_p": 0.9, "seed": 5}
 PROMPTS = ["The sun", "Water boils at"]
 MESSAGES = [{"role": "user", "content": "hello there"}]
@@ -83,8 +85,9 @@ def test_causal_lm_streams_the_runtimes_deltas(models) -> None:
 
 ISSUE_11 = "issue 11 item 8: pyfunc predict must accept a str, a list[str], a DataFrame and a dict of lists"
 RETURNS_NOTHING = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason=f"{ISSUE_11}; through mlflow.pyfunc.load_model a causal-lm model still returns [] for them silently",
+    strict=True, raises=PyfuncInputError,
+    reason=f"{ISSUE_11}; MLflow's schema enforcement drops a str/list's unnamed column before predict sees it, "
+    "so predict now refuses the input naming the columns (it used to return [] silently)",
 )
 
 
