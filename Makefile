@@ -18,7 +18,7 @@ export DO_NOT_TRACK ?= 1
 
 LLAMA_WHEELS := $(HOME)/.cache/slmops/wheels
 
-.PHONY: setup run test test-fast dvc-repro bench bench-recipes bench-deps clean
+.PHONY: setup run lint test test-fast dvc-repro bench bench-recipes bench-deps clean
 
 setup: $(STAMP)
 
@@ -37,10 +37,16 @@ run: setup
 	$(BIN)/python -m flows.build
 	$(BIN)/slmops demo
 
-test: setup
+# Style and types first: they fail in seconds, the suite takes minutes.
+lint: setup
+	$(BIN)/ruff check slmops flows tests benchmarks
+	$(BIN)/ruff format --check slmops flows tests benchmarks
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest
 
-test-fast: setup
+test-fast: lint
 	$(BIN)/python -m pytest -m "not slow"
 
 dvc-repro: setup

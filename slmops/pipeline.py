@@ -27,7 +27,12 @@ logger = logging.getLogger(__name__)
 
 
 def fetch(
-    project: Project, variant_id: str, *, source: str | None = None, revision: str | None = None, offline: bool | None = None
+    project: Project,
+    variant_id: str,
+    *,
+    source: str | None = None,
+    revision: str | None = None,
+    offline: bool | None = None,
 ) -> dict[str, Any]:
     """Fetch a variant: by its selection entry if selected, else from the Hub at the catalog's revision."""
     from slmops.fetch import FetchConfig
@@ -42,7 +47,12 @@ def fetch(
         trusted_remote_code=project.remote_code,
     )
     manifest = run_fetch(variant, out=project.fetch_dir(variant_id), config=config, settings=project.settings)
-    return {"variant": variant_id, "source": manifest.source, "revision": manifest.revision, "files": len(manifest.files)}
+    return {
+        "variant": variant_id,
+        "source": manifest.source,
+        "revision": manifest.revision,
+        "files": len(manifest.files),
+    }
 
 
 def export(project: Project, variant_id: str) -> dict[str, Any]:
@@ -50,8 +60,13 @@ def export(project: Project, variant_id: str) -> dict[str, Any]:
 
     variant, sel = project.selected(variant_id)
     _require(project.fetch_dir(variant_id), f"slmops fetch {variant_id}")
-    manifest = run_export(variant, src=project.fetch_dir(variant_id), out=project.export_dir(variant_id),
-                          exporter=sel.exporter, validation=project.config.export_validation)
+    manifest = run_export(
+        variant,
+        src=project.fetch_dir(variant_id),
+        out=project.export_dir(variant_id),
+        exporter=sel.exporter,
+        validation=project.config.export_validation,
+    )
     checked = {name: row["max_abs_diff"] for name, row in manifest.info["validation"].items()}
     return {"variant": variant_id, "files": len(manifest.files), "max_abs_diff": checked}
 
@@ -65,8 +80,11 @@ def quantize(project: Project, variant_id: str, *, on_done: Callable[[str], None
     done = {}
     for name in sel.recipes:
         manifest = run_quantize(
-            variant, project.recipes[name], src=project.export_dir(variant_id),
-            out=project.candidate_dir(variant_id, name), device=project.config.device,
+            variant,
+            project.recipes[name],
+            src=project.export_dir(variant_id),
+            out=project.candidate_dir(variant_id, name),
+            device=project.config.device,
             fetched=project.fetch_dir(variant_id),
         )
         done[name] = manifest.digest()
@@ -124,11 +142,21 @@ def register(project: Project, variant_id: str) -> RegistryRecord:
         evaluation = gate.candidate(name, variant=variant_id)
         bench = read_result(project.bench_file(variant_id, name), BenchReport, variant=variant_id)
         registered = run_register(
-            variant=variant, recipe=project.recipes[name], folder=project.candidate_dir(variant_id, name),
-            evaluation=evaluation, benchmark=bench, device=project.config.device, settings=project.settings,
+            variant=variant,
+            recipe=project.recipes[name],
+            folder=project.candidate_dir(variant_id, name),
+            evaluation=evaluation,
+            benchmark=bench,
+            device=project.config.device,
+            settings=project.settings,
         )
-        out[name] = RegisteredCandidate(run_id=registered.run_id, model=registered.model_name, version=registered.version,
-                                        reused=registered.reused, gate="passed" if evaluation.passed else "failed")
+        out[name] = RegisteredCandidate(
+            run_id=registered.run_id,
+            model=registered.model_name,
+            version=registered.version,
+            reused=registered.reused,
+            gate="passed" if evaluation.passed else "failed",
+        )
     record = RegistryRecord(variant=variant_id, candidates=out)
     write_result(project.registry_file(variant_id), record)
     return record

@@ -114,8 +114,7 @@ class Project:
         from slmops.export.stage import resolve_exporter
         from slmops.fetch.sources import SOURCES
 
-        self.gates
-        self.remote_code
+        _ = self.gates, self.remote_code  # parsed (and so validated) now, not at first use
         for name, uc in self.usecases.items():
             bad = [c for c in uc.capabilities if c not in CAPABILITIES]
             if bad:
@@ -127,8 +126,10 @@ class Project:
         cfg = self.config
         unknown = [p for p in cfg.benchmark.profiles if p not in self.device_profiles]
         if unknown:
-            raise ConfigError(f"{path}: benchmark.profiles: unknown {unknown}; defined in devices.yaml: "
-                              f"{', '.join(self.device_profiles)}")
+            raise ConfigError(
+                f"{path}: benchmark.profiles: unknown {unknown}; defined in devices.yaml: "
+                f"{', '.join(self.device_profiles)}"
+            )
         for variant_id, sel in cfg.selection.items():
             variant = self.catalog.get(variant_id)
             where = f"{path}: selection.{variant_id}"

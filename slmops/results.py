@@ -95,9 +95,20 @@ class BenchReport(StageResult):
     batch_size: int | None = None
 
     HEADLINE: ClassVar[tuple[str, ...]] = (
-        "load_s", "ttft_ms", "decode_tok_s", "token_latency_ms", "items_per_s", "latency_ms_batch1", "peak_rss_mb",
-        "peak_rss_sampled_mb", "rss_after_load_mb", "providers", "max_prompt_tokens", "max_context",
-        "max_seq_tokens", "batch_size",
+        "load_s",
+        "ttft_ms",
+        "decode_tok_s",
+        "token_latency_ms",
+        "items_per_s",
+        "latency_ms_batch1",
+        "peak_rss_mb",
+        "peak_rss_sampled_mb",
+        "rss_after_load_mb",
+        "providers",
+        "max_prompt_tokens",
+        "max_context",
+        "max_seq_tokens",
+        "batch_size",
     )
 
     def skipped(self) -> dict[str, str]:

@@ -35,15 +35,20 @@ class Settings(BaseSettings):
         description="MLflow tracking/registry URI. Default: a SQLite store in mlruns/ beside its artifacts.",
     )
     tracking_token: str | None = Field(
-        default=None, validation_alias=AliasChoices("SLMOPS_TRACKING_TOKEN", "MLFLOW_TRACKING_TOKEN"), repr=False,
+        default=None,
+        validation_alias=AliasChoices("SLMOPS_TRACKING_TOKEN", "MLFLOW_TRACKING_TOKEN"),
+        repr=False,
         description="Bearer token for an http(s) tracking server (read by the runtime's light registry reader).",
     )
     tracking_username: str | None = Field(
-        default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_USERNAME"),
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_USERNAME"),
         description="Basic-auth user for an http(s) tracking server (with MLFLOW_TRACKING_PASSWORD).",
     )
     tracking_password: str | None = Field(
-        default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_PASSWORD"), repr=False,
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_PASSWORD"),
+        repr=False,
         description="Basic-auth password for an http(s) tracking server.",
     )
     mlruns_dir: Path = Field(default=Path("mlruns"), description="Local MLflow store used when no tracking URI is set.")
@@ -52,19 +57,24 @@ class Settings(BaseSettings):
         description="Runtime loader cache for downloaded model artifacts; default: $XDG_CACHE_HOME/slmops.",
     )
     hf_endpoint: str | None = Field(
-        default=None, validation_alias=AliasChoices("SLMOPS_HF_ENDPOINT", "HF_ENDPOINT"),
+        default=None,
+        validation_alias=AliasChoices("SLMOPS_HF_ENDPOINT", "HF_ENDPOINT"),
         description="Hugging Face Hub (or mirror) URL; default https://huggingface.co.",
     )
     hf_offline: bool = Field(
-        default=False, validation_alias=AliasChoices("SLMOPS_OFFLINE", "HF_HUB_OFFLINE"),
+        default=False,
+        validation_alias=AliasChoices("SLMOPS_OFFLINE", "HF_HUB_OFFLINE"),
         description="Fetch from the local Hub cache only, never the network.",
     )
     hf_token: str | None = Field(
-        default=None, validation_alias=AliasChoices("SLMOPS_HF_TOKEN", "HF_TOKEN"), repr=False,
+        default=None,
+        validation_alias=AliasChoices("SLMOPS_HF_TOKEN", "HF_TOKEN"),
+        repr=False,
         description="Hub token for gated or private repos.",
     )
     hf_cache_dir: Path | None = Field(
-        default=None, validation_alias=AliasChoices("SLMOPS_HF_CACHE_DIR", "HF_HUB_CACHE"),
+        default=None,
+        validation_alias=AliasChoices("SLMOPS_HF_CACHE_DIR", "HF_HUB_CACHE"),
         description="huggingface_hub cache; default: $HF_HOME/hub.",
     )
     hf_home: Path = Field(
@@ -75,7 +85,11 @@ class Settings(BaseSettings):
     hub_timeout_s: float = Field(default=10.0, gt=0, description="Seconds without data before a Hub request times out.")
     hub_retries: int = Field(default=5, ge=0, description="Retries per file after transient Hub errors.")
     hub_backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles per retry (max 30 s).")
-    threads: int = Field(default_factory=_default_threads, ge=1, description="Intra-op threads for onnxruntime; default: the CPU count, at most 8.")
+    threads: int = Field(
+        default_factory=_default_threads,
+        ge=1,
+        description="Intra-op threads for onnxruntime; default: the CPU count, at most 8.",
+    )
     device: Literal["cpu", "cuda"] = Field(default="cpu", description="Device the runtime loads models on.")
     log_level: str = Field(default="WARNING", description="Level of slmops' own loggers in the CLI (-v: INFO).")
 

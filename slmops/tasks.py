@@ -84,9 +84,19 @@ class TaskSpec:
 
 def _encoder(name: str, description: str, *, runtime: str, optimum_task: str, module: str, quality: str) -> TaskSpec:
     return TaskSpec(
-        name=name, description=description, runtime=runtime, graphs=("optimum-encoder",), optimum_task=optimum_task,
-        optimum_graph="optimum-encoder", module=module, speed_metric="bench.items_per_s", quality_metric=quality,
-        quality_higher=True, latency_metric="bench.latency_p95_ms", objective="throughput", generative=False,
+        name=name,
+        description=description,
+        runtime=runtime,
+        graphs=("optimum-encoder",),
+        optimum_task=optimum_task,
+        optimum_graph="optimum-encoder",
+        module=module,
+        speed_metric="bench.items_per_s",
+        quality_metric=quality,
+        quality_higher=True,
+        latency_metric="bench.latency_p95_ms",
+        objective="throughput",
+        generative=False,
     )
 
 
@@ -109,15 +119,30 @@ TASKS: dict[str, TaskSpec] = {
             generative=True,
             tolerance=(1e-4, 1e-3),  # logits reach |30|: fp32 rounding scales with them
         ),
-        _encoder("sentence-embedding", "sentence embeddings (sentence-transformers pooling)",
-                 runtime="slmops.runtime.encoder:EmbeddingModel", optimum_task="feature-extraction",
-                 module="slmops.taskdefs.sentence_embedding", quality="quality.cosine_mean"),
-        _encoder("cross-encoder", "reranking (query, document) pairs",
-                 runtime="slmops.runtime.encoder:RerankModel", optimum_task="text-classification",
-                 module="slmops.taskdefs.cross_encoder", quality="quality.spearman"),
-        _encoder("fill-mask", "masked-token prediction",
-                 runtime="slmops.runtime.fillmask:FillMaskModel", optimum_task="fill-mask",
-                 module="slmops.taskdefs.fill_mask", quality="quality.top1_agreement"),
+        _encoder(
+            "sentence-embedding",
+            "sentence embeddings (sentence-transformers pooling)",
+            runtime="slmops.runtime.encoder:EmbeddingModel",
+            optimum_task="feature-extraction",
+            module="slmops.taskdefs.sentence_embedding",
+            quality="quality.cosine_mean",
+        ),
+        _encoder(
+            "cross-encoder",
+            "reranking (query, document) pairs",
+            runtime="slmops.runtime.encoder:RerankModel",
+            optimum_task="text-classification",
+            module="slmops.taskdefs.cross_encoder",
+            quality="quality.spearman",
+        ),
+        _encoder(
+            "fill-mask",
+            "masked-token prediction",
+            runtime="slmops.runtime.fillmask:FillMaskModel",
+            optimum_task="fill-mask",
+            module="slmops.taskdefs.fill_mask",
+            quality="quality.top1_agreement",
+        ),
     )
 }
 

@@ -1,4 +1,4 @@
-"""Benchmark options (the ``benchmark:`` section of configs/pipeline.yaml) and device profiles (configs/devices.yaml)."""
+"""Benchmark options (``benchmark:`` in configs/pipeline.yaml) and device profiles (configs/devices.yaml)."""
 
 from __future__ import annotations
 
@@ -26,11 +26,19 @@ class BenchmarkConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    profiles: list[str] = Field(default_factory=lambda: ["cpu-2t"], min_length=1,
-                                description="Device profiles from configs/devices.yaml; the first that runs is the headline.")
-    prompt_tokens: list[int] = Field(default_factory=lambda: [32, 128, 512], min_length=1,
-                                     description="Decoder prompt lengths for TTFT and decode speed.")
-    headline_prompt_tokens: int = Field(default=128, ge=1, description="The prompt length whose numbers are the headline metrics.")
+    profiles: list[str] = Field(
+        default_factory=lambda: ["cpu-2t"],
+        min_length=1,
+        description="Device profiles from configs/devices.yaml; the first that runs is the headline.",
+    )
+    prompt_tokens: list[int] = Field(
+        default_factory=lambda: [32, 128, 512],
+        min_length=1,
+        description="Decoder prompt lengths for TTFT and decode speed.",
+    )
+    headline_prompt_tokens: int = Field(
+        default=128, ge=1, description="The prompt length whose numbers are the headline metrics."
+    )
     new_tokens: int = Field(default=64, ge=2, description="Tokens generated per decode run.")
     warmup: int = Field(default=1, ge=0)
     repeats: int = Field(default=3, ge=1)
@@ -42,7 +50,10 @@ class BenchmarkConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> BenchmarkConfig:
         if self.headline_prompt_tokens not in self.prompt_tokens:
-            raise ValueError(f"headline_prompt_tokens={self.headline_prompt_tokens} must be one of prompt_tokens {self.prompt_tokens}")
+            raise ValueError(
+                f"headline_prompt_tokens={self.headline_prompt_tokens} must be one of "
+                f"prompt_tokens {self.prompt_tokens}"
+            )
         bad = [n for n in self.prompt_tokens + self.batch_sizes if n < 1]
         if bad:
             raise ValueError(f"prompt_tokens and batch_sizes must be positive, got {bad}")

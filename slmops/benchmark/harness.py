@@ -35,8 +35,15 @@ def machine_context(profile: DeviceProfile) -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cpu_flags": flags, "cpu_count": os.cpu_count(), "threads": profile.threads,
-            "device": profile.device, "onnxruntime": ort.__version__, "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "cpu_count": os.cpu_count(),
+        "threads": profile.threads,
+        "device": profile.device,
+        "onnxruntime": ort.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def unavailable_reason(profile: DeviceProfile) -> str | None:
@@ -46,26 +53,39 @@ def unavailable_reason(profile: DeviceProfile) -> str | None:
     needed = DEVICE_PROVIDERS[profile.device][0]
     available = ort.get_available_providers()
     if needed not in available:
-        return (f"{needed} is not available in onnxruntime {ort.__version__} here (available: {', '.join(available)}); "
-                f"install onnxruntime-gpu on a machine with an NVIDIA GPU to run profile {profile.name!r}")
+        return (
+            f"{needed} is not available in onnxruntime {ort.__version__} here (available: {', '.join(available)}); "
+            f"install onnxruntime-gpu on a machine with an NVIDIA GPU to run profile {profile.name!r}"
+        )
     return None
 
 
 def _run_profile(folder: Path, config: BenchmarkConfig, profile: DeviceProfile) -> dict[str, Any]:
-    spec = {"folder": str(Path(folder).resolve()), "profile": profile.model_dump(), **config.model_dump(exclude={"profiles"})}
+    spec = {
+        "folder": str(Path(folder).resolve()),
+        "profile": profile.model_dump(),
+        **config.model_dump(exclude={"profiles"}),
+    }
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "slmops.benchmark.worker"],
-            input=json.dumps(spec), capture_output=True, text=True, timeout=config.timeout_s,
+            input=json.dumps(spec),
+            capture_output=True,
+            text=True,
+            timeout=config.timeout_s,
             env={**os.environ, "OMP_NUM_THREADS": str(profile.threads)},
         )
     except subprocess.TimeoutExpired:
-        raise BenchmarkError(f"benchmark of {folder} on {profile.name} exceeded timeout_s={config.timeout_s}; "
-                             "raise it or lower new_tokens / prompt_tokens") from None
+        raise BenchmarkError(
+            f"benchmark of {folder} on {profile.name} exceeded timeout_s={config.timeout_s}; "
+            "raise it or lower new_tokens / prompt_tokens"
+        ) from None
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise BenchmarkError(f"benchmark worker for {folder} on {profile.name} exited {proc.returncode}: {' | '.join(tail)}")
+        raise BenchmarkError(
+            f"benchmark worker for {folder} on {profile.name} exited {proc.returncode}: {' | '.join(tail)}"
+        )
     return {**json.loads(lines[-1]), "context": machine_context(profile)}
 
 

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 
-
 class RssSampler:
     """Samples this process's RSS every few ms in a thread (as optimum-benchmark does) and keeps the peak."""
 
@@ -72,17 +71,19 @@ def main() -> int:
         task = model.card.task
         result = get_task(task).impl().bench(model, spec)
     session = model.session if hasattr(model, "session") else model.graph.session
-    result.update({
-        "task": task,
-        "load_s": load_s,
-        "rss_start_mb": rss_start,
-        "rss_after_load_mb": rss_loaded,
-        "peak_rss_mb": peak_rss_mb(),
-        "peak_rss_sampled_mb": sampler.peak,
-        "providers": session.get_providers(),
-        "pid": os.getpid(),
-        "torch_imported": "torch" in sys.modules,
-    })
+    result.update(
+        {
+            "task": task,
+            "load_s": load_s,
+            "rss_start_mb": rss_start,
+            "rss_after_load_mb": rss_loaded,
+            "peak_rss_mb": peak_rss_mb(),
+            "peak_rss_sampled_mb": sampler.peak,
+            "providers": session.get_providers(),
+            "pid": os.getpid(),
+            "torch_imported": "torch" in sys.modules,
+        }
+    )
     print(json.dumps(result))
     return 0
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from slmops.catalog.schema import Variant
+from slmops.errors import ConfigError
 from slmops.runtime.base import RUNTIME_OVERHEAD_BYTES
 from slmops.tasks import get_task
-from slmops.errors import ConfigError
 
 Precision = Literal["fp32", "fp16", "int8", "int4"]
 
@@ -38,6 +38,8 @@ PRECISIONS: dict[str, PrecisionSpec] = {
     "int8": PrecisionSpec(1.0 + 4 / 32 + 1 / 32, 4.0, 4, ("cpu", "cuda"), decoder_prepacked=True),
     "int4": PrecisionSpec(0.5 + 4 / 32 + 0.5 / 32, 4.0, 4, ("cpu", "cuda"), decoder_prepacked=True),
 }
+
+
 # Calibrated against the benchmark (peak RSS, VmHWM) of SmolLM2-135M-Instruct (fp32/int8/int4) and
 # all-MiniLM-L6-v2 (fp32/dynamic int8) on onnxruntime 1.32, 2 threads: every estimate within 10%
 # (tests/unit/test_estimate.py holds the measurements).
@@ -104,9 +106,7 @@ def estimate_memory(
         raise ConfigError(f"unknown graph layout {graph!r}; use one of {', '.join(GRAPH_LAYOUTS)}") from None
     ctx = variant.context_length if context_length is None else context_length
     if ctx <= 0 or ctx > variant.context_length:
-        raise ConfigError(
-            f"context_length={ctx} is out of range for {variant.id}; use 1..{variant.context_length}"
-        )
+        raise ConfigError(f"context_length={ctx} is out of range for {variant.id}; use 1..{variant.context_length}")
     if batch < 1:
         raise ConfigError(f"batch={batch} must be at least 1")
     embed = variant.vocab_size * variant.hidden_size

@@ -11,11 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validat
 
 from slmops.errors import CatalogError, ConfigError, UnknownVariantError
 from slmops.tasks import TaskName
-Capability = Literal[
-    "text_generation", "instruction_following", "chat", "code_generation", "reasoning", "multilingual"
-]
+
+Capability = Literal["text_generation", "instruction_following", "chat", "code_generation", "reasoning", "multilingual"]
 CAPABILITIES: tuple[str, ...] = (
-    "text_generation", "instruction_following", "chat", "code_generation", "reasoning", "multilingual"
+    "text_generation",
+    "instruction_following",
+    "chat",
+    "code_generation",
+    "reasoning",
+    "multilingual",
 )
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
@@ -98,7 +102,7 @@ class Variant(BaseModel):
             raise ValueError(f"unverified names unknown fields {bad}")
         return self
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field  # type: ignore[prop-decorator]  # mypy cannot type a decorator stacked on @property
     @property
     def size_class(self) -> SizeClass:
         return SizeClass.of(self.params)

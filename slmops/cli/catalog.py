@@ -8,9 +8,9 @@ import typer
 from rich.table import Table
 
 from slmops.catalog.schema import CAPABILITIES, SizeClass
-from slmops.tasks import TASKS
 from slmops.cli.common import cli_errors, console, print_json
 from slmops.errors import ConfigError
+from slmops.tasks import TASKS
 
 app = typer.Typer(help="Browse the model catalog.", no_args_is_help=True)
 
@@ -47,7 +47,10 @@ def list_variants(
     if task is not None and task not in TASKS:
         raise ConfigError(f"--task {task!r} is unknown; use one of {', '.join(TASKS)}")
     criteria = VariantFilter(
-        family=family, size_class=size, capability=capability, task=task,
+        family=family,
+        size_class=size,
+        capability=capability,
+        task=task,
         max_params=parse_params(max_params) if max_params else None,
     )
     variants = filter_variants(catalog, criteria)
@@ -60,8 +63,15 @@ def list_variants(
         table.add_column(col, overflow="fold")
     for v in variants:
         rev = v.revision[:10] if v.revision_is_pinned else f"[yellow]{v.revision}[/]"
-        table.add_row(v.id, format_params(v.params), v.size_class.value, v.task, str(v.context_length),
-                      " ".join(c.split("_")[0] for c in v.capabilities), rev)
+        table.add_row(
+            v.id,
+            format_params(v.params),
+            v.size_class.value,
+            v.task,
+            str(v.context_length),
+            " ".join(c.split("_")[0] for c in v.capabilities),
+            rev,
+        )
     console.print(table)
 
 
@@ -112,9 +122,18 @@ def estimate(
     v = _catalog().get(variant)
     est = estimate_memory(v, precision=precision, context_length=context, batch=batch)
     compat = device_compatibility(v, precision=precision, context_length=context)
-    data = {"variant": v.id, "precision": precision, "context_length": context or v.context_length, "batch": batch,
-            "weights": est.weights, "kv_cache": est.kv_cache, "activations": est.activations,
-            "overhead": est.overhead, "total": est.total, "devices": compat}
+    data = {
+        "variant": v.id,
+        "precision": precision,
+        "context_length": context or v.context_length,
+        "batch": batch,
+        "weights": est.weights,
+        "kv_cache": est.kv_cache,
+        "activations": est.activations,
+        "overhead": est.overhead,
+        "total": est.total,
+        "devices": compat,
+    }
     if as_json:
         print_json(data)
         return

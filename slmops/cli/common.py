@@ -31,7 +31,7 @@ def cli_errors(fn: F) -> F:
             err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature F promises
 
 
 def setup_logging(verbose: int) -> None:
@@ -41,7 +41,9 @@ def setup_logging(verbose: int) -> None:
     from slmops.settings import get_settings
 
     level = {0: get_settings().log_level, 1: "INFO"}.get(verbose, "DEBUG")
-    logging.basicConfig(level="WARNING", handlers=[RichHandler(console=err_console, show_path=False)], format="%(message)s", force=True)
+    logging.basicConfig(
+        level="WARNING", handlers=[RichHandler(console=err_console, show_path=False)], format="%(message)s", force=True
+    )
     logging.getLogger("slmops").setLevel(level)
 
 

@@ -48,9 +48,13 @@ def doctor() -> None:
             problems.append(f"torch {torch_version} is not the CPU build; `pip install torch==2.13.0` before the rest")
     except metadata.PackageNotFoundError:
         pass
-    nvidia = sorted(d.metadata["Name"] for d in metadata.distributions() if (d.metadata["Name"] or "").lower().startswith("nvidia-"))
+    nvidia = sorted(
+        d.metadata["Name"] for d in metadata.distributions() if (d.metadata["Name"] or "").lower().startswith("nvidia-")
+    )
     if nvidia:
-        problems.append(f"CUDA wheels are installed ({', '.join(nvidia[:5])}...); recreate .venv with the CPU torch pin")
+        problems.append(
+            f"CUDA wheels are installed ({', '.join(nvidia[:5])}...); recreate .venv with the CPU torch pin"
+        )
     import onnxruntime as ort
 
     table.add_row("onnxruntime providers", ", ".join(ort.get_available_providers()), "devices")

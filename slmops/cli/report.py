@@ -49,7 +49,7 @@ def _benchmark(r: dict[str, BenchReport]) -> str:
             return f"{b.decode_tok_s:.0f} tok/s"
         return f"{b.items_per_s:.0f} items/s" if b.items_per_s is not None else "not run"
 
-    profiles = {b.headline_profile for b in r.values()} - {None}
+    profiles = {b.headline_profile for b in r.values() if b.headline_profile is not None}
     return f"on {', '.join(sorted(profiles)) or 'no profile'}: " + ", ".join(f"{n} {headline(b)}" for n, b in r.items())
 
 
@@ -68,8 +68,13 @@ def _recommend(r: Recommendations) -> str:
 
 
 SUMMARIES: dict[str, Callable[[Any], str]] = {
-    "fetch": _fetch, "export": _export, "quantize": _quantize, "evaluate": _evaluate,
-    "benchmark": _benchmark, "register": _register, "recommend": _recommend,
+    "fetch": _fetch,
+    "export": _export,
+    "quantize": _quantize,
+    "evaluate": _evaluate,
+    "benchmark": _benchmark,
+    "register": _register,
+    "recommend": _recommend,
 }
 
 
@@ -89,7 +94,9 @@ class StageProgress:
 
 
 @contextlib.contextmanager
-def stage(name: str, subject: str = "", *, steps: int | None = None, console: Console | None = None) -> Iterator[StageProgress]:
+def stage(
+    name: str, subject: str = "", *, steps: int | None = None, console: Console | None = None
+) -> Iterator[StageProgress]:
     """Show progress while the block runs, then print one line: stage, subject, summary, elapsed time.
 
     The summary comes from ``SUMMARIES[name]`` applied to what the block passed to ``done()``.
@@ -102,12 +109,16 @@ def stage(name: str, subject: str = "", *, steps: int | None = None, console: Co
         try:
             yield progress
         except BaseException:
-            console.print(f"[red]✗[/] {escape(name):<9} {escape(subject)}  [red]failed[/] after {_elapsed(start)}",
-                          highlight=False)
+            console.print(
+                f"[red]✗[/] {escape(name):<9} {escape(subject)}  [red]failed[/] after {_elapsed(start)}",
+                highlight=False,
+            )
             raise
     summary = SUMMARIES[name](progress.result) if name in SUMMARIES and progress.result is not None else ""
-    console.print(f"[green]✓[/] {escape(name):<9} {escape(subject):<24} {escape(summary)}  [dim]{_elapsed(start)}[/]",
-                  highlight=False)
+    console.print(
+        f"[green]✓[/] {escape(name):<9} {escape(subject):<24} {escape(summary)}  [dim]{_elapsed(start)}[/]",
+        highlight=False,
+    )
 
 
 @contextlib.contextmanager
@@ -116,7 +127,12 @@ def _progress(console: Console, label: str, steps: int | None) -> Iterator[Calla
     if console.is_terminal:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), *([MofNCompleteColumn()] if steps else [])]
+        columns = [
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            *([MofNCompleteColumn()] if steps else []),
+        ]
         with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as live:
             job = live.add_task(escape(label), total=steps)
             yield lambda: live.advance(job)

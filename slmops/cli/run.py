@@ -25,7 +25,6 @@ def generate(
 ) -> None:
     """Stream a completion (or a chat reply) from a registered model."""
     from slmops import load
-
     from slmops.errors import TaskMismatchError, UsageError
 
     if (prompt is None) == (chat is None):
@@ -33,8 +32,15 @@ def generate(
     model = load(target)
     if not hasattr(model, "stream"):
         raise TaskMismatchError(f"{target!r} is a {model.card.task} model; it cannot generate text")
-    options = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                   repetition_penalty=repetition_penalty, seed=seed, stop=tuple(stop or ()))
+    options = dict(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+        stop=tuple(stop or ()),
+    )
     messages = [{"role": "user", "content": chat}] if chat is not None else None
     for delta in model.stream(prompt, messages=messages, **options):
         sys.stdout.write(delta)
@@ -67,17 +73,23 @@ def demo(
     from slmops import load
     from slmops.cli.stages import print_recommendations
     from slmops.results import Recommendations, read_result
+    from slmops.runtime.decoder import TextModel
+    from slmops.runtime.encoder import EmbeddingModel
+    from slmops.runtime.open import expect
     from slmops.settings import get_settings
 
     rec_path = get_settings().artifacts_dir / "recommendations.json"
     if rec_path.is_file():
         print_recommendations(read_result(rec_path, Recommendations))
-    chat = load(chat_target)
+    chat = expect(load(chat_target), TextModel, target=chat_target, doing="chat")
     question = "What is the capital of France? Answer in one sentence."
     console.print(f"[bold]{chat_target}[/] ({chat.card.variant}, {chat.card.recipe}) > {question}")
     console.print("  " + chat.chat([{"role": "user", "content": question}], temperature=0.0, max_tokens=48).strip())
-    encoder = load(embed_target)
-    pairs = [("A man is eating food.", "A man is eating a piece of bread."), ("A man is eating food.", "The stock market fell today.")]
+    encoder = expect(load(embed_target), EmbeddingModel, target=embed_target, doing="embed")
+    pairs = [
+        ("A man is eating food.", "A man is eating a piece of bread."),
+        ("A man is eating food.", "The stock market fell today."),
+    ]
     vectors = encoder.embed([t for p in pairs for t in p])
     console.print(f"[bold]{embed_target}[/] ({encoder.card.variant}, {encoder.card.recipe}) cosine similarity:")
     for i, (a, b) in enumerate(pairs):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -105,7 +106,14 @@ def print_recommendations(decisions: Recommendations) -> None:
     console.print(table)
 
 
-COMMANDS = {"fetch": fetch, "export": export, "quantize": quantize, "evaluate": evaluate, "bench": bench,
-            "register": register, "recommend": recommend}
+COMMANDS: dict[str, Callable[..., None]] = {
+    "fetch": fetch,
+    "export": export,
+    "quantize": quantize,
+    "evaluate": evaluate,
+    "bench": bench,
+    "register": register,
+    "recommend": recommend,
+}
 for _name, _fn in COMMANDS.items():
     COMMANDS[_name] = cli_errors(_fn)

@@ -36,8 +36,9 @@ def evaluate(
     for name, folder in candidates.items():
         metrics = impl.metrics(outputs[name], outputs[reference], gate)
         reasons = gate.check(metrics)
-        results[name] = CandidateGate(metrics=metrics, passed=not reasons, reasons=reasons,
-                                      candidate_digest=read_manifest(folder).digest())
+        results[name] = CandidateGate(
+            metrics=metrics, passed=not reasons, reasons=reasons, candidate_digest=read_manifest(folder).digest()
+        )
         logger.info("gate %s: %s %s", name, "passed" if not reasons else "FAILED", "; ".join(reasons))
     report = GateReport(task=task, reference=reference, gates=gates.dump(), candidates=results)
     write_result(out, report)

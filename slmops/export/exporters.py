@@ -59,7 +59,9 @@ def build_model_card(variant: Variant, src: Path, *, graph: GraphKind) -> ModelC
         variant=variant.id,
         task=variant.task,
         graph=graph,
-        context_length=config.get("max_position_embeddings") or config.get("max_context_length") or variant.context_length,
+        context_length=config.get("max_position_embeddings")
+        or config.get("max_context_length")
+        or variant.context_length,
         eos_token_ids=eos_ids,
         pad_token_id=config.get("pad_token_id"),
         **get_task(variant.task).impl().card_fields(src, config),
@@ -89,9 +91,11 @@ def export_optimum(variant: Variant, src: Path, out: Path) -> ModelCard:
         # TracerWarnings are torch.jit's caveats about tracing; every export is checked against PyTorch
         # right after (slmops.export.validate), which is what would catch a trace that went wrong.
         deprecated_dtype = r"^`torch_dtype` is deprecated"
-        with log_records_dropped("transformers.configuration_utils", deprecated_dtype), \
-                log_records_dropped("transformers.modeling_utils", deprecated_dtype), \
-                warnings_ignored(("", torch.jit.TracerWarning)):
+        with (
+            log_records_dropped("transformers.configuration_utils", deprecated_dtype),
+            log_records_dropped("transformers.modeling_utils", deprecated_dtype),
+            warnings_ignored(("", torch.jit.TracerWarning)),
+        ):
             main_export(
                 model_name_or_path=str(src),
                 output=out,
@@ -122,14 +126,31 @@ def export_genai(variant: Variant, src: Path, out: Path) -> ModelCard:
     import tempfile
 
     if "genai-decoder" not in get_task(variant.task).graphs:
-        raise ExportError(f"the genai exporter builds decoders only; {variant.id} is a {variant.task} model: use optimum")
+        raise ExportError(
+            f"the genai exporter builds decoders only; {variant.id} is a {variant.task} model: use optimum"
+        )
     with tempfile.TemporaryDirectory(prefix="slmops-genai-cache-") as cache:
-        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out), "-p", "fp32",
-               "-e", "cpu", "-c", cache]
+        cmd = [
+            sys.executable,
+            "-m",
+            "onnxruntime_genai.models.builder",
+            "-i",
+            str(src),
+            "-o",
+            str(out),
+            "-p",
+            "fp32",
+            "-e",
+            "cpu",
+            "-c",
+            cache,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not (out / "model.onnx").is_file():
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-        hint = " (is onnxruntime-genai==0.15.2 installed? `make setup` installs it)" if "No module named" in tail else ""
+        hint = (
+            " (is onnxruntime-genai==0.15.2 installed? `make setup` installs it)" if "No module named" in tail else ""
+        )
         raise ExportError(f"onnxruntime-genai builder failed on {variant.id}{hint}: {tail}")
     copy_sidecars(src, out)
     return build_model_card(variant, src, graph="genai-decoder")

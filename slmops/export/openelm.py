@@ -54,7 +54,9 @@ def read_config(src: Path) -> dict:
         )
     for key, want in REQUIRED_CONFIG.items():
         if config.get(key, want) != want:
-            raise ExportError(f"{src}: config.json {key}={config[key]!r}; openelm-pytorch implements only {key}={want!r}")
+            raise ExportError(
+                f"{src}: config.json {key}={config[key]!r}; openelm-pytorch implements only {key}={want!r}"
+            )
     layers = config["num_transformer_layers"]
     for key in ("num_query_heads", "num_kv_heads", "ffn_multipliers"):
         if not isinstance(config.get(key), list) or len(config[key]) != layers:
@@ -116,8 +118,9 @@ class DecoderWithPast(nn.Module):
         super().__init__()
         self.model = model
         rope = self.model.layers[0].attn.pos_embedding
-        sin, cos = rope._create_sin_cos_theta(rope_max_length, rope.dim, base=rope.base, scale=rope.scale,
-                                              dtype=torch.float32)
+        sin, cos = rope._create_sin_cos_theta(
+            rope_max_length, rope.dim, base=rope.base, scale=rope.scale, dtype=torch.float32
+        )
         self.register_buffer("sin", sin, persistent=False)
         self.register_buffer("cos", cos, persistent=False)
 
@@ -130,7 +133,9 @@ class DecoderWithPast(nn.Module):
         sin, cos = self.sin[position_ids][:, None], self.cos[position_ids][:, None]  # [b, 1, q, d/2]
         presents: list[Tensor] = []
         for i, layer in enumerate(self.model.layers):
-            attn_out, key, value = self._attention(layer.attn, layer.attn_norm(x), mask, sin, cos, past[2 * i], past[2 * i + 1])
+            attn_out, key, value = self._attention(
+                layer.attn, layer.attn_norm(x), mask, sin, cos, past[2 * i], past[2 * i + 1]
+            )
             presents += [key, value]
             x = x + attn_out
             x = x + layer.ffn(layer.ffn_norm(x))
@@ -138,8 +143,9 @@ class DecoderWithPast(nn.Module):
         return (F.linear(x, self.model.token_embeddings.weight), *presents)
 
     @staticmethod
-    def _attention(attn: Any, x: Tensor, mask: Tensor, sin: Tensor, cos: Tensor, past_k: Tensor,
-                   past_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _attention(
+        attn: Any, x: Tensor, mask: Tensor, sin: Tensor, cos: Tensor, past_k: Tensor, past_v: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         b, s = x.shape[0], x.shape[1]
         qkv = attn.qkv_proj(x).view(b, s, -1, attn.head_dim).permute(0, 2, 1, 3)
         q, k, v = qkv.split_with_sizes([attn.num_q_heads, attn.num_k_heads, attn.num_v_heads], dim=1)
@@ -179,23 +185,36 @@ def export_graph(src: Path, out: Path, *, validate: bool = True) -> float | None
     inputs, outputs = io_names(layers)
     past = [torch.zeros(1, a.num_k_heads, 3, a.head_dim) for layer in model.layers for a in [layer.attn] for _ in "kv"]
     dummy = (torch.ones(1, 2, dtype=torch.long), torch.ones(1, 5, dtype=torch.long), torch.tensor([[3, 4]]), *past)
-    axes = {"input_ids": {0: "batch_size", 1: "sequence_length"},
-            "attention_mask": {0: "batch_size", 1: "past_sequence_length + sequence_length"},
-            "position_ids": {0: "batch_size", 1: "sequence_length"},
-            "logits": {0: "batch_size", 1: "sequence_length"}}
+    axes = {
+        "input_ids": {0: "batch_size", 1: "sequence_length"},
+        "attention_mask": {0: "batch_size", 1: "past_sequence_length + sequence_length"},
+        "position_ids": {0: "batch_size", 1: "sequence_length"},
+        "logits": {0: "batch_size", 1: "sequence_length"},
+    }
     axes.update({n: {0: "batch_size", 2: "past_sequence_length"} for n in inputs[3:]})
     axes.update({n: {0: "batch_size", 2: "past_sequence_length + sequence_length"} for n in outputs[1:]})
     try:
         with torch.inference_mode(False), torch.no_grad():
-            torch.onnx.export(wrapper, dummy, str(out / "model.onnx"), input_names=inputs, output_names=outputs,
-                              dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+            torch.onnx.export(
+                wrapper,
+                dummy,
+                str(out / "model.onnx"),
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
     except Exception as exc:  # torch.onnx raises a zoo of types
         raise ExportError(f"torch.onnx.export of the OpenELM in {src} failed: {exc}") from exc
     if not validate:
         return None
     diff = validate_graph(model, out / "model.onnx")
     if not diff <= VALIDATION_ATOL:
-        raise ExportError(f"the OpenELM graph differs from PyTorch by {diff:.2e} (> {VALIDATION_ATOL:.0e}); not exported")
+        raise ExportError(
+            f"the OpenELM graph differs from PyTorch by {diff:.2e} (> {VALIDATION_ATOL:.0e}); not exported"
+        )
     logger.info("OpenELM export matches PyTorch (max abs logit diff %.2e)", diff)
     return diff
 
@@ -218,14 +237,16 @@ def validate_graph(model: Any, path: Path, ids: tuple[int, ...] = (1, 5, 9, 2, 7
     ref_next, _ = torch_step(model, [nxt], cache)
     names = [i.name for i in session.get_inputs() if i.name.startswith("past_key_values.")]
     shapes = [i.shape for i in session.get_inputs() if i.name.startswith("past_key_values.")]
-    feed = {n: np.zeros((1, s[1], 0, s[3]), dtype=np.float32) for n, s in zip(names, shapes)}
+    feed = {n: np.zeros((1, s[1], 0, s[3]), dtype=np.float32) for n, s in zip(names, shapes, strict=False)}
     n = len(prompt)
-    feed.update(input_ids=np.array([prompt]), attention_mask=np.ones((1, n), dtype=np.int64),
-                position_ids=np.arange(n)[None])
+    feed.update(
+        input_ids=np.array([prompt]), attention_mask=np.ones((1, n), dtype=np.int64), position_ids=np.arange(n)[None]
+    )
     logits, *present = session.run(None, feed)
     diff = float(np.abs(logits[0] - ref_prompt).max())
-    feed = dict(zip(names, present))
-    feed.update(input_ids=np.array([[nxt]]), attention_mask=np.ones((1, n + 1), dtype=np.int64),
-                position_ids=np.array([[n]]))
+    feed = dict(zip(names, present, strict=False))
+    feed.update(
+        input_ids=np.array([[nxt]]), attention_mask=np.ones((1, n + 1), dtype=np.int64), position_ids=np.array([[n]])
+    )
     logits, *_ = session.run(None, feed)
     return max(diff, float(np.abs(logits[0] - ref_next).max()))

@@ -33,8 +33,14 @@ def export(
     with atomic_folder(out) as tmp:
         card = fn(variant, Path(src), tmp)
         card.write(tmp)
-        checked = validate_export(variant, src=Path(src), folder=tmp, card=card, config=validation or ValidationConfig(),
-                                  reference=REFERENCES.get(exporter))
+        checked = validate_export(
+            variant,
+            src=Path(src),
+            folder=tmp,
+            card=card,
+            config=validation or ValidationConfig(),
+            reference=REFERENCES.get(exporter),
+        )
         manifest = write_manifest(
             tmp,
             stage="export",

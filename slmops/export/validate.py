@@ -2,14 +2,14 @@
 
 What each task feeds and compares lives in the task's module (``export_inputs`` and
 ``torch_reference``, see :mod:`slmops.taskdefs.base`); an exporter whose sources transformers
-cannot load brings its own reference (``slmops.export.exporters.REFERENCES``). The ONNX side is generic: every graph input is fed from the fixed inputs by name, and a decoder's
+cannot load brings its own reference (``slmops.export.exporters.REFERENCES``). The ONNX side is
+generic: every graph input is fed from the fixed inputs by name, and a decoder's
 ``past_key_values.*`` get an empty cache (past length 0), so optimum's graph, the genai
 builder's fused graph and any later exporter's graph are checked the same way.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +24,12 @@ from slmops.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
-_ORT_DTYPES = {"tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(float)": "float32", "tensor(float16)": "float16"}
+_ORT_DTYPES = {
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+}
 Reference = Callable[[Variant, Path, FixedInputs], dict[str, Any]]
 
 
@@ -54,11 +59,16 @@ def onnx_outputs(path: Path, card: ModelCard, inputs: FixedInputs) -> dict[str, 
                 f"give task {card.task!r}'s export_inputs() in its slmops.taskdefs module that input"
             )
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(None, feed)))
+    return dict(zip(names, session.run(None, feed), strict=False))
 
 
 def validate_export(
-    variant: Variant, *, src: Path, folder: Path, card: ModelCard, config: ValidationConfig,
+    variant: Variant,
+    *,
+    src: Path,
+    folder: Path,
+    card: ModelCard,
+    config: ValidationConfig,
     reference: Reference | None = None,
 ) -> dict[str, Any]:
     """Compare the graph in ``folder`` with the PyTorch model in ``src`` on fixed inputs.
@@ -89,13 +99,20 @@ def validate_export(
         max_diff = float(diff.max()) if np.isfinite(diff).all() else float("inf")
         ref_max = float(np.abs(b).max())
         limit = tol.limit(ref_max)
-        results[name] = {"max_abs_diff": max_diff, "atol": tol.atol, "rtol": tol.rtol, "limit": limit,
-                         "reference_max_abs": ref_max, "inputs": inputs.description}
+        results[name] = {
+            "max_abs_diff": max_diff,
+            "atol": tol.atol,
+            "rtol": tol.rtol,
+            "limit": limit,
+            "reference_max_abs": ref_max,
+            "inputs": inputs.description,
+        }
         logger.info("export check %s %s: max abs diff %.3g (limit %.3g)", variant.id, name, max_diff, limit)
         if not max_diff <= limit:
             raise ExportError(
-                f"{variant.id}: ONNX output {name!r} differs from PyTorch by max abs {max_diff:.4g}, above the tolerance "
-                f"{limit:.4g} (atol {tol.atol:g} + rtol {tol.rtol:g} x max|ref| {ref_max:.4g}) on {inputs.description}; "
+                f"{variant.id}: ONNX output {name!r} differs from PyTorch by max abs {max_diff:.4g}, above the "
+                f"tolerance {limit:.4g} (atol {tol.atol:g} + rtol {tol.rtol:g} x max|ref| {ref_max:.4g}) "
+                f"on {inputs.description}; "
                 "the export is wrong: re-export, or raise export_validation tolerances in configs/pipeline.yaml "
                 "if the difference is expected"
             )

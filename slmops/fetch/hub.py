@@ -140,8 +140,15 @@ class HubSession:
                 delay = _retry_after(exc) or min(30.0, self.settings.hub_backoff_s * 2**attempt)
                 delay *= 1 + random.random() * 0.1  # jitter: concurrent fetches do not retry in lockstep
                 self.stats.retries += 1
-                logger.warning("%s of %s failed (%s); retry %d/%d in %.1fs", what, v.id, type(exc).__name__,
-                               attempt + 1, attempts - 1, delay)
+                logger.warning(
+                    "%s of %s failed (%s); retry %d/%d in %.1fs",
+                    what,
+                    v.id,
+                    type(exc).__name__,
+                    attempt + 1,
+                    attempts - 1,
+                    delay,
+                )
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -158,7 +165,8 @@ def plan_files(variant: Variant, tree: list[Any], patterns: list[str]) -> list[R
         if hasattr(f, "blob_id") and _wanted(f.path, patterns)
     ]
     has_weights = any(
-        f.path.endswith(".safetensors") or (variant.allow_pickle and _wanted(f.path, list(PICKLE_PATTERNS))) for f in files
+        f.path.endswith(".safetensors") or (variant.allow_pickle and _wanted(f.path, list(PICKLE_PATTERNS)))
+        for f in files
     )
     if not has_weights:
         pickles = [f.path for f in tree if hasattr(f, "blob_id") and _wanted(f.path, list(PICKLE_PATTERNS))]
@@ -219,7 +227,9 @@ def fetch_hub(variant: Variant, config: FetchConfig, out: Path, settings: Settin
         raise FetchError(f"the Hub returned no commit sha for {variant.repo_id}@{revision}; retry, or pin a full sha")
     if variant.remote_code:
         _check_remote_code(variant, sha, config)
-    tree = hub.call("the file list", lambda: list(hub.api.list_repo_tree(variant.repo_id, revision=sha, recursive=True)))
+    tree = hub.call(
+        "the file list", lambda: list(hub.api.list_repo_tree(variant.repo_id, revision=sha, recursive=True))
+    )
     files = plan_files(variant, tree, patterns)
     check_disk_space(files, _repo_cache(variant.repo_id, cache_dir))
     for remote in files:
@@ -227,20 +237,38 @@ def fetch_hub(variant: Variant, config: FetchConfig, out: Path, settings: Settin
         link_or_copy(path, out / remote.path)
     _remember_ref(_repo_cache(variant.repo_id, cache_dir), revision, sha)
     if stats.retries or stats.corrupt_refetched:
-        logger.warning("%s: recovered after %d retries and %d corrupt re-downloads", variant.id, stats.retries,
-                       stats.corrupt_refetched)
-    return Fetched(source="hub", revision=sha, origin=f"{hub.endpoint}/{variant.repo_id}",
-                   info={"retries": stats.retries, "corrupt_refetched": stats.corrupt_refetched, "requested": revision})
+        logger.warning(
+            "%s: recovered after %d retries and %d corrupt re-downloads",
+            variant.id,
+            stats.retries,
+            stats.corrupt_refetched,
+        )
+    return Fetched(
+        source="hub",
+        revision=sha,
+        origin=f"{hub.endpoint}/{variant.repo_id}",
+        info={"retries": stats.retries, "corrupt_refetched": stats.corrupt_refetched, "requested": revision},
+    )
 
 
 def _download_verified(hub: HubSession, remote: RemoteFile, sha: str, cache_dir: Path, download: Callable) -> Path:
     """Download one file and check its hash; a corrupt copy is deleted and fetched once more."""
     v = hub.variant
     for attempt in (1, 2):
-        local = Path(hub.call(remote.path, lambda: download(
-            v.repo_id, remote.path, revision=sha, cache_dir=cache_dir, endpoint=hub.endpoint,
-            token=hub.settings.hf_token, etag_timeout=hub.settings.hub_timeout_s,
-        )))
+        local = Path(
+            hub.call(
+                remote.path,
+                lambda: download(
+                    v.repo_id,
+                    remote.path,
+                    revision=sha,
+                    cache_dir=cache_dir,
+                    endpoint=hub.endpoint,
+                    token=hub.settings.hf_token,
+                    etag_timeout=hub.settings.hub_timeout_s,
+                ),
+            )
+        )
         problem = verify(local, remote)
         if problem is None:
             return local.resolve()
@@ -287,8 +315,11 @@ def _fetch_offline(variant: Variant, revision: str, patterns: list[str], cache_d
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        snapshot = Path(snapshot_download(variant.repo_id, revision=revision, allow_patterns=patterns,
-                                          cache_dir=cache_dir, local_files_only=True))
+        snapshot = Path(
+            snapshot_download(
+                variant.repo_id, revision=revision, allow_patterns=patterns, cache_dir=cache_dir, local_files_only=True
+            )
+        )
     except (LocalEntryNotFoundError, FileNotFoundError):
         raise FetchError(
             f"offline: {variant.id} ({variant.repo_id}) at revision {revision!r} is not in the Hugging Face cache "
@@ -301,9 +332,13 @@ def _fetch_offline(variant: Variant, revision: str, patterns: list[str], cache_d
         name = blob.name
         actual = sha256_file(blob) if len(name) == 64 else git_blob_sha1(blob)
         if actual != name:
-            raise IntegrityError(f"cached {variant.repo_id}/{path.relative_to(snapshot)} is corrupt ({actual} != {name}); "
-                                 "fetch it again online")
+            raise IntegrityError(
+                f"cached {variant.repo_id}/{path.relative_to(snapshot)} is corrupt ({actual} != {name}); "
+                "fetch it again online"
+            )
         link_or_copy(blob, out / path.relative_to(snapshot))
     if not (out / "config.json").is_file():
         raise FetchError(f"offline: the cached snapshot of {variant.id} has no config.json")
-    return Fetched(source="hub", revision=snapshot.name, origin=f"cache:{snapshot}", info={"offline": True, "requested": revision})
+    return Fetched(
+        source="hub", revision=snapshot.name, origin=f"cache:{snapshot}", info={"offline": True, "requested": revision}
+    )

@@ -60,7 +60,7 @@ def _package_path(variant: Variant, expected_kind: str) -> Path:
 
 def _package_pin(variant: Variant) -> str:
     """The offline source's revision: its distribution pinned to the installed version."""
-    dist = variant.offline_source.package.replace("_", "-")  # type: ignore[union-attr]
+    dist = variant.offline_source.package.replace("_", "-")  # type: ignore[union-attr]  # _package_path() checked it is set
     return f"pypi:{dist}=={importlib.metadata.version(dist)}"
 
 

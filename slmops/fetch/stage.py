@@ -14,7 +14,9 @@ from slmops.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 
-def fetch(variant: Variant, *, out: Path, config: FetchConfig | None = None, settings: Settings | None = None) -> Manifest:
+def fetch(
+    variant: Variant, *, out: Path, config: FetchConfig | None = None, settings: Settings | None = None
+) -> Manifest:
     """Fetch ``variant`` into ``out`` (atomically, with a manifest). Raises FetchError or ConfigError."""
     config = config or FetchConfig()
     settings = settings or get_settings()
@@ -32,7 +34,12 @@ def fetch(variant: Variant, *, out: Path, config: FetchConfig | None = None, set
             variant=variant.id,
             source=fetched.source,
             revision=fetched.revision,
-            info={"origin": fetched.origin, "repo_id": variant.repo_id, "catalog_mismatches": mismatches, **fetched.info},
+            info={
+                "origin": fetched.origin,
+                "repo_id": variant.repo_id,
+                "catalog_mismatches": mismatches,
+                **fetched.info,
+            },
         )
     logger.info("fetched %s from %s (%d files)", variant.id, fetched.origin, len(manifest.files))
     return manifest

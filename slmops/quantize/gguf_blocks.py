@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -104,7 +104,8 @@ def _digest(row: np.ndarray) -> bytes:
 
 
 def q4_1_to_nbits(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Q4_1 blocks ``[N, nb, 20]`` -> (packed codes [N, nb, 16], scales [N*nb], packed zero points, remainder [N, nb])."""
+    """Q4_1 blocks ``[N, nb, 20]`` -> (packed codes [N, nb, 16], scales [N*nb], packed zero points,
+    remainder [N, nb])."""
     d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
     m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
     qs = blocks[..., 4:20]
@@ -127,8 +128,9 @@ def q8_0_to_nbits(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q.astype(np.uint8), d.reshape(-1)
 
 
-def _embedding_gathers(graph, blocks: GGUFBlocks, inits: dict, consumers: dict[str, int],
-                       new_inits: list) -> tuple[dict, set[str]]:
+def _embedding_gathers(
+    graph, blocks: GGUFBlocks, inits: dict, consumers: dict[str, int], new_inits: list
+) -> tuple[dict, set[str]]:
     """GatherBlockQuantized replacements for token-embedding Gathers whose table is a Q8_0 tensor.
 
     The table is an initializer ``[vocab, hidden]`` (optimum) or ``Transpose(lm_head weight)`` (the
@@ -158,8 +160,13 @@ def _embedding_gathers(graph, blocks: GGUFBlocks, inits: dict, consumers: dict[s
         codes, scales = q8_0_to_nbits(blocks.gather(traced[1]))
         vocab, hidden = columns.shape[1], columns.shape[0]
         replaced[node.name], tables = gather_block_quantized(
-            node, codes.reshape(vocab, hidden), scales.reshape(vocab, hidden // BLOCK),
-            np.full((vocab, hidden // BLOCK), 128, np.uint8), block=BLOCK, bits=8)
+            node,
+            codes.reshape(vocab, hidden),
+            scales.reshape(vocab, hidden // BLOCK),
+            np.full((vocab, hidden // BLOCK), 128, np.uint8),
+            block=BLOCK,
+            bits=8,
+        )
         new_inits += tables
         consumers[node.input[0]] -= 1
         if transpose is not None and consumers[node.input[0]] == 0:
@@ -172,8 +179,9 @@ def _ceil_to(x: int, m: int) -> int:
     return -(-x // m) * m
 
 
-def _augment(packed: np.ndarray, scales: np.ndarray, zp: np.ndarray, remainder: np.ndarray,
-             width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _augment(
+    packed: np.ndarray, scales: np.ndarray, zp: np.ndarray, remainder: np.ndarray, width: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Append ``width`` K positions holding the remainder in two 4-bit levels (coarse + fine), symmetric."""
     n, nb = remainder.shape
     half = width // 2
@@ -183,7 +191,9 @@ def _augment(packed: np.ndarray, scales: np.ndarray, zp: np.ndarray, remainder: 
     for _ in range(2):
         blocks = rest.reshape(n, half // BLOCK, BLOCK)
         scale = np.abs(blocks).max(axis=-1) / 7.0
-        q = np.where(scale[..., None] > 0, np.clip(np.rint(blocks / np.where(scale > 0, scale, 1)[..., None]), -8, 7), 0)
+        q = np.where(
+            scale[..., None] > 0, np.clip(np.rint(blocks / np.where(scale > 0, scale, 1)[..., None]), -8, 7), 0
+        )
         rest = (blocks - q * scale[..., None]).reshape(n, half)
         levels.append(((q + 8).astype(np.uint8), scale.astype(np.float32)))
     codes = np.concatenate([c for c, _ in levels], axis=1)  # [N, width/32, 32]
@@ -201,8 +211,16 @@ def _augment(packed: np.ndarray, scales: np.ndarray, zp: np.ndarray, remainder: 
     return np.concatenate([packed, extra_packed], axis=1), new_scales, new_zp
 
 
-def convert(src: Path, dst: Path, gguf_path: Path, *, accuracy_level: int = 4, remainder_mode: str = "side",
-            lm_head: bool = True, embedding: bool = False) -> dict[str, int]:
+def convert(
+    src: Path,
+    dst: Path,
+    gguf_path: Path,
+    *,
+    accuracy_level: int = 4,
+    remainder_mode: str = "side",
+    lm_head: bool = True,
+    embedding: bool = False,
+) -> dict[str, int]:
     """Rewrite the MatMuls of ``src`` whose weights came from ``gguf_path`` as MatMulNBits; save to ``dst``.
 
     With ``embedding``, a token-embedding Gather whose table came from a Q8_0 tensor becomes an
@@ -255,16 +273,31 @@ def convert(src: Path, dst: Path, gguf_path: Path, *, accuracy_level: int = 4, r
             codes, scales = q8_0_to_nbits(raw)
             inputs = [node.input[0], f"{base}.qweight", f"{base}.scales"]
             new_inits += [numpy_helper.from_array(codes, inputs[1]), numpy_helper.from_array(scales, inputs[2])]
-            new_nodes.append(helper.make_node("MatMulNBits", inputs, list(node.output), name=node.name,
-                                              domain="com.microsoft", bits=8, **attrs))
+            new_nodes.append(
+                helper.make_node(
+                    "MatMulNBits", inputs, list(node.output), name=node.name, domain="com.microsoft", bits=8, **attrs
+                )
+            )
         else:
             packed, scales, zp, remainder = q4_1_to_nbits(raw)
             inputs = [node.input[0], f"{base}.qweight", f"{base}.scales", f"{base}.zero_points"]
-            new_inits += [numpy_helper.from_array(packed, inputs[1]), numpy_helper.from_array(scales, inputs[2]),
-                          numpy_helper.from_array(zp, inputs[3])]
+            new_inits += [
+                numpy_helper.from_array(packed, inputs[1]),
+                numpy_helper.from_array(scales, inputs[2]),
+                numpy_helper.from_array(zp, inputs[3]),
+            ]
             if remainder_mode == "drop":
-                new_nodes.append(helper.make_node("MatMulNBits", inputs, list(node.output), name=node.name,
-                                                  domain="com.microsoft", bits=4, **attrs))
+                new_nodes.append(
+                    helper.make_node(
+                        "MatMulNBits",
+                        inputs,
+                        list(node.output),
+                        name=node.name,
+                        domain="com.microsoft",
+                        bits=4,
+                        **attrs,
+                    )
+                )
             elif remainder_mode == "augment":
                 nb = k // BLOCK
                 width = 2 * _ceil_to(nb, BLOCK)  # two copies of the block sums, each padded to whole blocks
@@ -276,41 +309,73 @@ def convert(src: Path, dst: Path, gguf_path: Path, *, accuracy_level: int = 4, r
                     indicator[:, :nb] = eye
                     indicator[:, width // 2 : width // 2 + nb] = eye
                     new_inits.append(numpy_helper.from_array(indicator, f"{base}.block_indicator"))
-                    new_nodes.append(helper.make_node("MatMul", [node.input[0], f"{base}.block_indicator"],
-                                                      [f"{base}/block_sums"], name=f"{node.name}/block_sums"))
-                    new_nodes.append(helper.make_node("Concat", [node.input[0], f"{base}/block_sums"], [aug],
-                                                      name=f"{node.name}/augment", axis=-1))
+                    new_nodes.append(
+                        helper.make_node(
+                            "MatMul",
+                            [node.input[0], f"{base}.block_indicator"],
+                            [f"{base}/block_sums"],
+                            name=f"{node.name}/block_sums",
+                        )
+                    )
+                    new_nodes.append(
+                        helper.make_node(
+                            "Concat", [node.input[0], f"{base}/block_sums"], [aug], name=f"{node.name}/augment", axis=-1
+                        )
+                    )
                     block_sums[node.input[0]] = aug
                 packed, scales, zp = _augment(packed, scales, zp, remainder, width)
                 inputs[0] = aug
                 replaced = {inputs[1]: packed, inputs[2]: scales, inputs[3]: zp}
-                new_inits = [numpy_helper.from_array(replaced[i.name], i.name) if i.name in replaced else i
-                             for i in new_inits]
-                new_nodes.append(helper.make_node("MatMulNBits", inputs, list(node.output), name=node.name,
-                                                  domain="com.microsoft", bits=4,
-                                                  **{**attrs, "K": k + width}))
+                new_inits = [
+                    numpy_helper.from_array(replaced[i.name], i.name) if i.name in replaced else i for i in new_inits
+                ]
+                new_nodes.append(
+                    helper.make_node(
+                        "MatMulNBits",
+                        inputs,
+                        list(node.output),
+                        name=node.name,
+                        domain="com.microsoft",
+                        bits=4,
+                        **{**attrs, "K": k + width},
+                    )
+                )
             else:
                 main_out = f"{node.output[0]}/nbits"
-                new_nodes.append(helper.make_node("MatMulNBits", inputs, [main_out], name=node.name,
-                                                  domain="com.microsoft", bits=4, **attrs))
+                new_nodes.append(
+                    helper.make_node(
+                        "MatMulNBits", inputs, [main_out], name=node.name, domain="com.microsoft", bits=4, **attrs
+                    )
+                )
                 sums = block_sums.get(node.input[0])
                 if sums is None:
                     sums = f"{base}/block_sums"
                     indicator = np.repeat(np.eye(k // BLOCK, dtype=np.float32), BLOCK, axis=0)  # [K, nb]
                     new_inits.append(numpy_helper.from_array(indicator, f"{base}.block_indicator"))
-                    new_nodes.append(helper.make_node("MatMul", [node.input[0], f"{base}.block_indicator"], [sums],
-                                                      name=f"{node.name}/block_sums"))
+                    new_nodes.append(
+                        helper.make_node(
+                            "MatMul", [node.input[0], f"{base}.block_indicator"], [sums], name=f"{node.name}/block_sums"
+                        )
+                    )
                     block_sums[node.input[0]] = sums
                 new_inits.append(numpy_helper.from_array(np.ascontiguousarray(remainder.T), f"{base}.remainder"))
-                new_nodes.append(helper.make_node("MatMul", [sums, f"{base}.remainder"], [f"{node.output[0]}/rem"],
-                                                  name=f"{node.name}/remainder"))
-                new_nodes.append(helper.make_node("Add", [main_out, f"{node.output[0]}/rem"], list(node.output),
-                                                  name=f"{node.name}/add_remainder"))
+                new_nodes.append(
+                    helper.make_node(
+                        "MatMul", [sums, f"{base}.remainder"], [f"{node.output[0]}/rem"], name=f"{node.name}/remainder"
+                    )
+                )
+                new_nodes.append(
+                    helper.make_node(
+                        "Add", [main_out, f"{node.output[0]}/rem"], list(node.output), name=f"{node.name}/add_remainder"
+                    )
+                )
         counts[kind] += 1
         consumers[weight_name] -= 1
     if counts["Q4_1"] + counts["Q8_0"] == 0:
-        raise QuantizeError(f"no MatMul weight of {src} matches a Q4_1/Q8_0 row of {gguf_path.name}; "
-                            "the graph was not exported from this GGUF: use a matmul_nbits recipe")
+        raise QuantizeError(
+            f"no MatMul weight of {src} matches a Q4_1/Q8_0 row of {gguf_path.name}; "
+            "the graph was not exported from this GGUF: use a matmul_nbits recipe"
+        )
     dropped = {name for name in inits if consumers.get(name, 1) == 0}  # weights no node reads any more
     del graph.node[:]
     graph.node.extend(new_nodes)
@@ -320,6 +385,11 @@ def convert(src: Path, dst: Path, gguf_path: Path, *, accuracy_level: int = 4, r
     if not any(op.domain == "com.microsoft" for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     save_onnx(model, dst)
-    logger.info("mapped GGUF blocks onto %d MatMulNBits (Q4_1 %d, Q8_0 %d), kept %d MatMul fp32",
-                counts["Q4_1"] + counts["Q8_0"], counts["Q4_1"], counts["Q8_0"], counts["kept"])
+    logger.info(
+        "mapped GGUF blocks onto %d MatMulNBits (Q4_1 %d, Q8_0 %d), kept %d MatMul fp32",
+        counts["Q4_1"] + counts["Q8_0"],
+        counts["Q4_1"],
+        counts["Q8_0"],
+        counts["kept"],
+    )
     return counts

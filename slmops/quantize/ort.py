@@ -38,8 +38,14 @@ def save_onnx(model, dst: Path) -> None:
     import onnx
 
     if model.ByteSize() > MAX_PROTO_BYTES:
-        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=dst.name + ".data", size_threshold=1024)
+        onnx.save_model(
+            model,
+            str(dst),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=dst.name + ".data",
+            size_threshold=1024,
+        )
     else:
         onnx.save_model(model, str(dst))
 
@@ -70,16 +76,25 @@ def matmul_nbits(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None =
     exclude = [] if recipe.lm_head else output_projections(model)
     block = recipe.block_size or 32
     if recipe.algorithm == "rtn":
-        config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=recipe.symmetric,
-                                              accuracy_level=recipe.accuracy_level, bits=recipe.bits or 4,
-                                              op_types_to_quantize=("MatMul",))
+        config = DefaultWeightOnlyQuantConfig(
+            block_size=block,
+            is_symmetric=recipe.symmetric,
+            accuracy_level=recipe.accuracy_level,
+            bits=recipe.bits or 4,
+            op_types_to_quantize=("MatMul",),
+        )
     elif recipe.algorithm == "hqq":  # asymmetric by construction
         config = HQQWeightOnlyQuantConfig(block_size=block, bits=recipe.bits or 4, op_types_to_quantize=("MatMul",))
     else:
         config = KQuantWeightOnlyQuantConfig(op_types_to_quantize=("MatMul",))
-    quantizer = MatMulNBitsQuantizer(model, block_size=block, is_symmetric=recipe.symmetric,
-                                     accuracy_level=recipe.accuracy_level, nodes_to_exclude=exclude,
-                                     algo_config=config)
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        block_size=block,
+        is_symmetric=recipe.symmetric,
+        accuracy_level=recipe.accuracy_level,
+        nodes_to_exclude=exclude,
+        algo_config=config,
+    )
     quantizer.process()
     if recipe.embedding:
         from slmops.quantize.tied import gather_from_quantized_head
@@ -98,10 +113,19 @@ def gguf_blocks(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None = 
 
     found = sorted(Path(fetched).glob("*.gguf")) if fetched is not None else []
     if not found:
-        raise QuantizeError(f"recipe {recipe.name!r} maps a GGUF's blocks, but {fetched} holds no .gguf file; "
-                            "use it only for variants fetched with source: gguf (and re-run `slmops fetch`)")
-    convert(src, dst, found[0], accuracy_level=recipe.accuracy_level if recipe.accuracy_level is not None else 4,
-            remainder_mode=recipe.remainder, lm_head=recipe.lm_head, embedding=recipe.embedding)
+        raise QuantizeError(
+            f"recipe {recipe.name!r} maps a GGUF's blocks, but {fetched} holds no .gguf file; "
+            "use it only for variants fetched with source: gguf (and re-run `slmops fetch`)"
+        )
+    convert(
+        src,
+        dst,
+        found[0],
+        accuracy_level=recipe.accuracy_level if recipe.accuracy_level is not None else 4,
+        remainder_mode=recipe.remainder,
+        lm_head=recipe.lm_head,
+        embedding=recipe.embedding,
+    )
 
 
 @QUANTIZERS.register("fp16")

@@ -51,8 +51,10 @@ class Recipe(BaseModel):
         elif self.bits is not None or self.block_size is not None:
             raise ValueError(f"bits/block_size only apply to method matmul_nbits, not {self.method!r}")
         if self.embedding and not (self.method == "gguf_blocks" or (self.method == "matmul_nbits" and self.lm_head)):
-            raise ValueError("embedding: true needs method gguf_blocks, or matmul_nbits with lm_head: true "
-                             "(the tied embedding then gathers the quantized lm_head)")
+            raise ValueError(
+                "embedding: true needs method gguf_blocks, or matmul_nbits with lm_head: true "
+                "(the tied embedding then gathers the quantized lm_head)"
+            )
         if self.method == "gguf_blocks" and self.precision != "int4":
             raise ValueError("gguf_blocks maps Q4_1/Q8_0 blocks: precision int4")
         if self.method == "fp16" and self.precision != "fp16":

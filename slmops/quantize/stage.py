@@ -11,15 +11,16 @@ from pathlib import Path
 from slmops.artifacts import Manifest, atomic_folder, link_or_copy, read_manifest, write_json_atomic, write_manifest
 from slmops.catalog.schema import Variant
 from slmops.errors import ConfigError, QuantizeError
-from slmops.runtime.card import MODEL_CARD_NAME, read_model_card
 from slmops.quantize.ort import QUANTIZERS
 from slmops.quantize.recipes import Recipe
+from slmops.runtime.card import MODEL_CARD_NAME, read_model_card
 
 logger = logging.getLogger(__name__)
 
 
-def quantize(variant: Variant, recipe: Recipe, *, src: Path, out: Path, device: str = "cpu",
-             fetched: Path | None = None) -> Manifest:
+def quantize(
+    variant: Variant, recipe: Recipe, *, src: Path, out: Path, device: str = "cpu", fetched: Path | None = None
+) -> Manifest:
     """Apply ``recipe`` to the export in ``src``, writing a complete candidate folder to ``out``.
 
     ``fetched`` is the fetched folder the export came from (recipes that reuse the source's

@@ -16,18 +16,33 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
-def gather_block_quantized(gather, codes: np.ndarray, scales: np.ndarray, zero: np.ndarray, *,  # noqa: ANN001
-                           block: int, bits: int) -> tuple:
+def gather_block_quantized(
+    gather,
+    codes: np.ndarray,
+    scales: np.ndarray,
+    zero: np.ndarray,
+    *,  # noqa: ANN001
+    block: int,
+    bits: int,
+) -> tuple:
     """A GatherBlockQuantized taking ``gather``'s place (same ids and output), and its three tables
     (codes ``[vocab, hidden*bits/8]``, scales and zero points ``[vocab, blocks]``, packed like the codes)."""
     from onnx import helper, numpy_helper
 
     base = gather.name.replace("/", "_").strip("_")
     names = [f"{base}.qtable", f"{base}.scales", f"{base}.zero_points"]
-    tables = [numpy_helper.from_array(array, name) for array, name in zip((codes, scales, zero), names)]
-    node = helper.make_node("GatherBlockQuantized", [names[0], gather.input[1], *names[1:]], list(gather.output),
-                            name=gather.name, domain="com.microsoft", gather_axis=0, quantize_axis=1,
-                            block_size=block, bits=bits)
+    tables = [numpy_helper.from_array(array, name) for array, name in zip((codes, scales, zero), names, strict=False)]
+    node = helper.make_node(
+        "GatherBlockQuantized",
+        [names[0], gather.input[1], *names[1:]],
+        list(gather.output),
+        name=gather.name,
+        domain="com.microsoft",
+        gather_axis=0,
+        quantize_axis=1,
+        block_size=block,
+        bits=bits,
+    )
     return node, tables
 
 
@@ -40,8 +55,14 @@ def gather_from_quantized_head(model) -> bool:  # noqa: ANN001 - onnx.ModelProto
     outputs = {o.name for o in graph.output}
     producers = {out: node for node in graph.node for out in node.output}
     heads = [n for n in graph.node if n.op_type == "MatMulNBits" and n.output[0] in outputs]
-    gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[1] in {i.name for i in graph.input}
-               and n.input[0] in producers and producers[n.input[0]].op_type == "Transpose"]
+    gathers = [
+        n
+        for n in graph.node
+        if n.op_type == "Gather"
+        and n.input[1] in {i.name for i in graph.input}
+        and n.input[0] in producers
+        and producers[n.input[0]].op_type == "Transpose"
+    ]
     if len(heads) != 1 or len(gathers) != 1:
         return False
     head, gather = heads[0], gathers[0]
@@ -60,7 +81,9 @@ def gather_from_quantized_head(model) -> bool:  # noqa: ANN001 - onnx.ModelProto
         zero = numpy_helper.to_array(inits[head.input[3]]).reshape(n, -1)
     else:  # symmetric: MatMulNBits' default zero point 2^(bits-1), packed like the data
         mid = 1 << (bits - 1)
-        zero = np.full((n, blocks if bits == 8 else (blocks + 1) // 2), mid if bits == 8 else mid | (mid << 4), np.uint8)
+        zero = np.full(
+            (n, blocks if bits == 8 else (blocks + 1) // 2), mid if bits == 8 else mid | (mid << 4), np.uint8
+        )
     replacement, tables = gather_block_quantized(gather, codes, scales, zero, block=block, bits=bits)
     graph.initializer.extend(tables)
     nodes = [replacement if node is gather else node for node in graph.node if node is not transpose]

@@ -13,8 +13,7 @@ def pareto_front(points: list[tuple[float, float]], *, quality_higher: bool) -> 
     front = []
     for i, (s, q) in enumerate(points):
         dominated = any(
-            (s2 >= s and (q2 >= q if quality_higher else q2 <= q)) and (s2, q2) != (s, q)
-            for s2, q2 in points
+            (s2 >= s and (q2 >= q if quality_higher else q2 <= q)) and (s2, q2) != (s, q) for s2, q2 in points
         )
         if not dominated:
             front.append(i)
@@ -36,10 +35,17 @@ def plot_pareto(task: str, candidates: list[Candidate], out: Path) -> Path | Non
     points = [(c.metrics[speed_key], c.metrics[quality_key]) for c in rows]
     front = set(pareto_front(points, quality_higher=higher))
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for i, (c, (s, q)) in enumerate(zip(rows, points)):
+    for i, (c, (s, q)) in enumerate(zip(rows, points, strict=False)):
         rss = c.metrics.get("bench.peak_rss_mb", 100.0)
-        ax.scatter(s, q, s=max(rss, 20) / 2, alpha=0.6, color="tab:green" if not c.rejected else "tab:gray",
-                   edgecolors="black" if i in front else "none", linewidths=1.5)
+        ax.scatter(
+            s,
+            q,
+            s=max(rss, 20) / 2,
+            alpha=0.6,
+            color="tab:green" if not c.rejected else "tab:gray",
+            edgecolors="black" if i in front else "none",
+            linewidths=1.5,
+        )
         ax.annotate(f"{c.label}\n{rss:.0f} MB", (s, q), textcoords="offset points", xytext=(6, 4), fontsize=7)
     ax.set_xlabel(speed_key)
     ax.set_ylabel(quality_key + (" (higher is better)" if higher else " (lower is better)"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -46,15 +47,18 @@ def recommend(
         except NoEligibleModelError as exc:
             _drop_alias(client, candidates, name)
             decisions[name] = Decision(chosen=None, why=str(exc), candidates=table)
-            logger.info("%s", exc)  # a result, not a fault: the decision carries it (the build's line and table show it)
+            logger.info(
+                "%s", exc
+            )  # a result, not a fault: the decision carries it (the build's line and table show it)
             continue
         client.set_registered_model_alias(winner.model_name, name, winner.version)
         why = (
             f"{winner.label} (v{winner.version}) has the best {metric} = {winner.metrics[metric]:.1f} "
             f"among {sum(not c.rejected for c in ranked)} eligible of {len(ranked)} registered {uc.task} versions"
         )
-        decisions[name] = Decision(chosen=winner.uri, alias_uri=f"models:/{winner.model_name}@{name}", why=why,
-                                   candidates=table)
+        decisions[name] = Decision(
+            chosen=winner.uri, alias_uri=f"models:/{winner.model_name}@{name}", why=why, candidates=table
+        )
     result = Recommendations(usecases=decisions)
     _log_summary(client, settings, result, plots)
     return result
@@ -72,15 +76,19 @@ def _log_summary(client: Any, settings: Settings, decisions: Recommendations, pl
 
 
 def _row(c: Candidate, metric: str) -> RankedRow:
-    return RankedRow(candidate=c.label, version=c.version, metric=metric, value=c.metrics.get(metric),
-                     eligible=not c.rejected, rejected=c.rejected)
+    return RankedRow(
+        candidate=c.label,
+        version=c.version,
+        metric=metric,
+        value=c.metrics.get(metric),
+        eligible=not c.rejected,
+        rejected=c.rejected,
+    )
 
 
 def _drop_alias(client: Any, candidates: list[Candidate], alias: str) -> None:
     from mlflow.exceptions import MlflowException
 
     for model_name in {c.model_name for c in candidates}:
-        try:
+        with contextlib.suppress(MlflowException):
             client.delete_registered_model_alias(model_name, alias)
-        except MlflowException:
-            pass

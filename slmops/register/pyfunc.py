@@ -70,7 +70,7 @@ def rows(model_input: Any, text_column: str | None) -> list[dict[str, Any]]:
         elif isinstance(item, str) and text_column is not None:
             out.append({text_column: item})
         else:
-            expected = f"str, list[str], " if text_column else ""
+            expected = "str, list[str], " if text_column else ""
             raise PyfuncInputError(
                 f"cannot read {type(item).__name__} {item!r:.60} as a row; pass {expected}a DataFrame, "
                 "a list of row dicts or a dict of lists"

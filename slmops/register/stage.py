@@ -40,8 +40,16 @@ def _flat_metrics(evaluation: CandidateGate, report: BenchReport, estimate_mb: f
     bench = report.model_dump(exclude_none=True)
     metrics = {f"quality.{k}": float(v) for k, v in evaluation.metrics.items() if f"quality.{k}" in names.METRICS}
     metrics["gate.passed"] = 1.0 if evaluation.passed else 0.0
-    for key in ("load_s", "ttft_ms", "decode_tok_s", "items_per_s", "peak_rss_mb", "peak_rss_sampled_mb",
-                "rss_after_load_mb", "size_mb"):
+    for key in (
+        "load_s",
+        "ttft_ms",
+        "decode_tok_s",
+        "items_per_s",
+        "peak_rss_mb",
+        "peak_rss_sampled_mb",
+        "rss_after_load_mb",
+        "size_mb",
+    ):
         if key in bench:
             metrics[f"bench.{key}"] = float(bench[key])
     for profile, result in bench.get("profiles", {}).items():
@@ -152,7 +160,9 @@ def register(
     except RegistryError:
         raise
     except Exception as exc:  # mlflow raises MlflowException and OSError alike
-        raise RegistryError(f"registering {variant.id}/{recipe.name} in {settings.resolved_tracking_uri()} failed: {exc}") from exc
+        raise RegistryError(
+            f"registering {variant.id}/{recipe.name} in {settings.resolved_tracking_uri()} failed: {exc}"
+        ) from exc
     logger.info("registered %s/%s as %s version %s", variant.id, recipe.name, model_name, version)
     return Registered(run.info.run_id, model_name, version, reused=False)
 
@@ -160,19 +170,31 @@ def register(
 def _estimate_for(variant: Variant, recipe: Recipe, bench: BenchReport, graph: str) -> float:
     """The catalog's memory estimate (MiB) for the settings the benchmark measured, to compare with its peak RSS."""
     if get_task(variant.task).generative and bench.max_context:
-        est = estimate_memory(variant, precision=recipe.precision,
-                              context_length=min(bench.max_context, variant.context_length),
-                              prompt_tokens=bench.max_prompt_tokens or 0, graph=graph)
+        est = estimate_memory(
+            variant,
+            precision=recipe.precision,
+            context_length=min(bench.max_context, variant.context_length),
+            prompt_tokens=bench.max_prompt_tokens or 0,
+            graph=graph,
+        )
     elif bench.max_seq_tokens:
-        est = estimate_memory(variant, precision=recipe.precision, context_length=bench.max_seq_tokens,
-                              batch=bench.batch_size or 1)
+        est = estimate_memory(
+            variant, precision=recipe.precision, context_length=bench.max_seq_tokens, batch=bench.batch_size or 1
+        )
     else:
         est = estimate_memory(variant, precision=recipe.precision, context_length=min(2048, variant.context_length))
     return est.total / 2**20
 
 
-def _log_model(model_name: str, variant: Variant, folder: Path, tags: dict[str, str], *, candidate: Manifest,
-               evaluation: CandidateGate) -> Any:
+def _log_model(
+    model_name: str,
+    variant: Variant,
+    folder: Path,
+    tags: dict[str, str],
+    *,
+    candidate: Manifest,
+    evaluation: CandidateGate,
+) -> Any:
     """Log the candidate folder, with its gate result and a manifest covering both, as a pyfunc model
     (models-from-code, no pickle) and register it. The candidate folder itself is left untouched."""
     import mlflow.pyfunc
@@ -184,9 +206,14 @@ def _log_model(model_name: str, variant: Variant, folder: Path, tags: dict[str, 
         for rel in candidate.files:
             link_or_copy(Path(folder) / rel, bundle / rel)
         write_json_atomic(bundle / GATE_NAME, evaluation.model_dump(mode="json"))
-        write_manifest(bundle, stage="register", variant=candidate.variant, source=candidate.source,
-                       revision=candidate.revision,
-                       info={**candidate.info, "candidate_digest": candidate.digest(), "gate_passed": evaluation.passed})
+        write_manifest(
+            bundle,
+            stage="register",
+            variant=candidate.variant,
+            source=candidate.source,
+            revision=candidate.revision,
+            info={**candidate.info, "candidate_digest": candidate.digest(), "gate_passed": evaluation.passed},
+        )
         # slmops reports each registered version itself (the stage's summary line and log)
         with mlflow_progress_bars_off(), mlflow_registration_quiet():
             return mlflow.pyfunc.log_model(

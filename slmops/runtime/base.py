@@ -45,4 +45,6 @@ class LoadedModel:
 
     def _require_loaded(self) -> None:
         if not self._loaded:
-            raise ModelLoadError(f"{self.card.variant} ({self.card.recipe}) was unloaded; load it again with slmops.load()")
+            raise ModelLoadError(
+                f"{self.card.variant} ({self.card.recipe}) was unloaded; load it again with slmops.load()"
+            )

@@ -42,8 +42,9 @@ class LeftPadded:
         for b, row in enumerate(rows):
             ids[b, width - len(row) :] = row
             self.mask[b, width - len(row) :] = 1
-        logits, self.cache = graph.forward(ids, graph.empty_cache(batch=len(rows), capacity=capacity),
-                                           attention_mask=self.mask)
+        logits, self.cache = graph.forward(
+            ids, graph.empty_cache(batch=len(rows), capacity=capacity), attention_mask=self.mask
+        )
         self.logits = logits[:, -1]
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
@@ -63,8 +64,9 @@ class RightPadded:
         ids = np.full((len(rows), width), pad_id, dtype=np.int64)
         for b, row in enumerate(rows):
             ids[b, : len(row)] = row
-        logits, self.cache = graph.forward(ids, graph.empty_cache(batch=len(rows), capacity=capacity),
-                                           attention_mask=self._mask())
+        logits, self.cache = graph.forward(
+            ids, graph.empty_cache(batch=len(rows), capacity=capacity), attention_mask=self._mask()
+        )
         self.logits = logits[np.arange(len(rows)), self.lengths - 1]
 
     def _mask(self) -> np.ndarray:
@@ -86,8 +88,9 @@ def generate_token_batch(model: TextModel, rows: list[list[int]], params: Genera
     gives for that row alone."""
     end = set(params.stop_token_ids) | (set() if params.ignore_eos else set(model.card.eos_token_ids))
     pad_id = model.card.pad_token_id if model.card.pad_token_id is not None else model.tokenizer.pad_id
-    runner = PADDING[model.card.graph](model.graph, rows, pad_id=pad_id,
-                                      capacity=max(len(r) for r in rows) + params.max_tokens)
+    runner = PADDING[model.card.graph](
+        model.graph, rows, pad_id=pad_id, capacity=max(len(r) for r in rows) + params.max_tokens
+    )
     samplers = [Sampler(params) for _ in rows]  # one generator per row: a row samples as it would alone
     seen = [np.asarray(r, dtype=np.int64) for r in rows]
     out: list[list[int]] = [[] for _ in rows]

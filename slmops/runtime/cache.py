@@ -93,8 +93,12 @@ def fetch_version(
             if ref.digest is None or manifest.candidate_digest() == ref.digest:
                 notify(1.0)
                 return folder
-            logger.warning("cached copy of %s has digest %s, the registry %s; downloading it again",
-                           ref.uri, manifest.candidate_digest()[:12], ref.digest[:12])
+            logger.warning(
+                "cached copy of %s has digest %s, the registry %s; downloading it again",
+                ref.uri,
+                manifest.candidate_digest()[:12],
+                ref.digest[:12],
+            )
         except (IntegrityError, ModelLoadError) as exc:
             logger.warning("cached copy of %s is unusable (%s); downloading it again", ref.uri, exc)
     return _download(ref, cache, stamps_dir=stamps, notify=notify, tracking_uri=tracking_uri)
@@ -113,11 +117,16 @@ def _download(
         try:
             with mlflow_progress_bars_off():  # progress goes through the DOWNLOADING state instead
                 # the tracking URI resolves mlflow-artifacts:/ sources (a server's proxied artifacts)
-                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(tmp),
-                                                                 tracking_uri=tracking_uri))
+                local = Path(
+                    mlflow.artifacts.download_artifacts(
+                        artifact_uri=ref.source, dst_path=str(tmp), tracking_uri=tracking_uri
+                    )
+                )
         except MlflowException as exc:
-            raise RegistryError(f"downloading {ref.uri} from {ref.source} failed: {exc.message}; check that the "
-                                "tracking server is up and serves artifacts (mlflow server --serve-artifacts)") from None
+            raise RegistryError(
+                f"downloading {ref.uri} from {ref.source} failed: {exc.message}; check that the "
+                "tracking server is up and serves artifacts (mlflow server --serve-artifacts)"
+            ) from None
         manifest = read_manifest(model_folder(local, ref.uri), verify=True)
         if ref.digest is not None and manifest.candidate_digest() != ref.digest:
             raise IntegrityError(

@@ -53,7 +53,9 @@ def read_model_card(folder: Path) -> ModelCard:
     try:
         return ModelCard.model_validate_json(path.read_bytes())
     except FileNotFoundError:
-        raise ModelLoadError(f"{folder} has no {MODEL_CARD_NAME}; it is not an slmops export. Run `slmops export` first") from None
+        raise ModelLoadError(
+            f"{folder} has no {MODEL_CARD_NAME}; it is not an slmops export. Run `slmops export` first"
+        ) from None
     except ValidationError as exc:
         raise ModelLoadError(f"{path} is invalid ({exc.errors()[0]['msg']}); re-run `slmops export`") from None
 

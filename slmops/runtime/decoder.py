@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from slmops.errors import ContextLengthError, GenerationParamsError, ModelLoadError, UsageError
-from slmops.runtime.card import ModelCard
 from slmops.runtime.base import LoadedModel
+from slmops.runtime.card import ModelCard
 from slmops.runtime.params import GenerationParams
 from slmops.runtime.sampling import Sampler
 from slmops.runtime.tokenizer import Tokenizer
@@ -58,7 +58,7 @@ class OnnxDecoderGraph:
             else:  # a left pad takes position 0, as transformers does; the mask hides it anyway
                 positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)[:, -seq:]
             feed["position_ids"] = np.ascontiguousarray(positions, dtype=np.int64)
-        feed.update(zip(self.past_names, cache))
+        feed.update(zip(self.past_names, cache, strict=False))
         logits, *present = self.session.run(self.output_names, feed)
         return logits, present
 
@@ -92,16 +92,18 @@ class SharedKVDecoderGraph(OnnxDecoderGraph):
     52 / 52 when feeding numpy arrays (OnnxDecoderGraph) and 66 / 80-86 for onnxruntime-genai's own Generator.
     """
 
-    def empty_cache(self, batch: int = 1, capacity: int | None = None) -> SharedKVCache:  # type: ignore[override]
+    def empty_cache(self, batch: int = 1, capacity: int | None = None) -> SharedKVCache:  # type: ignore[override]  # same protocol, its own cache type
         import onnxruntime as ort
 
         if capacity is None:
             raise UsageError("SharedKVDecoderGraph.empty_cache needs capacity= (prompt + new tokens)")
-        buffers = [ort.OrtValue.ortvalue_from_numpy(np.zeros((batch, heads, capacity, dim), dtype=self.kv_dtype))
-                   for heads, dim in self.kv_shapes]
+        buffers = [
+            ort.OrtValue.ortvalue_from_numpy(np.zeros((batch, heads, capacity, dim), dtype=self.kv_dtype))
+            for heads, dim in self.kv_shapes
+        ]
         return SharedKVCache(buffers, capacity)
 
-    def forward(  # type: ignore[override]
+    def forward(  # type: ignore[override]  # takes and returns the shared cache it made
         self, ids: np.ndarray, cache: SharedKVCache, *, attention_mask: np.ndarray | None = None
     ) -> tuple[np.ndarray, SharedKVCache]:
         """As :meth:`OnnxDecoderGraph.forward`, but a mask means *right* padding: the graph turns it into
@@ -110,12 +112,14 @@ class SharedKVDecoderGraph(OnnxDecoderGraph):
         batch, seq = ids.shape
         total = cache.length + seq if attention_mask is None else attention_mask.shape[1]
         if total > cache.capacity:
-            raise ContextLengthError(f"the KV cache of {cache.capacity} tokens cannot hold {total}; size it to the request")
+            raise ContextLengthError(
+                f"the KV cache of {cache.capacity} tokens cannot hold {total}; size it to the request"
+            )
         mask = np.ones((batch, total), dtype=np.int64) if attention_mask is None else attention_mask
         io = cache.binding
         if io is None:  # bind the KV buffers once per cache: rebinding 2 x layers values per token cost ~0.5 ms
             io = cache.binding = self.session.io_binding()
-            for past, present, buf in zip(self.past_names, self.present_names, cache.buffers):
+            for past, present, buf in zip(self.past_names, self.present_names, cache.buffers, strict=False):
                 io.bind_ortvalue_input(past, buf)
                 io.bind_ortvalue_output(present, buf)
         io.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64))
@@ -152,7 +156,7 @@ class TextModel(LoadedModel):
         self.graph = GRAPHS[card.graph](session, card)
 
     def _release(self) -> None:
-        self.graph = None  # type: ignore[assignment]
+        self.graph = None  # type: ignore[assignment]  # unloaded: _require_loaded() guards every use
 
     # -- scoring ---------------------------------------------------------------------------------
     def logits(self, ids: list[int]) -> np.ndarray:
@@ -162,9 +166,7 @@ class TextModel(LoadedModel):
         return logits[0]
 
     # -- generation ------------------------------------------------------------------------------
-    def prompt_ids(
-        self, prompt: str | None = None, messages: list[dict[str, str]] | None = None
-    ) -> list[int]:
+    def prompt_ids(self, prompt: str | None = None, messages: list[dict[str, str]] | None = None) -> list[int]:
         """Token ids for a plain prompt or for chat messages rendered with the model's template."""
         if (prompt is None) == (messages is None):
             raise GenerationParamsError("pass exactly one of prompt= or messages=")

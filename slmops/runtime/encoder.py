@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from slmops.errors import GenerationParamsError
-from slmops.runtime.card import ModelCard
 from slmops.runtime.base import LoadedModel
+from slmops.runtime.card import ModelCard
 from slmops.runtime.tokenizer import Tokenizer
 
 
@@ -22,7 +22,6 @@ def _check_texts(name: str, texts: object) -> list[str]:
         if not isinstance(t, str) or not t.strip():
             raise GenerationParamsError(f"{name}[{i}]={t!r} must be a non-empty string")
     return list(texts)
-
 
 
 def pool(hidden: np.ndarray, attention_mask: np.ndarray, *, mode: str = "mean", normalize: bool = True) -> np.ndarray:
@@ -38,6 +37,7 @@ def pool(hidden: np.ndarray, attention_mask: np.ndarray, *, mode: str = "mean", 
     if normalize:
         pooled = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
     return pooled
+
 
 class _EncoderBase(LoadedModel):
     def __init__(self, folder: Path, card: ModelCard, session) -> None:
@@ -76,8 +76,14 @@ class EmbeddingModel(_EncoderBase):
         for start in range(0, len(texts), batch_size):
             feed = self._feed(texts[start : start + batch_size])
             hidden = self.session.run(None, feed)[0].astype(np.float32)
-            out.append(pool(hidden, feed["attention_mask"], mode=pooling.mode if pooling else "mean",
-                            normalize=pooling is None or pooling.normalize))
+            out.append(
+                pool(
+                    hidden,
+                    feed["attention_mask"],
+                    mode=pooling.mode if pooling else "mean",
+                    normalize=pooling is None or pooling.normalize,
+                )
+            )
         return np.concatenate(out, axis=0)
 
 

@@ -12,8 +12,18 @@ from slmops.runtime.card import ModelCard
 from slmops.runtime.encoder import _check_texts, _EncoderBase
 
 # transformers' clean_up_tokenization: spaces the WordPiece decoder leaves before punctuation and contractions
-_CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
-            (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+_CLEANUP = (
+    (" .", "."),
+    (" ?", "?"),
+    (" !", "!"),
+    (" ,", ","),
+    (" ' ", "'"),
+    (" n't", "n't"),
+    (" 'm", "'m"),
+    (" 's", "'s"),
+    (" 've", "'ve"),
+    (" 're", "'re"),
+)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -49,18 +59,20 @@ class FillMaskModel(_EncoderBase):
         for i, text in enumerate(texts):
             if self.mask_token not in text:
                 raise GenerationParamsError(
-                    f"texts[{i}]={text!r} contains no mask token; put {self.mask_token!r} where a word should be predicted"
+                    f"texts[{i}]={text!r} contains no mask token; "
+                    f"put {self.mask_token!r} where a word should be predicted"
                 )
         out = []
         for start in range(0, len(texts), batch_size):
             feed = self._feed(texts[start : start + batch_size])
             logits = self.session.run(None, feed)[0]
-            for row, (ids, mask) in enumerate(zip(feed["input_ids"], feed["attention_mask"])):
+            for row, (ids, mask) in enumerate(zip(feed["input_ids"], feed["attention_mask"], strict=False)):
                 ids = ids[mask > 0]
                 positions = np.flatnonzero(ids == self.mask_token_id)
                 if positions.size == 0 and ids.size >= self.max_length:
                     raise GenerationParamsError(
-                        f"texts[{start + row}] loses its {self.mask_token!r} to truncation at {self.max_length} tokens; "
+                        f"texts[{start + row}] loses its {self.mask_token!r} to truncation "
+                        f"at {self.max_length} tokens; "
                         "shorten the text or move the mask token earlier"
                     )
                 if positions.size == 0:
@@ -90,18 +102,20 @@ class FillMaskModel(_EncoderBase):
         positions = np.flatnonzero(ids == self.mask_token_id)
         single = positions.size == 1
         results = []
-        for pos, p in zip(positions, probs):
+        for pos, p in zip(positions, probs, strict=False):
             best = np.argsort(-p, kind="stable")[:top_k]
             row = []
             for token in best:
                 filled = ids.copy()
                 filled[pos] = token
-                row.append({
-                    "score": float(p[token]),
-                    "token": int(token),
-                    "token_str": self._decode([int(token)], skip_special_tokens=False),
-                    "sequence": self._decode([int(t) for t in filled], skip_special_tokens=single),
-                })
+                row.append(
+                    {
+                        "score": float(p[token]),
+                        "token": int(token),
+                        "token_str": self._decode([int(token)], skip_special_tokens=False),
+                        "sequence": self._decode([int(t) for t in filled], skip_special_tokens=single),
+                    }
+                )
             results.append(row)
         return results
 

@@ -8,14 +8,16 @@ the cache, or to rank versions by constraints. Never torch, transformers or opti
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from slmops.errors import MemoryBudgetError, RegistryError, SlmopsError, UsageError, describe_validation
+from slmops.errors import MemoryBudgetError, SlmopsError, UsageError, describe_validation
 from slmops.runtime.cache import fetch_version, verify_folder
 from slmops.runtime.open import Model, open_folder
+from slmops.runtime.session import DEVICE_PROVIDERS as DEVICES
 from slmops.runtime.states import LoadingEvent, LoadingState, StateCallback
 from slmops.settings import Settings, get_settings
 
@@ -46,8 +48,13 @@ def load(
     resolves, IntegrityError when a file does not match the manifest, MemoryBudgetError
     when the model would not fit ``max_memory_mb``.
     """
+    if target is not None and not isinstance(target, str | os.PathLike):
+        raise UsageError(f"target={target!r} must be a use case, a models:/ URI or a folder path (a str)")
+    if device is not None and device not in DEVICES:
+        raise UsageError(f"device={device!r} is not one of {', '.join(DEVICES)}")
     settings = settings or get_settings()
     device = device or settings.device
+    target = None if target is None else str(target)
     label = target or f"best {task} model"
     notify = on_state or (lambda event: None)
     notify(LoadingEvent(LoadingState.NOT_LOADED, label))
@@ -56,16 +63,32 @@ def load(
             folder = Path(target)
             verify_folder(folder, stamps_dir=settings.cache_dir / "verified")
         else:
-            ref = _resolve(target, task=task, device=device, max_memory_mb=max_memory_mb,
-                           max_latency_ms=max_latency_ms, min_quality=min_quality,
-                           capabilities=capabilities or [], settings=settings)
-            progress = lambda p: notify(LoadingEvent(LoadingState.DOWNLOADING, label, progress=p))
-            folder = fetch_version(ref, cache_dir=settings.cache_dir, notify=progress,
-                                   tracking_uri=settings.resolved_tracking_uri())
+            ref = _resolve(
+                target,
+                task=task,
+                device=device,
+                max_memory_mb=max_memory_mb,
+                max_latency_ms=max_latency_ms,
+                min_quality=min_quality,
+                capabilities=capabilities or [],
+                settings=settings,
+            )
+
+            def progress(p: float) -> None:
+                notify(LoadingEvent(LoadingState.DOWNLOADING, label, progress=p))
+
+            folder = fetch_version(
+                ref, cache_dir=settings.cache_dir, notify=progress, tracking_uri=settings.resolved_tracking_uri()
+            )
         notify(LoadingEvent(LoadingState.LOADING, label))
         _check_budget(folder, max_memory_mb)
-        model = open_folder(folder, device=device, threads=settings.threads, verify=False,
-                            optimized_dir=settings.cache_dir / "optimized")
+        model = open_folder(
+            folder,
+            device=device,
+            threads=settings.threads,
+            verify=False,
+            optimized_dir=settings.cache_dir / "optimized",
+        )
     except SlmopsError as exc:
         notify(LoadingEvent(LoadingState.FAILED, label, detail=str(exc)))
         raise
@@ -73,7 +96,9 @@ def load(
     return model
 
 
-def _resolve(target: str | None, *, task: str | None, device: str, settings: Settings, **constraints: Any) -> VersionRef:
+def _resolve(
+    target: str | None, *, task: str | None, device: str, settings: Settings, **constraints: Any
+) -> VersionRef:
     """The registry version to load: through the light reader for aliases and URIs, mlflow's ranking otherwise."""
     from slmops.runtime.registry import registry_reader, resolve_version
 
@@ -88,7 +113,7 @@ def _resolve(target: str | None, *, task: str | None, device: str, settings: Set
     objective = get_task(task).objective  # UnknownTaskError names the known tasks
     reader = MlflowRegistryReader(settings)  # ranking reads every version's metrics: mlflow's client it is
     try:
-        wanted = Constraints(task=task, device=device, **constraints)  # type: ignore[arg-type]  # checked below
+        wanted = Constraints(task=task, device=device, **constraints)  # type: ignore[arg-type]  # task/device are plain str here; pydantic validates them
     except ValidationError as exc:
         raise UsageError(f"load() constraints: {describe_validation(exc)}") from None
     chosen = best(registered_candidates(reader.client, task), wanted, objective, what="the given constraints")

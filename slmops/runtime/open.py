@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 from slmops.artifacts import read_manifest
-from slmops.errors import ModelLoadError, UnknownTaskError
+from slmops.errors import ModelLoadError, TaskMismatchError, UnknownTaskError
 from slmops.runtime.card import read_model_card
 from slmops.runtime.session import create_session
 from slmops.tasks import get_task
@@ -20,9 +20,22 @@ if TYPE_CHECKING:
 else:  # the runtime classes are imported by the task table on first use, not here
     from slmops.runtime.base import LoadedModel as Model
 
+M = TypeVar("M")
+
+
+def expect(model: Model, kind: type[M], *, target: str, doing: str) -> M:
+    """``model`` as a ``kind``; raises TaskMismatchError saying ``target``'s task cannot ``doing``."""
+    if not isinstance(model, kind):
+        raise TaskMismatchError(f"model {target!r} is a {model.card.task} model and cannot {doing}")
+    return model
+
 
 def open_folder(
-    folder: Path, *, device: str = "cpu", threads: int | None = None, verify: bool = True,
+    folder: Path,
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
+    verify: bool = True,
     optimized_dir: Path | None = None,
 ) -> Model:
     """The runtime model for an artifact folder. Raises IntegrityError on a bad manifest/hash, ModelLoadError otherwise.
@@ -37,8 +50,10 @@ def open_folder(
     except UnknownTaskError as exc:
         raise ModelLoadError(f"{folder}: {exc}") from None
     if card.graph not in spec.graphs:
-        raise ModelLoadError(f"{folder} holds a {card.graph!r} graph, which the {card.task} runtime does not open "
-                             f"(it opens {', '.join(spec.graphs)}); re-export it")
+        raise ModelLoadError(
+            f"{folder} holds a {card.graph!r} graph, which the {card.task} runtime does not open "
+            f"(it opens {', '.join(spec.graphs)}); re-export it"
+        )
     cls = spec.runtime_class()
     session = create_session(folder / card.onnx_file, device=device, threads=threads, optimized_dir=optimized_dir)
     return cls(folder, card, session)

@@ -35,7 +35,8 @@ class Constraints(BaseModel):
     capabilities: list[str] = Field(default_factory=list, description="Catalog capabilities the variant must have.")
     max_memory_mb: float | None = Field(default=None, gt=0, description="Upper bound on measured peak RSS.")
     max_latency_ms: float | None = Field(
-        default=None, gt=0,
+        default=None,
+        gt=0,
         description="Upper bound on the task's latency metric (TTFT for decoders, batch-1 p95 for encoders).",
     )
     min_quality: float | None = Field(
@@ -112,6 +113,7 @@ def _check(c: Candidate, k: Constraints) -> list[str]:
 def rank(candidates: list[Candidate], constraints: Constraints, objective: str) -> list[Candidate]:
     """All candidates, eligible ones first and best first by ``objective``; ``rejected`` says why for the rest."""
     metric, higher = OBJECTIVES[objective]
+
     def build(c: Candidate) -> tuple[str | None, ...]:
         return tuple(c.tags.get(tag) for tag in (names.TAG_VARIANT, names.TAG_RECIPE, names.TAG_DEVICE))
 
@@ -125,6 +127,7 @@ def rank(candidates: list[Candidate], constraints: Constraints, objective: str) 
             c.rejected.append(f"superseded by v{latest} (a newer build of the same variant, recipe and device)")
         if metric not in c.metrics and not c.rejected:
             c.rejected.append(f"no {metric} measurement")
+
     def key(c: Candidate) -> tuple[bool, float]:
         value = c.metrics.get(metric, 0.0)
         return (bool(c.rejected), -value if higher else value)
@@ -136,7 +139,9 @@ def best(candidates: list[Candidate], constraints: Constraints, objective: str, 
     """The top eligible candidate; raises NoEligibleModelError listing why each was rejected."""
     ranked = rank(candidates, constraints, objective)
     if not ranked or ranked[0].rejected:
-        detail = "; ".join(f"{c.label} v{c.version}: {', '.join(c.rejected)}" for c in ranked) or "nothing is registered"
+        detail = (
+            "; ".join(f"{c.label} v{c.version}: {', '.join(c.rejected)}" for c in ranked) or "nothing is registered"
+        )
         raise NoEligibleModelError(
             f"no registered {constraints.task} model fits {what} ({detail}). "
             "Relax the constraints or run the pipeline (`make run`) for more variants."

@@ -223,7 +223,8 @@ class MlflowRegistryReader:
                     return None
             mv = self.client.get_model_version_by_alias(name, alias)
         except MlflowException as exc:
-            return _not_found(exc, self.client.tracking_uri)
+            _raise_unless_not_found(exc, self.client.tracking_uri)
+            return None
         return self._ref(mv)
 
     def version(self, name: str, version: str) -> VersionRef | None:
@@ -234,17 +235,18 @@ class MlflowRegistryReader:
         try:
             return self._ref(self.client.get_model_version(name, str(version)))
         except MlflowException as exc:
-            return _not_found(exc, self.client.tracking_uri)
+            _raise_unless_not_found(exc, self.client.tracking_uri)
+            return None
 
     def _ref(self, mv: Any) -> VersionRef:
         source = self.client.get_model_version_download_uri(mv.name, mv.version)
         return VersionRef(mv.name, str(mv.version), source, (mv.tags or {}).get(TAG_DIGEST))
 
 
-def _not_found(exc: Any, where: str) -> None:
-    """None for mlflow's "no such model/version/alias" answers; RegistryError for anything else (auth, server)."""
+def _raise_unless_not_found(exc: Any, where: str) -> None:
+    """Nothing for mlflow's "no such model/version/alias" answers; RegistryError for anything else (auth, server)."""
     if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-        return None
+        return
     raise RegistryError(f"the registry at {where} failed: {exc.error_code}: {exc.message}") from None
 
 
@@ -270,7 +272,9 @@ class _FallingBack:
         self.reader, self.settings = reader, settings
 
     def _fallback(self, exc: Exception) -> RegistryReader:
-        logger.warning("registry reader %s failed (%s); falling back to mlflow's client", type(self.reader).__name__, exc)
+        logger.warning(
+            "registry reader %s failed (%s); falling back to mlflow's client", type(self.reader).__name__, exc
+        )
         self.reader = MlflowRegistryReader(self.settings)
         return self.reader
 

@@ -16,6 +16,7 @@ Session options measured on SmolLM2-135M wo-int8 (genai graph, 250 MB, 2 threads
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -36,8 +37,7 @@ DEVICE_PROVIDERS: dict[str, tuple[str, ...]] = {
 }
 
 
-def create_session(path: Path, *, device: str = "cpu", threads: int | None = None,
-                   optimized_dir: Path | None = None):
+def create_session(path: Path, *, device: str = "cpu", threads: int | None = None, optimized_dir: Path | None = None):
     """An InferenceSession for ``path`` on ``device``; raises ModelLoadError if the device or file is unusable.
 
     With ``optimized_dir``, the graph optimized by a previous open is reused (and written on the first).
@@ -76,12 +76,16 @@ def _key(path: Path, device: str) -> str:
     import onnxruntime as ort
 
     cpu = ""
-    try:
+    with contextlib.suppress(OSError, StopIteration):
         cpu = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        pass
-    parts = [str(path.resolve()), device, ort.__version__, platform.machine(), cpu,
-             *(json.dumps([p.name, *file_identity(p)]) for p in _graph_files(path))]
+    parts = [
+        str(path.resolve()),
+        device,
+        ort.__version__,
+        platform.machine(),
+        cpu,
+        *(json.dumps([p.name, *file_identity(p)]) for p in _graph_files(path)),
+    ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
@@ -112,11 +116,15 @@ def _open_optimized(path: Path, options, providers: tuple[str, ...], entry: Path
         # ORT warns that an ENABLE_ALL graph may be hardware specific: the cache key holds the CPU flags
         options.log_severity_level = max(options.log_severity_level, 3)
         if len(_graph_files(path)) > 1:  # external data stays external (a protobuf holds at most 2 GB)
-            options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "model.onnx.data")
+            options.add_session_config_entry(
+                "session.optimized_model_external_initializers_file_name", "model.onnx.data"
+            )
             options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
         os.replace(tmp, entry)
-        (entry / "stamp.json").write_text(json.dumps({p.name: file_identity(p) for p in _graph_files(entry / "model.onnx")}))
+        (entry / "stamp.json").write_text(
+            json.dumps({p.name: file_identity(p) for p in _graph_files(entry / "model.onnx")})
+        )
         return session
     except Exception as exc:
         logger.info("could not save the optimized graph of %s: %s", path, exc)

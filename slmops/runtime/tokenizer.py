@@ -89,8 +89,10 @@ class Tokenizer:
         if not messages:
             raise GenerationParamsError("messages is empty; pass at least one {'role': ..., 'content': ...}")
         for i, message in enumerate(messages):
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(
-                message.get("content"), str
+            if (
+                not isinstance(message, dict)
+                or not isinstance(message.get("role"), str)
+                or not isinstance(message.get("content"), str)
             ):
                 raise GenerationParamsError(
                     f"messages[{i}]={message!r} must be a mapping with string 'role' and 'content'"

@@ -22,6 +22,9 @@ from slmops.errors import (
     TaskMismatchError,
     UsageError,
 )
+from slmops.runtime.decoder import TextModel
+from slmops.runtime.encoder import EmbeddingModel, RerankModel
+from slmops.runtime.open import expect
 from slmops.runtime.pool import ModelPool
 
 # error class -> HTTP status, most specific first
@@ -75,11 +78,6 @@ def _error(status: int, kind: str, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": {"type": kind, "message": message}})
 
 
-def _require(model: Any, method: str, target: str) -> None:
-    if not hasattr(model, method):
-        raise TaskMismatchError(f"model {target!r} is a {model.card.task} model and cannot {method}")
-
-
 def create_app(pool: ModelPool) -> FastAPI:
     """The app, serving the models of ``pool`` (loaded on first use)."""
     app = FastAPI(title="slmops", version=__import__("slmops").__version__)
@@ -101,8 +99,7 @@ def create_app(pool: ModelPool) -> FastAPI:
 
     @app.post("/v1/generate")
     def generate(req: GenerateRequest) -> Any:
-        model = pool.get(req.model)
-        _require(model, "stream", req.model)
+        model = expect(pool.get(req.model), TextModel, target=req.model, doing="stream")
         options = req.model_dump(exclude={"model", "prompt", "prompts", "messages", "stream"}, exclude_none=True)
         if "stop" in options:
             options["stop"] = tuple(options["stop"])
@@ -124,16 +121,22 @@ def create_app(pool: ModelPool) -> FastAPI:
 
     @app.post("/v1/embed")
     def embed(req: EmbedRequest) -> dict[str, Any]:
-        model = pool.get(req.model)
-        _require(model, "embed", req.model)
+        model = expect(pool.get(req.model), EmbeddingModel, target=req.model, doing="embed")
         vectors = model.embed(req.texts)
-        return {"model": req.model, "variant": model.card.variant, "dim": int(vectors.shape[1]), "embeddings": vectors.tolist()}
+        return {
+            "model": req.model,
+            "variant": model.card.variant,
+            "dim": int(vectors.shape[1]),
+            "embeddings": vectors.tolist(),
+        }
 
     @app.post("/v1/rerank")
     def rerank(req: RerankRequest) -> dict[str, Any]:
-        model = pool.get(req.model)
-        _require(model, "rerank", req.model)
+        model = expect(pool.get(req.model), RerankModel, target=req.model, doing="rerank")
         ranked = model.rerank(req.query, req.documents, top_k=req.top_k)
-        return {"model": req.model, "results": [{"index": i, "score": s, "document": req.documents[i]} for i, s in ranked]}
+        return {
+            "model": req.model,
+            "results": [{"index": i, "score": s, "document": req.documents[i]} for i, s in ranked],
+        }
 
     return app

@@ -78,7 +78,9 @@ def encode_fixed(src: Path, batch: list[str] | list[tuple[str, str]]) -> FixedIn
     config = json.loads((src / "config.json").read_text())
     if not (src / "tokenizer.json").is_file():  # e.g. OpenELM ships no tokenizer
         ids = np.random.default_rng(0).integers(3, config["vocab_size"], size=(len(batch), 16), dtype=np.int64)
-        return FixedInputs(_arrays(ids, np.ones_like(ids)), f"{ids.shape[0]}x{ids.shape[1]} token ids drawn with seed 0")
+        return FixedInputs(
+            _arrays(ids, np.ones_like(ids)), f"{ids.shape[0]}x{ids.shape[1]} token ids drawn with seed 0"
+        )
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(src / "tokenizer.json"))
@@ -142,13 +144,20 @@ def bench_items(model: Any, spec: dict[str, Any], run: Callable[[list[str], int]
                 n = len(texts)
             if i >= spec["warmup"]:
                 rates.append(n / (time.perf_counter() - start))
-        by_batch[str(batch_size)] = {"items_per_s": float(np.median(rates)),
-                                     **({"latency_ms": percentiles(latency)} if latency else {})}
+        by_batch[str(batch_size)] = {
+            "items_per_s": float(np.median(rates)),
+            **({"latency_ms": percentiles(latency)} if latency else {}),
+        }
     largest = by_batch[str(max(spec["batch_sizes"]))]
     max_seq = max(len(ids) for ids in model.tokenizer.encode_batch(texts, max_length=model.max_length)[0])
     single = by_batch.get("1", {}).get("latency_ms")
-    return {"items_per_s": largest["items_per_s"], "batch_size": max(spec["batch_sizes"]), "max_seq_tokens": max_seq,
-            **({"latency_ms_batch1": single} if single else {}), "by_batch_size": by_batch}
+    return {
+        "items_per_s": largest["items_per_s"],
+        "batch_size": max(spec["batch_sizes"]),
+        "max_seq_tokens": max_seq,
+        **({"latency_ms_batch1": single} if single else {}),
+        "by_batch_size": by_batch,
+    }
 
 
 def text_column(rows: list[dict[str, Any]], column: str, *, task: str) -> list[str]:

@@ -140,14 +140,17 @@ def predict(model: TextModel, rows: list[dict[str, Any]], params: dict[str, Any]
             try:
                 out[i] = model.generate(messages=json.loads(messages), **options)
             except json.JSONDecodeError as exc:
-                raise PyfuncInputError(f"row {i}: 'messages' is not JSON ({exc.msg}); pass a JSON list of "
-                                       "{'role', 'content'} objects") from None
+                raise PyfuncInputError(
+                    f"row {i}: 'messages' is not JSON ({exc.msg}); pass a JSON list of {{'role', 'content'}} objects"
+                ) from None
         elif isinstance(row.get("prompt"), str):
             plain.append(i)
         else:
-            raise PyfuncInputError(f"row {i} has neither a string 'prompt' nor 'messages' (got columns {sorted(row)}); "
-                                   "a causal-lm model takes a str, a list of str, or a DataFrame / dict of lists "
-                                   "with a 'prompt' or 'messages' column")
+            raise PyfuncInputError(
+                f"row {i} has neither a string 'prompt' nor 'messages' (got columns {sorted(row)}); "
+                "a causal-lm model takes a str, a list of str, or a DataFrame / dict of lists "
+                "with a 'prompt' or 'messages' column"
+            )
     if plain:
         texts = model.generate_batch([rows[i]["prompt"] for i in plain], **options)
         for i, text in zip(plain, texts, strict=True):
@@ -181,8 +184,9 @@ def bench(model: TextModel, spec: dict[str, Any]) -> dict[str, Any]:
     by_length, skipped = {}, {}
     for length in spec["prompt_tokens"]:
         if length + spec["new_tokens"] > model.card.context_length:
-            skipped[str(length)] = (f"{length} + {spec['new_tokens']} tokens exceed the context length "
-                                    f"{model.card.context_length}")
+            skipped[str(length)] = (
+                f"{length} + {spec['new_tokens']} tokens exceed the context length {model.card.context_length}"
+            )
             continue
         prompt = (text_ids * (length // max(len(text_ids), 1) + 1))[:length]
         ttft: list[float] = []
@@ -203,6 +207,12 @@ def bench(model: TextModel, spec: dict[str, Any]) -> dict[str, Any]:
         }
     head = by_length.get(str(spec["headline_prompt_tokens"])) or next(iter(by_length.values()), {})
     longest = max((int(n) for n in by_length), default=0)
-    return {**head, "by_prompt_tokens": by_length, "skipped_prompt_tokens": skipped,
-            "prompt_tokens": spec["headline_prompt_tokens"], "new_tokens": spec["new_tokens"],
-            "max_prompt_tokens": longest, "max_context": longest + spec["new_tokens"]}
+    return {
+        **head,
+        "by_prompt_tokens": by_length,
+        "skipped_prompt_tokens": skipped,
+        "prompt_tokens": spec["headline_prompt_tokens"],
+        "new_tokens": spec["new_tokens"],
+        "max_prompt_tokens": longest,
+        "max_context": longest + spec["new_tokens"],
+    }

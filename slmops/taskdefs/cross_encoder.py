@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import Field
 
-from slmops.taskdefs.base import QUERY, TEXTS, FixedInputs, GateModel, bench_items, encode_fixed, eval_sentences, torch_logits
+from slmops.taskdefs.base import (
+    QUERY,
+    TEXTS,
+    FixedInputs,
+    GateModel,
+    bench_items,
+    encode_fixed,
+    eval_sentences,
+    torch_logits,
+)
 
 if TYPE_CHECKING:
     from slmops.catalog.schema import Variant
@@ -54,8 +63,9 @@ def signature() -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
-    return ModelSignature(inputs=Schema([ColSpec("string", "query"), ColSpec("string", "document")]),
-                          outputs=Schema([ColSpec("double")]))
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "query"), ColSpec("string", "document")]), outputs=Schema([ColSpec("double")])
+    )
 
 
 def predict(model: RerankModel, rows: list[dict[str, Any]], params: dict[str, Any]) -> list[float]:

@@ -20,7 +20,9 @@ TEXT_COLUMN = "text"
 
 
 class Gate(GateModel):
-    min_top1_agreement: float = Field(ge=0.0, le=1.0, description="Same most likely token at each mask as the reference.")
+    min_top1_agreement: float = Field(
+        ge=0.0, le=1.0, description="Same most likely token at each mask as the reference."
+    )
     min_top5_overlap: float = Field(ge=0.0, le=1.0, description="Mean share of the reference's top 5 tokens kept.")
 
 
@@ -45,8 +47,11 @@ def metrics(candidate: dict[str, np.ndarray], reference: dict[str, np.ndarray], 
     """Top-1 agreement and top-5 overlap of the masked-token predictions with the reference's."""
     cand, ref = candidate["top5"], reference["top5"]
     overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(cand, ref, strict=True)])
-    return {"top1_agreement": float((cand[:, 0] == ref[:, 0]).mean()), "top5_overlap": float(overlap),
-            "masks": float(len(ref))}
+    return {
+        "top1_agreement": float((cand[:, 0] == ref[:, 0]).mean()),
+        "top5_overlap": float(overlap),
+        "masks": float(len(ref)),
+    }
 
 
 def card_fields(src: Path, config: dict[str, Any]) -> dict[str, Any]:
@@ -70,8 +75,11 @@ def signature() -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-    return ModelSignature(inputs=Schema([ColSpec("string", TEXT_COLUMN)]), outputs=Schema([ColSpec("string")]),
-                          params=ParamSchema([ParamSpec("top_k", "long", 5)]))
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", TEXT_COLUMN)]),
+        outputs=Schema([ColSpec("string")]),
+        params=ParamSchema([ParamSpec("top_k", "long", 5)]),
+    )
 
 
 def predict(model: FillMaskModel, rows: list[dict[str, Any]], params: dict[str, Any]) -> list[str]:
@@ -84,5 +92,8 @@ def predict(model: FillMaskModel, rows: list[dict[str, Any]], params: dict[str, 
 
 def bench(model: FillMaskModel, spec: dict[str, Any]) -> dict[str, Any]:
     """Items/s predicting one mask appended to each text."""
-    return bench_items(model, spec, lambda batch, batch_size: model.mask_logits(
-        [f"{t} {model.mask_token}" for t in batch], batch_size=batch_size))
+    return bench_items(
+        model,
+        spec,
+        lambda batch, batch_size: model.mask_logits([f"{t} {model.mask_token}" for t in batch], batch_size=batch_size),
+    )

@@ -49,8 +49,12 @@ def metrics(candidate: dict[str, np.ndarray], reference: dict[str, np.ndarray], 
     agree = np.mean([len(set(a) & set(b)) / top_k for a, b in pairs])
     relevant = np.asarray(eval_sentences()["relevant"])
     hits = float(np.mean(topk(candidate)[:, 0] == relevant))
-    return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()), "topk_agreement": float(agree),
-            "top1_hit_rate": hits}
+    return {
+        "cosine_mean": float(cos.mean()),
+        "cosine_min": float(cos.min()),
+        "topk_agreement": float(agree),
+        "top1_hit_rate": hits,
+    }
 
 
 def card_fields(src: Path, config: dict[str, Any]) -> dict[str, Any]:
@@ -75,8 +79,12 @@ def torch_reference(variant: Variant, src: Path, inputs: FixedInputs) -> dict[st
     with torch.inference_mode():
         hidden = model(**feed).last_hidden_state.float().numpy()
     pooling = read_pooling(src)
-    pooled = pool(hidden, inputs.arrays["attention_mask"], mode=pooling.mode if pooling else "mean",
-                  normalize=pooling is not None and pooling.normalize)
+    pooled = pool(
+        hidden,
+        inputs.arrays["attention_mask"],
+        mode=pooling.mode if pooling else "mean",
+        normalize=pooling is not None and pooling.normalize,
+    )
     return {"last_hidden_state": hidden, "token_embeddings": hidden, "sentence_embedding": pooled}
 
 

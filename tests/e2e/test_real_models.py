@@ -17,7 +17,10 @@ def real_project(tmp_path_factory: pytest.TempPathFactory):
 
     home = tmp_path_factory.mktemp("real")
     settings = Settings(
-        artifacts_dir=home / "artifacts", mlruns_dir=home / "mlruns", cache_dir=home / "cache", threads=2,
+        artifacts_dir=home / "artifacts",
+        mlruns_dir=home / "mlruns",
+        cache_dir=home / "cache",
+        threads=2,
     )
     project = Project.load(settings)
     for variant in project.config.selection:
@@ -46,10 +49,18 @@ def test_recommended_models_answer(real_project, monkeypatch: pytest.MonkeyPatch
     assert decisions["chat-cpu"]["chosen"] and decisions["embeddings-cpu"]["chosen"]
     settings = project.settings
     chat = slmops.load("chat-cpu", settings=settings)
-    reply = chat.chat([{"role": "user", "content": "What is the capital of France? Answer in one sentence."}], temperature=0, max_tokens=24)
+    reply = chat.chat(
+        [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
+        temperature=0,
+        max_tokens=24,
+    )
     assert "Paris" in reply
-    streamed = "".join(chat.stream(messages=[{"role": "user", "content": "Name a color."}], temperature=0.7, seed=5, max_tokens=16))
-    assert streamed == chat.generate(messages=[{"role": "user", "content": "Name a color."}], temperature=0.7, seed=5, max_tokens=16)
+    streamed = "".join(
+        chat.stream(messages=[{"role": "user", "content": "Name a color."}], temperature=0.7, seed=5, max_tokens=16)
+    )
+    assert streamed == chat.generate(
+        messages=[{"role": "user", "content": "Name a color."}], temperature=0.7, seed=5, max_tokens=16
+    )
     enc = slmops.load("embeddings-cpu", settings=settings)
     v = enc.embed(["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell today."])
     assert v[0] @ v[1] > 0.6 > v[0] @ v[2]

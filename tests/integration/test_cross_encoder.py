@@ -40,8 +40,13 @@ def test_export_matches_torch_and_reranks(built) -> None:
 
 def test_spearman_gate_on_the_quantized_candidate(built, tmp_path: Path) -> None:
     _, root = built
-    report = evaluate(task="cross-encoder", candidates={r: root / "cand" / r for r in ("fp32", "dyn-int8-pc")},
-                      reference="fp32", gates=load_gates(CONFIGS / "gates.yaml"), out=tmp_path / "gates.json").model_dump(mode="json")
+    report = evaluate(
+        task="cross-encoder",
+        candidates={r: root / "cand" / r for r in ("fp32", "dyn-int8-pc")},
+        reference="fp32",
+        gates=load_gates(CONFIGS / "gates.yaml"),
+        out=tmp_path / "gates.json",
+    ).model_dump(mode="json")
     assert report["candidates"]["fp32"]["metrics"]["spearman"] == pytest.approx(1.0)
     rho = report["candidates"]["dyn-int8-pc"]["metrics"]["spearman"]
     # the same correlation by the textbook formula 1 - 6 sum d^2 / (n (n^2 - 1)) over ordinal ranks, ties broken

@@ -37,9 +37,13 @@ def test_fused_graph_matches_optimum(exported) -> None:
     for name in ("optimum", "genai"):  # both checked against torch at export, past length 0
         assert read_manifest(root / name).info["validation"]["logits"]["max_abs_diff"] < 1e-4
     assert fused.card.graph == "genai-decoder"
-    ops = {n.op_type for n in __import__("onnx").load(str(root / "genai" / "model.onnx"), load_external_data=False).graph.node}
+    ops = {
+        n.op_type
+        for n in __import__("onnx").load(str(root / "genai" / "model.onnx"), load_external_data=False).graph.node
+    }
     assert "GroupQueryAttention" in ops and "GroupQueryAttention" not in {
-        n.op_type for n in __import__("onnx").load(str(root / "optimum" / "model.onnx")).graph.node}
+        n.op_type for n in __import__("onnx").load(str(root / "optimum" / "model.onnx")).graph.node
+    }
     ids = ref.tokenizer.encode("The sun rises in the east and sets in the west.")
     assert np.abs(ref.logits(ids) - fused.logits(ids)).max() < 1e-4
     options = dict(max_tokens=10, temperature=0.0, ignore_eos=True)
@@ -66,6 +70,7 @@ def test_recipe_flags_shape_the_graph(exported) -> None:
     variant, root = exported
     for recipe, device in (("wo-int4", "cpu"), ("wo-int4-kquant", "cpu"), ("wo-int4-body", "cpu"), ("fp16", "cuda")):
         quantize(variant, RECIPES[recipe], src=root / "genai", out=root / "flags" / recipe, device=device)
+
     def graph(name: str):
         return onnx.load(str(root / "flags" / name / "model.onnx")).graph
 
@@ -75,7 +80,9 @@ def test_recipe_flags_shape_the_graph(exported) -> None:
     assert head and head[0].op_type == "MatMul"  # lm_head kept fp32 ...
     assert sum(n.op_type == "MatMulNBits" for n in body.node) == 2 * 5  # ... the body is 4-bit
     assert {i.data_type for i in half.initializer if i.data_type in (1, 10)} == {10}  # every float weight fp16
-    assert {i.type.tensor_type.elem_type for i in list(half.input) + list(half.output) if i.name in ("logits", "input_ids")} == {1, 7}
+    assert {
+        i.type.tensor_type.elem_type for i in list(half.input) + list(half.output) if i.name in ("logits", "input_ids")
+    } == {1, 7}
     fp32 = open_folder(root / "genai")
     ids = fp32.tokenizer.encode("Water boils at one hundred degrees. The sun rises in the east.")
     ref = fp32.logits(ids)
@@ -114,16 +121,38 @@ def test_tied_embedding_gathers_the_quantized_head(exported) -> None:
         attrs = {a.name: helper.get_attribute_value(a) for a in head.attribute}
         inits = [i for i in graph.initializer if i.name in set(head.input) | set(gather.input)]
         probe = helper.make_graph(
-            [helper.make_node("MatMulNBits", ["eye", *head.input[1:]], ["w"], domain="com.microsoft",
-                              **{**attrs, "accuracy_level": 0}),
-             helper.make_node("GatherBlockQuantized", [gather.input[0], "ids", *gather.input[2:]], ["e"],
-                              domain="com.microsoft", **{a.name: helper.get_attribute_value(a) for a in gather.attribute})],
-            "probe", [helper.make_tensor_value_info("eye", onnx.TensorProto.FLOAT, None),
-                      helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, None)],
-            [helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, None),
-             helper.make_tensor_value_info("e", onnx.TensorProto.FLOAT, None)], inits)
-        session = ort.InferenceSession(helper.make_model(probe, opset_imports=[
-            helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]).SerializeToString())
+            [
+                helper.make_node(
+                    "MatMulNBits",
+                    ["eye", *head.input[1:]],
+                    ["w"],
+                    domain="com.microsoft",
+                    **{**attrs, "accuracy_level": 0},
+                ),
+                helper.make_node(
+                    "GatherBlockQuantized",
+                    [gather.input[0], "ids", *gather.input[2:]],
+                    ["e"],
+                    domain="com.microsoft",
+                    **{a.name: helper.get_attribute_value(a) for a in gather.attribute},
+                ),
+            ],
+            "probe",
+            [
+                helper.make_tensor_value_info("eye", onnx.TensorProto.FLOAT, None),
+                helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, None),
+            ],
+            [
+                helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, None),
+                helper.make_tensor_value_info("e", onnx.TensorProto.FLOAT, None),
+            ],
+            inits,
+        )
+        session = ort.InferenceSession(
+            helper.make_model(
+                probe, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+            ).SerializeToString()
+        )
         k, n = attrs["K"], attrs["N"]
         w, e = session.run(None, {"eye": np.eye(k, dtype=np.float32), "ids": np.arange(n, dtype=np.int64)})
         assert np.abs(w.T - e).max() < 1e-6
@@ -134,7 +163,7 @@ def test_tied_embedding_gathers_the_quantized_head(exported) -> None:
         full = list(ids)
         for _ in range(5):
             full.append(int(model.logits(full)[-1].argmax()))
-        assert greedy == full[len(ids):]
+        assert greedy == full[len(ids) :]
         text = model.generate("The sun", max_tokens=5, temperature=0.0, ignore_eos=True)
         assert text == model.tokenizer.decode(greedy)
     # optimum's graph keeps a separate table: the flag is a no-op there, not an error

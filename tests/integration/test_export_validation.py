@@ -13,8 +13,8 @@ from slmops.errors import ExportError
 from slmops.export import export
 from slmops.export.config import Tolerance, ValidationConfig
 from slmops.export.exporters import EXPORTERS, export_optimum
-from slmops.runtime.card import read_model_card
 from slmops.export.validate import validate_export
+from slmops.runtime.card import read_model_card
 
 
 def _fetched(tiny_models, vid: str, root: Path) -> tuple[Variant, Path]:
@@ -36,10 +36,13 @@ def exported(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     return out
 
 
-@pytest.mark.parametrize(("vid", "output", "atol", "rtol"), [
-    ("tiny-llama", "logits", 1e-4, 1e-3),
-    ("tiny-bert", "last_hidden_state", 1e-4, 0.0),
-])
+@pytest.mark.parametrize(
+    ("vid", "output", "atol", "rtol"),
+    [
+        ("tiny-llama", "logits", 1e-4, 1e-3),
+        ("tiny-bert", "last_hidden_state", 1e-4, 0.0),
+    ],
+)
 def test_the_manifest_records_small_diffs(exported, vid: str, output: str, atol: float, rtol: float) -> None:
     _, _, folder = exported[vid]
     checked = read_manifest(folder, verify=True).info["validation"]
@@ -54,7 +57,9 @@ def test_the_manifest_records_small_diffs(exported, vid: str, output: str, atol:
 def test_the_tolerance_comes_from_the_config(exported) -> None:
     variant, src, folder = exported["tiny-bert"]
     strict = ValidationConfig(default=Tolerance(atol=1e-12))
-    with pytest.raises(ExportError, match=r"'last_hidden_state' differs from PyTorch by max abs .* above the tolerance 1e-12"):
+    with pytest.raises(
+        ExportError, match=r"'last_hidden_state' differs from PyTorch by max abs .* above the tolerance 1e-12"
+    ):
         validate_export(variant, src=src, folder=folder, card=read_model_card(folder), config=strict)
 
 

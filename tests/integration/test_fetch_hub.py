@@ -47,8 +47,11 @@ def _fetch(variant: Variant, out: Path, **config) -> dict:
 
 def _corrupt_files(out: Path, truth: Path) -> int:
     """Files in ``out`` that differ from the originals (and so would poison later stages)."""
-    return sum(p.read_bytes() != (truth / p.relative_to(out)).read_bytes()
-               for p in out.rglob("*") if p.is_file() and p.name != "slmops-manifest.json")
+    return sum(
+        p.read_bytes() != (truth / p.relative_to(out)).read_bytes()
+        for p in out.rglob("*")
+        if p.is_file() and p.name != "slmops-manifest.json"
+    )
 
 
 def test_branch_resolves_to_sha_and_pinned_sha_survives_a_moved_branch(server, tiny_models, isolated: Path) -> None:
@@ -59,7 +62,9 @@ def test_branch_resolves_to_sha_and_pinned_sha_survives_a_moved_branch(server, t
     assert {"config.json", "tokenizer.json", "chat_template.jinja", "model.safetensors"} <= set(manifest["files"])
     # move main to a new commit with a changed config; the pinned sha still gives the old files
     files = {p.relative_to(server.folder).as_posix(): p.read_bytes() for p in server.folder.rglob("*") if p.is_file()}
-    files["config.json"] = files["config.json"].replace(b'"max_position_embeddings": 256', b'"max_position_embeddings": 512')
+    files["config.json"] = files["config.json"].replace(
+        b'"max_position_embeddings": 256', b'"max_position_embeddings": 512'
+    )
     new_sha = server.state.publish(REPO, files)
     assert _fetch(variant, isolated / "b")["revision"] == new_sha
     old = _fetch(variant.model_copy(update={"revision": server.first_sha}), isolated / "c")
@@ -86,11 +91,20 @@ def test_only_needed_files_and_no_pickle(server, tiny_models, isolated: Path) ->
 
 @pytest.mark.parametrize(
     ("kind", "arg", "times", "file"),
-    [("drop", 1000, 1, "model.safetensors"), ("flip", 100, 1, "model.safetensors"), ("flip", 5, 1, "tokenizer.json"),
-     ("status", 500, 1, "config.json"), ("status", 503, 2, "model.safetensors"), ("status", 429, 2, "*"),
-     ("stall", 3, 1, "model.safetensors"), ("drop", 10, 3, "model.safetensors")],
+    [
+        ("drop", 1000, 1, "model.safetensors"),
+        ("flip", 100, 1, "model.safetensors"),
+        ("flip", 5, 1, "tokenizer.json"),
+        ("status", 500, 1, "config.json"),
+        ("status", 503, 2, "model.safetensors"),
+        ("status", 429, 2, "*"),
+        ("stall", 3, 1, "model.safetensors"),
+        ("drop", 10, 3, "model.safetensors"),
+    ],
 )
-def test_faults_are_recovered(server, tiny_models, isolated: Path, kind: str, arg: float, times: int, file: str) -> None:
+def test_faults_are_recovered(
+    server, tiny_models, isolated: Path, kind: str, arg: float, times: int, file: str
+) -> None:
     server.state.inject(kind, f"/{REPO}/resolve/*/{file}", times=times, arg=arg)
     manifest = _fetch(_variant(tiny_models), isolated / "out")
     assert server.state.faults_injected == times
@@ -98,7 +112,9 @@ def test_faults_are_recovered(server, tiny_models, isolated: Path, kind: str, ar
         assert manifest["info"]["corrupt_refetched"] == times
     left = _corrupt_files(isolated / "out", server.folder)
     hit = {p.split("/resolve/", 1)[1].split("/", 1)[1] for f in server.state.faults for p in f.paths}
-    FAULTS["recovered"] += sum((isolated / "out" / name).read_bytes() == (server.folder / name).read_bytes() for name in hit)
+    FAULTS["recovered"] += sum(
+        (isolated / "out" / name).read_bytes() == (server.folder / name).read_bytes() for name in hit
+    )
     FAULTS["corrupt_left"] += left
     assert hit and left == 0
     read_manifest(isolated / "out", verify=True)
@@ -113,9 +129,15 @@ def test_partial_download_is_resumed_with_range(server, tiny_models, isolated: P
     files = {p.relative_to(server.folder).as_posix(): p.read_bytes() for p in server.folder.rglob("*") if p.is_file()}
     big = os.urandom(constants.DOWNLOAD_CHUNK_SIZE + 2**20)
     server.state.publish(REPO, {**files, "model-00002-of-00002.safetensors": big})
-    server.state.inject("drop", f"/{REPO}/resolve/*/model-00002-of-00002.safetensors", arg=constants.DOWNLOAD_CHUNK_SIZE + 1000)
+    server.state.inject(
+        "drop", f"/{REPO}/resolve/*/model-00002-of-00002.safetensors", arg=constants.DOWNLOAD_CHUNK_SIZE + 1000
+    )
     _fetch(_variant(tiny_models), isolated / "out")
-    ranges = [h.get("Range") for m, p, h in server.state.requests if m == "GET" and p.endswith("model-00002-of-00002.safetensors")]
+    ranges = [
+        h.get("Range")
+        for m, p, h in server.state.requests
+        if m == "GET" and p.endswith("model-00002-of-00002.safetensors")
+    ]
     assert ranges == [None, f"bytes={constants.DOWNLOAD_CHUNK_SIZE}-"]
     assert (isolated / "out" / "model-00002-of-00002.safetensors").read_bytes() == big
 
@@ -128,7 +150,9 @@ def test_second_corruption_fails_clearly_and_leaves_nothing(server, tiny_models,
     cache = get_settings().resolved_hf_cache()
     assert cache.is_relative_to(isolated)
     blobs = [p for p in cache.rglob("blobs/*") if p.is_file()]
-    with_bad_hash = [p for p in blobs if len(p.name) == 64 and __import__("hashlib").sha256(p.read_bytes()).hexdigest() != p.name]
+    with_bad_hash = [
+        p for p in blobs if len(p.name) == 64 and __import__("hashlib").sha256(p.read_bytes()).hexdigest() != p.name
+    ]
     assert with_bad_hash == []  # the corrupt blob was deleted, not left in the cache
 
 
@@ -202,9 +226,13 @@ def test_two_processes_fetching_at_once_end_with_one_intact_copy(server, tiny_mo
     import os
 
     variant = _variant(tiny_models)
-    env = {k: v for k, v in os.environ.items() if k.startswith(("SLMOPS_", "HF_"))} | {"VARIANT_JSON": variant.model_dump_json(exclude={"size_class"})}
+    env = {k: v for k, v in os.environ.items() if k.startswith(("SLMOPS_", "HF_"))} | {
+        "VARIANT_JSON": variant.model_dump_json(exclude={"size_class"})
+    }
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_fetch_in_process, args=(str(isolated / "out"), server.endpoint, env)) for _ in range(2)]
+    procs = [
+        ctx.Process(target=_fetch_in_process, args=(str(isolated / "out"), server.endpoint, env)) for _ in range(2)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -220,8 +248,15 @@ def test_cli_fetch_offline_flag_and_errors(server, tiny_models, isolated: Path) 
 
     env = {**tiny_env(isolated, tiny_models, server.endpoint), "SLMOPS_HUB_TIMEOUT_S": "1"}
     server.state.publish_folder("tiny/tiny-bert", tiny_models["tiny-bert"][0])
-    run = lambda *a: subprocess.run([sys.executable, "-m", "slmops.cli", "fetch", *a], capture_output=True, text=True,
-                                    env={**__import__("os").environ, **env})
+
+    def run(*a: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "slmops.cli", "fetch", *a],
+            capture_output=True,
+            text=True,
+            env={**__import__("os").environ, **env},
+        )
+
     missing = run("tiny-bert", "--offline")
     assert missing.returncode == 1 and "offline: tiny-bert" in missing.stderr
     env["HF_HUB_OFFLINE"] = "1"
@@ -242,9 +277,13 @@ def test_later_stage_refuses_an_unmanifested_folder(tiny_models, isolated: Path)
     folder, _ = tiny_models["tiny-llama"]
     with pytest.raises(IntegrityError, match="no slmops-manifest.json"):
         export(_variant(tiny_models), src=folder, out=isolated / "export")
-    assert git_blob_sha1(b"") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"  # git's empty blob: the server's hashes are git's
+    assert (
+        git_blob_sha1(b"") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+    )  # git's empty blob: the server's hashes are git's
 
 
 def fault_summary() -> str:
-    return (f"hub fault tests: faults injected {FAULTS['injected']}, files recovered {FAULTS['recovered']}, "
-            f"corrupt files left {FAULTS['corrupt_left']}")
+    return (
+        f"hub fault tests: faults injected {FAULTS['injected']}, files recovered {FAULTS['recovered']}, "
+        f"corrupt files left {FAULTS['corrupt_left']}"
+    )

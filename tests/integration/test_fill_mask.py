@@ -59,7 +59,7 @@ def test_fill_mask_top_k_equals_torch(built) -> None:
         assert len(results) == len(positions)
         ((_, logits),) = model.mask_logits(text)
         assert np.abs(logits - expected).max() < 1e-4
-        for row, ref in zip(results, expected):
+        for row, ref in zip(results, expected, strict=False):
             probs = np.exp(ref - ref.max()) / np.exp(ref - ref.max()).sum()
             assert [r["token"] for r in row] == list(np.argsort(-ref)[:5])
             assert [r["score"] for r in row] == pytest.approx(list(np.sort(probs)[::-1][:5]), abs=1e-5)
@@ -77,7 +77,8 @@ def test_fill_mask_output_matches_the_transformers_pipeline(built) -> None:
         ours = model.fill_mask(text, top_k=3)
         for row, ref in zip(ours, expected, strict=True):
             assert [(r["token"], r["token_str"], r["sequence"]) for r in row] == [
-                (e["token"], e["token_str"], e["sequence"]) for e in ref]
+                (e["token"], e["token_str"], e["sequence"]) for e in ref
+            ]
             assert [r["score"] for r in row] == pytest.approx([e["score"] for e in ref], abs=1e-5)
 
 
@@ -97,8 +98,13 @@ def test_fill_mask_validates_its_input(built) -> None:
 def test_top1_top5_gate_on_the_quantized_candidate(built, tmp_path: Path) -> None:
     _, root = built
     gates = load_gates(CONFIGS / "gates.yaml")
-    report = evaluate(task="fill-mask", candidates={r: root / "cand" / r for r in ("fp32", "dyn-int8-pc")},
-                      reference="fp32", gates=gates, out=tmp_path / "gates.json").model_dump(mode="json")
+    report = evaluate(
+        task="fill-mask",
+        candidates={r: root / "cand" / r for r in ("fp32", "dyn-int8-pc")},
+        reference="fp32",
+        gates=gates,
+        out=tmp_path / "gates.json",
+    ).model_dump(mode="json")
     fp32 = report["candidates"]["fp32"]["metrics"]
     assert fp32["top1_agreement"] == 1.0 and fp32["top5_overlap"] == 1.0 and fp32["masks"] > 50
     int8 = report["candidates"]["dyn-int8-pc"]
@@ -111,8 +117,10 @@ def test_top1_top5_gate_on_the_quantized_candidate(built, tmp_path: Path) -> Non
     pairs = list(zip(top5["dyn-int8-pc"], top5["fp32"], strict=True))
     assert int8["metrics"]["top1_agreement"] == pytest.approx(np.mean([a[0] == b[0] for a, b in pairs]))
     assert int8["metrics"]["top5_overlap"] == pytest.approx(np.mean([len(set(a) & set(b)) / 5 for a, b in pairs]))
-    expected = (int8["metrics"]["top1_agreement"] >= gates.gate("fill-mask").min_top1_agreement
-                and int8["metrics"]["top5_overlap"] >= gates.gate("fill-mask").min_top5_overlap)
+    expected = (
+        int8["metrics"]["top1_agreement"] >= gates.gate("fill-mask").min_top1_agreement
+        and int8["metrics"]["top5_overlap"] >= gates.gate("fill-mask").min_top5_overlap
+    )
     assert int8["passed"] == expected and (int8["reasons"] == []) == expected
 
 

@@ -70,7 +70,8 @@ def test_every_matmul_is_mapped_and_the_folder_is_complete(built) -> None:
     assert not [n for n in graph.node if n.op_type == "MatMul" and n.input[1].endswith(".weight")]
     # the Q8_0 token table is gathered quantized; no fp32 copy of it (or of any weight matrix) is left
     assert [n.op_type for n in graph.node if n.input and n.input[-1] == "input_ids" or "input_ids" in n.input][:1] == [
-        "GatherBlockQuantized"]
+        "GatherBlockQuantized"
+    ]
     assert "Transpose" not in {n.op_type for n in graph.node}
     assert max(int(np.prod(i.dims)) for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT) < 64 * 64
 
@@ -86,7 +87,9 @@ def test_gguf_blocks_need_the_gguf(built, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_graphs_over_the_protobuf_limit_use_external_data(built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_graphs_over_the_protobuf_limit_use_external_data(
+    built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With the 2 GB limit lowered to 1 byte, every quantizer writes model.onnx + model.onnx.data that still runs."""
     import slmops.quantize.ort as ort_quantizers
 

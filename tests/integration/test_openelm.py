@@ -62,7 +62,9 @@ def test_export_has_per_layer_kv_heads_and_matches_torch(built, reference) -> No
     model = open_folder(root / "export")
     assert model.card.graph == "optimum-decoder" and model.card.kv_heads is None and model.card.layers == 3
     config = json.loads((root / "fetch" / "config.json").read_text())
-    assert [h for h, _ in model.graph.kv_shapes] == [h for h in config["num_kv_heads"] for _ in "kv"] == [1, 1, 2, 2, 2, 2]
+    assert (
+        [h for h, _ in model.graph.kv_shapes] == [h for h in config["num_kv_heads"] for _ in "kv"] == [1, 1, 2, 2, 2, 2]
+    )
 
     ids = model.tokenizer.encode(PROMPT)
     assert len(ids) > 4
@@ -104,8 +106,13 @@ def test_wo_int8_applies_and_the_gate_is_computed(built, tmp_path: Path) -> None
 
     ops = {n.op_type for n in onnx.load(str(cands["wo-int8"] / "model.onnx")).graph.node}
     assert "MatMulNBits" in ops
-    report = evaluate(task="causal-lm", candidates=cands, reference="fp32", gates=load_gates(CONFIGS / "gates.yaml"),
-                      out=tmp_path / "gates.json").model_dump(mode="json")
+    report = evaluate(
+        task="causal-lm",
+        candidates=cands,
+        reference="fp32",
+        gates=load_gates(CONFIGS / "gates.yaml"),
+        out=tmp_path / "gates.json",
+    ).model_dump(mode="json")
     fp32, int8 = report["candidates"]["fp32"], report["candidates"]["wo-int8"]
     assert fp32["metrics"]["ppl_ratio"] == pytest.approx(1.0) and fp32["passed"]
     m = int8["metrics"]

@@ -68,7 +68,10 @@ def test_flow_builds_registers_and_recommends(built) -> None:
             assert bench["peak_rss_mb"] >= bench["rss_after_load_mb"] > bench["profiles"]["cpu-1t"]["rss_start_mb"] > 0
             assert bench["size_mb"] > 0 and bench["load_s"] > 0
             if "cuda" not in __import__("onnxruntime").get_available_providers():
-                assert bench["profiles"]["cuda"]["skipped"] and "CUDAExecutionProvider" in bench["profiles"]["cuda"]["reason"]
+                assert (
+                    bench["profiles"]["cuda"]["skipped"]
+                    and "CUDAExecutionProvider" in bench["profiles"]["cuda"]["reason"]
+                )
             if vid == "tiny-llama":
                 assert set(ran["by_prompt_tokens"]) == {"8", "16"}
                 for row in ran["by_prompt_tokens"].values():
@@ -76,7 +79,10 @@ def test_flow_builds_registers_and_recommends(built) -> None:
                     assert row["token_latency_ms"]["p95"] >= row["token_latency_ms"]["p50"] > 0
                 assert bench["decode_tok_s"] == ran["by_prompt_tokens"]["16"]["decode_tok_s"]
             else:
-                assert set(ran["by_batch_size"]) == {"1", "8"} and bench["items_per_s"] == ran["by_batch_size"]["8"]["items_per_s"]
+                assert (
+                    set(ran["by_batch_size"]) == {"1", "8"}
+                    and bench["items_per_s"] == ran["by_batch_size"]["8"]["items_per_s"]
+                )
                 assert ran["latency_ms_batch1"]["p95"] >= ran["latency_ms_batch1"]["p50"] > 0
     llama_gates = json.loads(project.gate_file("tiny-llama").read_text())["candidates"]
     int8, int4 = (abs(llama_gates[r]["metrics"]["ppl_ratio"] - 1) for r in ("wo-int8", "wo-int4"))
@@ -111,8 +117,13 @@ def test_registry_contents_and_idempotent_register(built) -> None:
     plots = {a.path for a in mlflow.MlflowClient().list_artifacts(summary.iloc[0]["run_id"], "plots")}
     assert plots == {"plots/pareto-causal-lm.png", "plots/pareto-sentence-embedding.png"}
     assert (project.plots_dir() / "pareto-causal-lm.png").stat().st_size > 1000
-    assert {"metrics.quality.ppl_ratio", "metrics.bench.decode_tok_s", "metrics.bench.items_per_s",
-            "metrics.bench.cpu-1t.ttft_ms.p8", "metrics.estimate.error"} <= set(runs.columns)
+    assert {
+        "metrics.quality.ppl_ratio",
+        "metrics.bench.decode_tok_s",
+        "metrics.bench.items_per_s",
+        "metrics.bench.cpu-1t.ttft_ms.p8",
+        "metrics.estimate.error",
+    } <= set(runs.columns)
     pipeline.register(project, "tiny-llama")  # same candidates again: new runs, no new versions
     assert len(client.search_model_versions("name='slmops-causal-lm'")) == len(versions)
 
@@ -122,8 +133,13 @@ def test_load_generate_chat_stream_embed(built) -> None:
 
     events = []
     chat = load("chat-test", on_state=events.append)
-    assert [e.state for e in events] == [LoadingState.NOT_LOADED, LoadingState.DOWNLOADING, LoadingState.DOWNLOADING,
-                                         LoadingState.LOADING, LoadingState.LOADED]
+    assert [e.state for e in events] == [
+        LoadingState.NOT_LOADED,
+        LoadingState.DOWNLOADING,
+        LoadingState.DOWNLOADING,
+        LoadingState.LOADING,
+        LoadingState.LOADED,
+    ]
     # the registered folder is self-describing: recipe, gate result, and a manifest covering them
     gate = json.loads((chat.folder / "slmops-gate.json").read_text())
     manifest = read_manifest(chat.folder, verify=True)
@@ -231,8 +247,10 @@ def test_http_server(built) -> None:
         events = [line.removeprefix("data: ") for line in resp.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     assert "".join(json.loads(e)["delta"] for e in events[:-1]) == plain.json()["text"]  # streamed == not streamed
-    chat = client.post("/v1/generate", json={"model": "chat-test", "messages": [{"role": "user", "content": "hi"}],
-                                             "max_tokens": 3, "temperature": 0})
+    chat = client.post(
+        "/v1/generate",
+        json={"model": "chat-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0},
+    )
     assert chat.status_code == 200
     emb = client.post("/v1/embed", json={"model": "embed-test", "texts": ["a", "b"]}).json()
     assert emb["dim"] == 32 and len(emb["embeddings"]) == 2
@@ -246,11 +264,19 @@ def test_http_server(built) -> None:
     assert typo.status_code == 422 and "temprature" in typo.json()["error"]["message"]
     wrong_task = client.post("/v1/embed", json={"model": "chat-test", "texts": ["x"]})
     assert wrong_task.status_code == 400 and "causal-lm" in wrong_task.json()["error"]["message"]
-    batch = client.post("/v1/generate", json={**{k: v for k, v in body.items() if k != "prompt"},
-                                              "prompts": ["The sun", "Water boils at"], "temperature": 0})
+    batch = client.post(
+        "/v1/generate",
+        json={
+            **{k: v for k, v in body.items() if k != "prompt"},
+            "prompts": ["The sun", "Water boils at"],
+            "temperature": 0,
+        },
+    )
     assert batch.status_code == 200
-    alone = [client.post("/v1/generate", json={**body, "prompt": p, "temperature": 0}).json()["text"]
-             for p in ("The sun", "Water boils at")]
+    alone = [
+        client.post("/v1/generate", json={**body, "prompt": p, "temperature": 0}).json()["text"]
+        for p in ("The sun", "Water boils at")
+    ]
     assert batch.json()["texts"] == alone
     mixed = client.post("/v1/generate", json={**body, "prompts": ["x"]})
     assert mixed.status_code == 400 and "prompts=" in mixed.json()["error"]["message"]
@@ -276,12 +302,28 @@ def test_pyfunc_round_trip(built) -> None:
 
 def test_cli_generate_uses_the_alias(built) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "slmops.cli", "generate", "chat-test", "--prompt", "The sun", "--max-tokens", "4",
-         "--temperature", "0"], capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "slmops.cli",
+            "generate",
+            "chat-test",
+            "--prompt",
+            "The sun",
+            "--max-tokens",
+            "4",
+            "--temperature",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
-    bad = subprocess.run([sys.executable, "-m", "slmops.cli", "generate", "chat-test", "--prompt", "x", "--top-p", "2"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "slmops.cli", "generate", "chat-test", "--prompt", "x", "--top-p", "2"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 1 and "top_p=2.0" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -300,7 +342,9 @@ def test_readme_pyfunc_snippet_runs_as_written(built, tmp_path: Path) -> None:
     client.set_registered_model_alias("slmops-causal-lm", "chat-cpu", version)
     (tmp_path / "mlruns").symlink_to(project.settings.mlruns_dir.resolve(), target_is_directory=True)
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SLMOPS_"))}
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=clean, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=clean, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [ast.literal_eval(line) for line in out.stdout.strip().splitlines()]
     assert len(lines) == 2 and all(len(batch) == 1 and isinstance(batch[0], str) and batch[0] for batch in lines)

@@ -32,8 +32,10 @@ def models(tiny_registry):
     try:
         apply_env(mp, tiny_registry[0])
         connect(get_settings())  # mlflow's own URIs: models:/ resolves in the tiny registry
-        pyfuncs = {alias: mlflow.pyfunc.load_model(f"models:/{_name(alias)}@{alias}") for alias in
-                   ("chat-test", "embed-test", "rerank-test", "fill-test")}
+        pyfuncs = {
+            alias: mlflow.pyfunc.load_model(f"models:/{_name(alias)}@{alias}")
+            for alias in ("chat-test", "embed-test", "rerank-test", "fill-test")
+        }
         runtimes = {alias: load(alias) for alias in pyfuncs}
     finally:
         forget_mlflow_uris()
@@ -70,7 +72,9 @@ def test_causal_lm_answers_chat_messages(models) -> None:
     assert expected
     frame = pd.DataFrame({"prompt": [PROMPTS[0], None], "messages": [None, json.dumps(MESSAGES)]})
     assert list(pyfuncs["chat-test"].predict(frame, params=OPTIONS)) == [
-        runtimes["chat-test"].generate(PROMPTS[0], **OPTIONS), expected]
+        runtimes["chat-test"].generate(PROMPTS[0], **OPTIONS),
+        expected,
+    ]
 
 
 def test_causal_lm_streams_the_runtimes_deltas(models) -> None:
@@ -85,28 +89,36 @@ def test_causal_lm_streams_the_runtimes_deltas(models) -> None:
 
 ISSUE_11 = "issue 11 item 8: pyfunc predict must accept a str, a list[str], a DataFrame and a dict of lists"
 RETURNS_NOTHING = pytest.mark.xfail(
-    strict=True, raises=PyfuncInputError,
+    strict=True,
+    raises=PyfuncInputError,
     reason=f"{ISSUE_11}; MLflow's schema enforcement drops a str/list's unnamed column before predict sees it, "
     "so predict now refuses the input naming the columns (it used to return [] silently)",
 )
 
 
-@pytest.mark.parametrize("given", [
-    pytest.param(PROMPTS[0], marks=RETURNS_NOTHING, id="str"),
-    pytest.param(PROMPTS, marks=RETURNS_NOTHING, id="list"),
-    pytest.param({"prompt": PROMPTS}, id="dict-of-lists"),
-])
+@pytest.mark.parametrize(
+    "given",
+    [
+        pytest.param(PROMPTS[0], marks=RETURNS_NOTHING, id="str"),
+        pytest.param(PROMPTS, marks=RETURNS_NOTHING, id="list"),
+        pytest.param({"prompt": PROMPTS}, id="dict-of-lists"),
+    ],
+)
 def test_causal_lm_accepts_every_input_shape(models, given) -> None:
     pyfuncs, runtimes = models
     prompts = [given] if isinstance(given, str) else given["prompt"] if isinstance(given, dict) else given
     assert list(pyfuncs["chat-test"].predict(given, params=OPTIONS)) == [
-        runtimes["chat-test"].generate(p, **OPTIONS) for p in prompts]
+        runtimes["chat-test"].generate(p, **OPTIONS) for p in prompts
+    ]
 
 
-@pytest.mark.parametrize("given", [
-    pytest.param(pd.DataFrame({"text": TEXTS}), id="dataframe"),
-    pytest.param({"text": TEXTS}, id="dict-of-lists"),
-])
+@pytest.mark.parametrize(
+    "given",
+    [
+        pytest.param(pd.DataFrame({"text": TEXTS}), id="dataframe"),
+        pytest.param({"text": TEXTS}, id="dict-of-lists"),
+    ],
+)
 def test_embeddings_are_unit_vectors_of_the_model(models, given) -> None:
     pyfuncs, runtimes = models
     vectors = np.asarray(pyfuncs["embed-test"].predict(given), dtype=np.float32)

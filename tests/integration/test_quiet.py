@@ -54,8 +54,9 @@ def shown(capfd: pytest.CaptureFixture[str], recwarn: pytest.WarningsRecorder):
     logging.getLogger("transformers").removeHandler(records)
 
 
-def test_stage_commands_print_no_third_party_notices(hub, tiny_models, isolated: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    shown) -> None:
+def test_stage_commands_print_no_third_party_notices(
+    hub, tiny_models, isolated: Path, monkeypatch: pytest.MonkeyPatch, shown
+) -> None:
     import onnxruntime
 
     from tests.conftest import apply_env, tiny_env
@@ -85,7 +86,9 @@ def test_gguf_conversion_prints_no_bar_or_tokenizer_notice(tiny_models, tmp_path
     assert (tmp_path / "hf" / "model.safetensors").is_file()
 
 
-def test_onnxruntime_gives_the_hint_without_the_filter(tiny_models, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_onnxruntime_gives_the_hint_without_the_filter(
+    tiny_models, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The notice is real upstream, so its absence above says the scoped filter works (not that ORT changed)."""
     from onnxruntime.quantization import quantize_dynamic
 

@@ -25,16 +25,7 @@ from slmops.runtime.registry import (
 from slmops.settings import get_settings
 from tests.conftest import UNSET, apply_env, isolated_env
 from tests.support.mlflowserver import MlflowServer, RecordingProxy, forget_mlflow_uris
-
-TARGETS = [
-    "chat-cpu", "embeddings-cpu", "no-such-alias",
-    "models:/slmops-causal-lm@chat-cpu",
-    "models:/slmops-causal-lm@embeddings-cpu",  # the alias is on another model
-    "models:/slmops-causal-lm@nope",
-    "models:/unknown-model@chat-cpu",
-    "models:/slmops-causal-lm/1", "models:/slmops-causal-lm/2", "models:/slmops-causal-lm/3",
-    "models:/slmops-causal-lm/99", "models:/unknown-model/1", "models:/slmops-sentence-embedding/1",
-]
+from tests.support.registry import TARGETS
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +43,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         for name in ("slmops-causal-lm", "slmops-sentence-embedding"):
             client.create_registered_model(name)
         for i in range(3):
-            client.create_model_version("slmops-causal-lm", source=f"{root}/lm/{i}", run_id=run.info.run_id,
-                                        tags={TAG_DIGEST: f"d{i}"})
+            client.create_model_version(
+                "slmops-causal-lm", source=f"{root}/lm/{i}", run_id=run.info.run_id, tags={TAG_DIGEST: f"d{i}"}
+            )
         client.create_model_version("slmops-sentence-embedding", source=f"{root}/emb/0", run_id=run.info.run_id)
         client.delete_model_version("slmops-causal-lm", "2")
         client.set_registered_model_alias("slmops-causal-lm", "chat-cpu", "3")
@@ -124,8 +116,9 @@ def test_rest_reader_does_not_import_mlflow(server) -> None:
         "print(ref.version, type(r.reader).__name__, 'mlflow' in sys.modules)"
     )
     env = {k: v for k, v in os.environ.items() if k not in UNSET} | {"SLMOPS_TRACKING_URI": server[0].url}
-    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["3", "RestRegistryReader", "False"]
 
@@ -135,10 +128,14 @@ def test_rest_reader_does_not_import_mlflow(server) -> None:
     [
         ({"SLMOPS_TRACKING_TOKEN": "tok-1"}, "Bearer tok-1"),
         ({"MLFLOW_TRACKING_TOKEN": "tok-2"}, "Bearer tok-2"),
-        ({"MLFLOW_TRACKING_USERNAME": "ann", "MLFLOW_TRACKING_PASSWORD": "s3:cr ét"},
-         "Basic " + base64.b64encode("ann:s3:cr ét".encode()).decode()),
-        ({"SLMOPS_TRACKING_TOKEN": "tok-3", "MLFLOW_TRACKING_USERNAME": "ann", "MLFLOW_TRACKING_PASSWORD": "pw"},
-         "Bearer tok-3"),  # a token wins over basic credentials
+        (
+            {"MLFLOW_TRACKING_USERNAME": "ann", "MLFLOW_TRACKING_PASSWORD": "s3:cr ét"},
+            "Basic " + base64.b64encode("ann:s3:cr ét".encode()).decode(),
+        ),
+        (
+            {"SLMOPS_TRACKING_TOKEN": "tok-3", "MLFLOW_TRACKING_USERNAME": "ann", "MLFLOW_TRACKING_PASSWORD": "pw"},
+            "Bearer tok-3",
+        ),  # a token wins over basic credentials
         ({"MLFLOW_TRACKING_USERNAME": "ann"}, None),  # a user without a password: no header
         ({}, None),
     ],
@@ -151,8 +148,10 @@ def test_auth_header_is_sent_on_every_request(server, at, env: dict[str, str], e
     assert (ref.name, ref.version, ref.digest) == ("slmops-causal-lm", "3", "d2")  # the proxy passed the answers on
     assert type(reader.reader) is RestRegistryReader
     assert [path.split("?")[0] for _, path, _ in proxy.requests] == [
-        "/api/2.0/mlflow/registered-models/search", "/api/2.0/mlflow/registered-models/alias",
-        "/api/2.0/mlflow/model-versions/get-download-uri"]
+        "/api/2.0/mlflow/registered-models/search",
+        "/api/2.0/mlflow/registered-models/alias",
+        "/api/2.0/mlflow/model-versions/get-download-uri",
+    ]
     assert [headers.get("Authorization") for _, _, headers in proxy.requests] == [expected] * 3
 
 
@@ -170,9 +169,12 @@ def test_a_server_error_falls_back_to_mlflows_client(server, at, caplog, status:
         expected = resolve_version("chat-cpu", reader=MlflowRegistryReader(settings), settings=settings)
     assert ref == expected and (ref.version, ref.digest) == ("3", "d2")
     assert type(reader.reader) is MlflowRegistryReader  # the reader stays on mlflow's client from now on
-    assert [r.getMessage() for r in caplog.records] == [(
-        f"registry reader RestRegistryReader failed ({proxy.url}/api/2.0/mlflow/registered-models/search"
-        f"?max_results=1000: HTTP {status} TEMPORARILY_UNAVAILABLE); falling back to mlflow's client")]
+    assert [r.getMessage() for r in caplog.records] == [
+        (
+            f"registry reader RestRegistryReader failed ({proxy.url}/api/2.0/mlflow/registered-models/search"
+            f"?max_results=1000: HTTP {status} TEMPORARILY_UNAVAILABLE); falling back to mlflow's client"
+        )
+    ]
     agents = [headers.get("User-Agent", "") for _, _, headers in proxy.requests]
     assert agents[0].startswith("Python-urllib") and agents[1].startswith("Python-urllib")  # both injected failures
     assert all(agent.startswith("mlflow-python-client") for agent in agents[2:]) and len(agents) > 2

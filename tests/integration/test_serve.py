@@ -60,8 +60,11 @@ def test_healthz_reports_loaded_models_and_memory(served, runtime) -> None:
     assert client.post("/v1/embed", json={"model": "embed-test", "texts": ["x"]}).status_code == 200
     used = RUNTIME_OVERHEAD_BYTES + sum(pool.get(t).footprint_bytes for t in ("chat-test", "embed-test"))
     assert used > RUNTIME_OVERHEAD_BYTES
-    assert client.get("/healthz").json() == {"status": "ok", "loaded": ["chat-test", "embed-test"],
-                                             "used_mb": round(used / 2**20, 1)}
+    assert client.get("/healthz").json() == {
+        "status": "ok",
+        "loaded": ["chat-test", "embed-test"],
+        "used_mb": round(used / 2**20, 1),
+    }
 
 
 def test_generate_returns_the_runtimes_text(served, runtime) -> None:
@@ -95,8 +98,11 @@ def test_chat_messages_and_batches(served, runtime) -> None:
     assert chat.json()["text"] == runtime["chat-test"].chat(messages, **OPTIONS) != ""
     prompts = ["The sun", "Water boils at", "Once upon a time"]
     batch = client.post("/v1/generate", json={"model": "chat-test", "prompts": prompts, **OPTIONS})
-    assert batch.json() == {"model": "chat-test", "variant": "tiny-llama",
-                            "texts": [runtime["chat-test"].generate(p, **OPTIONS) for p in prompts]}
+    assert batch.json() == {
+        "model": "chat-test",
+        "variant": "tiny-llama",
+        "texts": [runtime["chat-test"].generate(p, **OPTIONS) for p in prompts],
+    }
 
 
 def test_embed_returns_the_runtimes_unit_vectors(served, runtime) -> None:
@@ -130,32 +136,71 @@ def test_a_candidate_folder_is_served_too(served, tiny_registry, runtime) -> Non
 
 
 ERRORS = {  # case -> (path, body, (status, error type, part of the message))
-    "unknown-alias": ("/v1/generate", {"model": "no-such-alias", "prompt": "x"},
-                      (404, "RegistryError", "no registered model has the alias 'no-such-alias'")),
-    "unknown-version": ("/v1/embed", {"model": "models:/slmops-sentence-embedding/99", "texts": ["x"]},
-                        (404, "RegistryError", "models:/slmops-sentence-embedding/99 does not resolve")),
-    "top_p": ("/v1/generate", {"model": "chat-test", "prompt": "x", "top_p": 2},
-              (400, "GenerationParamsError", "top_p=2.0: Input should be less than or equal to 1")),
-    "temperature-streamed": ("/v1/generate", {"model": "chat-test", "prompt": "x", "temperature": -1, "stream": True},
-                             (400, "GenerationParamsError", "temperature=-1.0: Input should be greater than or equal")),
-    "context-length": ("/v1/generate", {"model": "chat-test", "prompt": "x", "max_tokens": 10_000},
-                       (400, "ContextLengthError", "max_tokens=10000 must be below the context length 256")),
-    "no-prompt": ("/v1/generate", {"model": "chat-test"},
-                  (400, "GenerationParamsError", "pass exactly one of prompt= or messages=")),
-    "batch-streamed": ("/v1/generate", {"model": "chat-test", "prompts": ["x"], "stream": True},
-                       (400, "GenerationParamsError", "prompts= is a batch: pass it without prompt=, messages=")),
-    "embed-a-decoder": ("/v1/embed", {"model": "chat-test", "texts": ["x"]},
-                        (400, "TaskMismatchError", "model 'chat-test' is a causal-lm model and cannot embed")),
-    "generate-fill-mask": ("/v1/generate", {"model": "fill-test", "prompt": "x"},
-                           (400, "TaskMismatchError", "model 'fill-test' is a fill-mask model and cannot stream")),
-    "rerank-an-embedder": ("/v1/rerank", {"model": "embed-test", "query": "q", "documents": ["d"]},
-                           (400, "TaskMismatchError", "is a sentence-embedding model and cannot rerank")),
-    "no-texts": ("/v1/embed", {"model": "embed-test", "texts": []},
-                 (400, "GenerationParamsError", "texts must be a non-empty list of strings, got []")),
-    "typo": ("/v1/generate", {"model": "chat-test", "prompt": "x", "temprature": 1},
-             (422, "RequestValidationError", "temprature: Extra inputs are not permitted (got 1)")),
-    "top_k-0": ("/v1/rerank", {"model": "rerank-test", "query": "q", "documents": ["d"], "top_k": 0},
-                (422, "RequestValidationError", "top_k: Input should be greater than or equal to 1 (got 0)")),
+    "unknown-alias": (
+        "/v1/generate",
+        {"model": "no-such-alias", "prompt": "x"},
+        (404, "RegistryError", "no registered model has the alias 'no-such-alias'"),
+    ),
+    "unknown-version": (
+        "/v1/embed",
+        {"model": "models:/slmops-sentence-embedding/99", "texts": ["x"]},
+        (404, "RegistryError", "models:/slmops-sentence-embedding/99 does not resolve"),
+    ),
+    "top_p": (
+        "/v1/generate",
+        {"model": "chat-test", "prompt": "x", "top_p": 2},
+        (400, "GenerationParamsError", "top_p=2.0: Input should be less than or equal to 1"),
+    ),
+    "temperature-streamed": (
+        "/v1/generate",
+        {"model": "chat-test", "prompt": "x", "temperature": -1, "stream": True},
+        (400, "GenerationParamsError", "temperature=-1.0: Input should be greater than or equal"),
+    ),
+    "context-length": (
+        "/v1/generate",
+        {"model": "chat-test", "prompt": "x", "max_tokens": 10_000},
+        (400, "ContextLengthError", "max_tokens=10000 must be below the context length 256"),
+    ),
+    "no-prompt": (
+        "/v1/generate",
+        {"model": "chat-test"},
+        (400, "GenerationParamsError", "pass exactly one of prompt= or messages="),
+    ),
+    "batch-streamed": (
+        "/v1/generate",
+        {"model": "chat-test", "prompts": ["x"], "stream": True},
+        (400, "GenerationParamsError", "prompts= is a batch: pass it without prompt=, messages="),
+    ),
+    "embed-a-decoder": (
+        "/v1/embed",
+        {"model": "chat-test", "texts": ["x"]},
+        (400, "TaskMismatchError", "model 'chat-test' is a causal-lm model and cannot embed"),
+    ),
+    "generate-fill-mask": (
+        "/v1/generate",
+        {"model": "fill-test", "prompt": "x"},
+        (400, "TaskMismatchError", "model 'fill-test' is a fill-mask model and cannot stream"),
+    ),
+    "rerank-an-embedder": (
+        "/v1/rerank",
+        {"model": "embed-test", "query": "q", "documents": ["d"]},
+        (400, "TaskMismatchError", "is a sentence-embedding model and cannot rerank"),
+    ),
+    "no-texts": (
+        "/v1/embed",
+        {"model": "embed-test", "texts": []},
+        (400, "GenerationParamsError", "texts must be a non-empty list of strings, got []"),
+    ),
+    "typo": (
+        "/v1/generate",
+        {"model": "chat-test", "prompt": "x", "temprature": 1},
+        (422, "RequestValidationError", "temprature: Extra inputs are not permitted (got 1)"),
+    ),
+    "top_k-0": (
+        "/v1/rerank",
+        {"model": "rerank-test", "query": "q", "documents": ["d"], "top_k": 0},
+        (422, "RequestValidationError", "top_k: Input should be greater than or equal to 1 (got 0)"),
+    ),
     "missing-field": ("/v1/embed", {"model": "embed-test"}, (422, "RequestValidationError", "texts: Field required")),
 }
 

@@ -100,7 +100,9 @@ class HubState:
         return sha
 
     def publish_folder(self, repo_id: str, folder: Path, *, branch: str = "main") -> str:
-        files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+        files = {
+            p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()
+        }
         return self.publish(repo_id, files, branch=branch)
 
 
@@ -181,8 +183,16 @@ def make_handler(state: HubState) -> type[BaseHTTPRequestHandler]:
                     return
                 repo, commit = found
                 if m["kind"] == "revision":
-                    self._json({"id": repo.repo_id, "modelId": repo.repo_id, "sha": commit.sha, "private": False,
-                                "gated": repo.gated, "siblings": [{"rfilename": p} for p in sorted(commit.files)]})
+                    self._json(
+                        {
+                            "id": repo.repo_id,
+                            "modelId": repo.repo_id,
+                            "sha": commit.sha,
+                            "private": False,
+                            "gated": repo.gated,
+                            "siblings": [{"rfilename": p} for p in sorted(commit.files)],
+                        }
+                    )
                 else:
                     self._json([_entry(p, d) for p, d in sorted(commit.files.items())])
                 return

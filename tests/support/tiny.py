@@ -41,10 +41,17 @@ def _tiny_bpe_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(
-        _corpus(), trainers.BpeTrainer(vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        _corpus(),
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
     )
     hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>", unk_token="<|endoftext|>"
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
     )
     hf_tok.chat_template = CHATML
     return hf_tok
@@ -69,8 +76,9 @@ def from_folder(folder: Path, facts: dict) -> Callable[[Path], dict]:
     return build
 
 
-def build_candidates(root: Path, vid: str, build: Callable[[Path], dict], *,
-                     recipes: Sequence[str] = ("fp32", "dyn-int8-pc")) -> Variant:
+def build_candidates(
+    root: Path, vid: str, build: Callable[[Path], dict], *, recipes: Sequence[str] = ("fp32", "dyn-int8-pc")
+) -> Variant:
     """``build`` a tiny model into ``root/fetch``, export it (optimum) to ``root/export`` and quantize it with each
     recipe of configs/recipes.yaml into ``root/cand/<recipe>``; return its catalog Variant."""
     from slmops.export import export
@@ -93,18 +101,35 @@ def build_tiny_llama(out: Path) -> dict:
     hf_tok = _tiny_bpe_tokenizer()
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(hf_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, initializer_range=0.2,
-        bos_token_id=hf_tok.convert_tokens_to_ids("<|im_start|>"), eos_token_id=hf_tok.convert_tokens_to_ids("<|im_end|>"),
+        vocab_size=len(hf_tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+        bos_token_id=hf_tok.convert_tokens_to_ids("<|im_start|>"),
+        eos_token_id=hf_tok.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=hf_tok.convert_tokens_to_ids("<|im_end|>"),
     )
     model = LlamaForCausalLM(config).eval()
     model.save_pretrained(out, safe_serialization=True)
     hf_tok.save_pretrained(out)
     return {
-        "task": "causal-lm", "architecture": "LlamaForCausalLM", "params": model.num_parameters(), "layers": 2,
-        "hidden_size": 64, "attention_heads": 4, "kv_heads": 2, "head_dim": 16, "vocab_size": len(hf_tok),
-        "context_length": 256, "tie_word_embeddings": True, "capabilities": ["text_generation", "chat"],
+        "task": "causal-lm",
+        "architecture": "LlamaForCausalLM",
+        "params": model.num_parameters(),
+        "layers": 2,
+        "hidden_size": 64,
+        "attention_heads": 4,
+        "kv_heads": 2,
+        "head_dim": 16,
+        "vocab_size": len(hf_tok),
+        "context_length": 256,
+        "tie_word_embeddings": True,
+        "capabilities": ["text_generation", "chat"],
     }
 
 
@@ -121,9 +146,18 @@ def build_tiny_openelm(out: Path) -> dict:
 
     hf_tok = _tiny_bpe_tokenizer()
     bos, eos = hf_tok.convert_tokens_to_ids("<|im_start|>"), hf_tok.convert_tokens_to_ids("<|im_end|>")
-    mcfg = ModelConfig(vocab_size=len(hf_tok), max_context_length=256, num_transformer_layers=3, model_dim=64,
-                       head_dim=16, num_gqa_groups=2, ffn_dim_divisor=32, qkv_multipliers=(0.5, 1.0),
-                       ffn_multipliers=(0.5, 4.0), rope_max_length=512)
+    mcfg = ModelConfig(
+        vocab_size=len(hf_tok),
+        max_context_length=256,
+        num_transformer_layers=3,
+        model_dim=64,
+        head_dim=16,
+        num_gqa_groups=2,
+        ffn_dim_divisor=32,
+        qkv_multipliers=(0.5, 1.0),
+        ffn_multipliers=(0.5, 4.0),
+        rope_max_length=512,
+    )
     torch.manual_seed(0)
     model = OpenELM.from_config(mcfg).eval()
     model.reset_parameters()
@@ -132,28 +166,60 @@ def build_tiny_openelm(out: Path) -> dict:
             if name.endswith("norm.weight"):
                 param.copy_(1.0 + 0.2 * torch.randn_like(param))
     out.mkdir(parents=True, exist_ok=True)
-    save_file({f"transformer.{k}": v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        {f"transformer.{k}": v.contiguous() for k, v in model.state_dict().items()},
+        out / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     config = {  # the keys and layout of apple/OpenELM-*'s config.json
-        "activation_fn_name": "swish", "architectures": ["OpenELMForCausalLM"],
-        "auto_map": {"AutoConfig": "configuration_openelm.OpenELMConfig",
-                     "AutoModelForCausalLM": "modeling_openelm.OpenELMForCausalLM"},
-        "bos_token_id": bos, "eos_token_id": eos, "ffn_dim_divisor": 32, "ffn_multipliers": mcfg.ffn_multipliers,
-        "ffn_with_glu": True, "head_dim": 16, "initializer_range": 0.02, "max_context_length": 256, "model_dim": 64,
-        "model_type": "openelm", "normalization_layer_name": "rms_norm", "normalize_qk_projections": True,
-        "num_gqa_groups": 2, "num_kv_heads": mcfg.num_kv_heads, "num_query_heads": mcfg.num_query_heads,
-        "num_transformer_layers": 3, "qkv_multipliers": [0.5, 1.0], "rope_freq_constant": 10000,
-        "rope_max_length": 512, "share_input_output_layers": True, "torch_dtype": "float32", "use_cache": True,
+        "activation_fn_name": "swish",
+        "architectures": ["OpenELMForCausalLM"],
+        "auto_map": {
+            "AutoConfig": "configuration_openelm.OpenELMConfig",
+            "AutoModelForCausalLM": "modeling_openelm.OpenELMForCausalLM",
+        },
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "ffn_dim_divisor": 32,
+        "ffn_multipliers": mcfg.ffn_multipliers,
+        "ffn_with_glu": True,
+        "head_dim": 16,
+        "initializer_range": 0.02,
+        "max_context_length": 256,
+        "model_dim": 64,
+        "model_type": "openelm",
+        "normalization_layer_name": "rms_norm",
+        "normalize_qk_projections": True,
+        "num_gqa_groups": 2,
+        "num_kv_heads": mcfg.num_kv_heads,
+        "num_query_heads": mcfg.num_query_heads,
+        "num_transformer_layers": 3,
+        "qkv_multipliers": [0.5, 1.0],
+        "rope_freq_constant": 10000,
+        "rope_max_length": 512,
+        "share_input_output_layers": True,
+        "torch_dtype": "float32",
+        "use_cache": True,
         "vocab_size": len(hf_tok),
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "generation_config.json").write_text(json.dumps({"bos_token_id": bos, "eos_token_id": eos}))
     hf_tok.save_pretrained(out)
     return {
-        "task": "causal-lm", "architecture": "OpenELMForCausalLM", "params": sum(p.numel() for p in model.parameters()),
-        "layers": 3, "hidden_size": 64, "attention_heads": max(mcfg.num_query_heads), "kv_heads": max(mcfg.num_kv_heads),
-        "head_dim": 16, "vocab_size": len(hf_tok), "context_length": 256, "tie_word_embeddings": True,
-        "capabilities": ["text_generation"], "remote_code": True, "exporter": "openelm",
+        "task": "causal-lm",
+        "architecture": "OpenELMForCausalLM",
+        "params": sum(p.numel() for p in model.parameters()),
+        "layers": 3,
+        "hidden_size": 64,
+        "attention_heads": max(mcfg.num_query_heads),
+        "kv_heads": max(mcfg.num_kv_heads),
+        "head_dim": 16,
+        "vocab_size": len(hf_tok),
+        "context_length": 256,
+        "tie_word_embeddings": True,
+        "capabilities": ["text_generation"],
+        "remote_code": True,
+        "exporter": "openelm",
     }
 
 
@@ -174,28 +240,52 @@ def build_tiny_bert(out: Path) -> dict:
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
     )
     hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
     )
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=len(hf_tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=128, pad_token_id=0,
+        vocab_size=len(hf_tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=0,
     )
     model = BertModel(config).eval()
     model.save_pretrained(out, safe_serialization=True)
     hf_tok.save_pretrained(out)
     (out / "1_Pooling").mkdir(exist_ok=True)
-    (out / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}))
-    (out / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ]))
+    (out / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True})
+    )
+    (out / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+            ]
+        )
+    )
     (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128, "do_lower_case": False}))
     return {
-        "task": "sentence-embedding", "architecture": "BertModel", "params": model.num_parameters(), "layers": 2,
-        "hidden_size": 32, "attention_heads": 2, "kv_heads": 2, "head_dim": 16, "vocab_size": len(hf_tok),
-        "context_length": 128, "capabilities": [],
+        "task": "sentence-embedding",
+        "architecture": "BertModel",
+        "params": model.num_parameters(),
+        "layers": 2,
+        "hidden_size": 32,
+        "attention_heads": 2,
+        "kv_heads": 2,
+        "head_dim": 16,
+        "vocab_size": len(hf_tok),
+        "context_length": 128,
+        "capabilities": [],
     }
 
 
@@ -221,8 +311,12 @@ def _bert_with_head(out: Path, head: str, *, seed: int, **config: object):  # no
 def build_tiny_cross_encoder(out: Path) -> dict:
     """Save a tiny BertForSequenceClassification (1 label, as ms-marco cross-encoders); return catalog numbers."""
     facts, model = _bert_with_head(out, "BertForSequenceClassification", seed=1, num_labels=1)
-    return {**facts, "task": "cross-encoder", "architecture": "BertForSequenceClassification",
-            "params": model.num_parameters()}
+    return {
+        **facts,
+        "task": "cross-encoder",
+        "architecture": "BertForSequenceClassification",
+        "params": model.num_parameters(),
+    }
 
 
 def build_tiny_masked_lm(out: Path) -> dict:
@@ -251,16 +345,39 @@ def write_configs(config_dir: Path, *, variants: dict[str, dict], repo_prefix: s
     pipeline = {
         "device": "cpu",
         "reference_recipe": "fp32",
-        "selection": {vid: {"source": "hub", "exporter": "optimum", "recipes": recipes[f["task"]]} for vid, f in variants.items()},
-        "benchmark": {"profiles": ["cpu-1t", "cuda"], "prompt_tokens": [8, 16], "headline_prompt_tokens": 16,
-                      "new_tokens": 8, "warmup": 1, "repeats": 2, "batch_sizes": [1, 8], "items": 32},
+        "selection": {
+            vid: {"source": "hub", "exporter": "optimum", "recipes": recipes[f["task"]]} for vid, f in variants.items()
+        },
+        "benchmark": {
+            "profiles": ["cpu-1t", "cuda"],
+            "prompt_tokens": [8, 16],
+            "headline_prompt_tokens": 16,
+            "new_tokens": 8,
+            "warmup": 1,
+            "repeats": 2,
+            "batch_sizes": [1, 8],
+            "items": 32,
+        },
     }
     (config_dir / "pipeline.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
-    usecases = {"usecases": {
-        "chat-test": {"task": "causal-lm", "device": "cpu", "capabilities": ["chat"], "max_memory_mb": 4096, "objective": "decode_speed"},
-        "embed-test": {"task": "sentence-embedding", "device": "cpu", "max_memory_mb": 4096, "objective": "throughput"},
-        "tiny-memory": {"task": "causal-lm", "device": "cpu", "max_memory_mb": 1, "objective": "decode_speed"},
-    }}
+    usecases = {
+        "usecases": {
+            "chat-test": {
+                "task": "causal-lm",
+                "device": "cpu",
+                "capabilities": ["chat"],
+                "max_memory_mb": 4096,
+                "objective": "decode_speed",
+            },
+            "embed-test": {
+                "task": "sentence-embedding",
+                "device": "cpu",
+                "max_memory_mb": 4096,
+                "objective": "throughput",
+            },
+            "tiny-memory": {"task": "causal-lm", "device": "cpu", "max_memory_mb": 1, "objective": "decode_speed"},
+        }
+    }
     (config_dir / "usecases.yaml").write_text(yaml.safe_dump(usecases, sort_keys=False))
 
 
@@ -300,9 +417,17 @@ def build_tiny_gguf(hf_folder: Path, path: Path) -> None:
     writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
     writer.add_eos_token_id(config["eos_token_id"])
     writer.add_bos_token_id(config["bos_token_id"])
-    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    names = {
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+    }
     q41, q80 = gguf.GGMLQuantizationType.Q4_1, gguf.GGMLQuantizationType.Q8_0
     embed = weights["model.embed_tokens.weight"].astype(np.float32)
     writer.add_tensor("token_embd.weight", quantize(embed, q80), raw_dtype=q80)

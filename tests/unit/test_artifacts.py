@@ -10,10 +10,9 @@ from slmops.errors import IntegrityError
 
 def test_atomic_folder_publishes_whole_or_nothing(tmp_path: Path) -> None:
     dest = tmp_path / "out"
-    with pytest.raises(RuntimeError):
-        with atomic_folder(dest) as tmp:
-            (tmp / "half.onnx").write_bytes(b"x")
-            raise RuntimeError("export crashed")
+    with pytest.raises(RuntimeError), atomic_folder(dest) as tmp:
+        (tmp / "half.onnx").write_bytes(b"x")
+        raise RuntimeError("export crashed")
     assert not dest.exists() and list(tmp_path.iterdir()) == []
     with atomic_folder(dest) as tmp:
         (tmp / "a.txt").write_text("v1")

@@ -39,15 +39,28 @@ def test_real_catalog_facts_are_consistent(catalog) -> None:
         if v.task == "causal-lm":
             assert "text_generation" in v.capabilities
     smol = catalog.get("smollm2-135m-instruct")
-    assert (smol.params, smol.layers, smol.hidden_size, smol.kv_heads, smol.vocab_size) == (134515008, 30, 576, 3, 49152)
+    assert (smol.params, smol.layers, smol.hidden_size, smol.kv_heads, smol.vocab_size) == (
+        134515008,
+        30,
+        576,
+        3,
+        49152,
+    )
     assert smol.offline_source is not None and smol.offline_source.kind == "gguf"
     assert catalog.get("all-minilm-l6-v2").offline_source.kind == "package"
 
 
 @pytest.mark.parametrize(
     ("params", "size"),
-    [(1, SizeClass.TINY), (49_999_999, SizeClass.TINY), (50_000_000, SizeClass.SMALL), (199_999_999, SizeClass.SMALL),
-     (200_000_000, SizeClass.MEDIUM), (500_000_000, SizeClass.LARGE), (3_000_000_000, SizeClass.LARGE)],
+    [
+        (1, SizeClass.TINY),
+        (49_999_999, SizeClass.TINY),
+        (50_000_000, SizeClass.SMALL),
+        (199_999_999, SizeClass.SMALL),
+        (200_000_000, SizeClass.MEDIUM),
+        (500_000_000, SizeClass.LARGE),
+        (3_000_000_000, SizeClass.LARGE),
+    ],
 )
 def test_size_class_is_derived(params: int, size: SizeClass) -> None:
     assert SizeClass.of(params) == size

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from typer.testing import CliRunner
 
 from slmops.cli import app
@@ -17,15 +16,34 @@ def test_catalog_list_json_has_every_variant_with_fields() -> None:
     rows = json.loads(result.output)
     assert len(rows) >= 35
     for row in rows:
-        for key in ("id", "repo_id", "revision", "task", "params", "layers", "hidden_size", "attention_heads", "kv_heads",
-                    "vocab_size", "context_length", "license", "capabilities", "remote_code", "size_class"):
+        for key in (
+            "id",
+            "repo_id",
+            "revision",
+            "task",
+            "params",
+            "layers",
+            "hidden_size",
+            "attention_heads",
+            "kv_heads",
+            "vocab_size",
+            "context_length",
+            "license",
+            "capabilities",
+            "remote_code",
+            "size_class",
+        ):
             assert key in row, (row["id"], key)
 
 
 def test_catalog_filters() -> None:
     result = runner.invoke(app, ["catalog", "list", "--json", "--family", "smollm2", "--max-params", "400M"])
     assert sorted(r["id"] for r in json.loads(result.output)) == [
-        "smollm2-135m", "smollm2-135m-instruct", "smollm2-360m", "smollm2-360m-instruct"]
+        "smollm2-135m",
+        "smollm2-135m-instruct",
+        "smollm2-360m",
+        "smollm2-360m-instruct",
+    ]
 
 
 def test_unknown_variant_is_one_line_with_suggestion() -> None:
@@ -47,7 +65,9 @@ def test_bad_cli_values_are_named() -> None:
 
 
 def test_estimate_json() -> None:
-    result = runner.invoke(app, ["estimate", "smollm2-135m-instruct", "--precision", "int8", "--context", "2048", "--json"])
+    result = runner.invoke(
+        app, ["estimate", "smollm2-135m-instruct", "--precision", "int8", "--context", "2048", "--json"]
+    )
     assert result.exit_code == 0
     data = json.loads(result.output)
     assert data["total"] == data["weights"] + data["kv_cache"] + data["activations"] + data["overhead"]

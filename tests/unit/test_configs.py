@@ -27,7 +27,9 @@ def test_real_configs_load_and_cross_check() -> None:
     assert project.gates.gate("fill-mask").min_top5_overlap == pytest.approx(0.80)
     assert project.remote_code == {}
     checks = project.config.export_validation
-    assert checks.tolerance("causal-lm").rtol == pytest.approx(1e-3) and checks.tolerance("fill-mask").atol == pytest.approx(1e-4)
+    assert checks.tolerance("causal-lm").rtol == pytest.approx(1e-3) and checks.tolerance(
+        "fill-mask"
+    ).atol == pytest.approx(1e-4)
 
 
 def _copy(tmp_path: Path) -> Path:
@@ -48,9 +50,21 @@ def _edit(path: Path, fn) -> None:
         ("recipes.yaml", lambda d: d["recipes"]["wo-int8"].update(bits=3), ["wo-int8", "bits"]),
         ("recipes.yaml", lambda d: d["recipes"]["wo-int8"].update(block_size=48), ["wo-int8", "block_size=48"]),
         ("recipes.yaml", lambda d: d["recipes"]["fp32"].update(speed="fast"), ["fp32", "speed"]),
-        ("recipes.yaml", lambda d: d["recipes"]["dyn-int8-pc"].update(embedding=True), ["dyn-int8-pc", "embedding", "gguf_blocks"]),
-        ("recipes.yaml", lambda d: d["recipes"]["wo-int8"].update(embedding=True, lm_head=False), ["wo-int8", "lm_head: true"]),
-        ("recipes.yaml", lambda d: d["recipes"]["wo-int8"].update(algorithm="k_quant"), ["wo-int8", "k_quant", "bits=8"]),
+        (
+            "recipes.yaml",
+            lambda d: d["recipes"]["dyn-int8-pc"].update(embedding=True),
+            ["dyn-int8-pc", "embedding", "gguf_blocks"],
+        ),
+        (
+            "recipes.yaml",
+            lambda d: d["recipes"]["wo-int8"].update(embedding=True, lm_head=False),
+            ["wo-int8", "lm_head: true"],
+        ),
+        (
+            "recipes.yaml",
+            lambda d: d["recipes"]["wo-int8"].update(algorithm="k_quant"),
+            ["wo-int8", "k_quant", "bits=8"],
+        ),
         ("recipes.yaml", lambda d: d["recipes"]["gguf-q4"].update(remainder="approx"), ["gguf-q4", "remainder"]),
         ("gates.yaml", lambda d: d["causal-lm"].update(max_ppl_ratio=0.5), ["max_ppl_ratio", "0.5"]),
         ("usecases.yaml", lambda d: d["usecases"]["chat-cpu"].update(max_memory_mb=-1), ["chat-cpu", "max_memory_mb"]),
@@ -61,18 +75,39 @@ def _edit(path: Path, fn) -> None:
         ("pipeline.yaml", lambda d: d["benchmark"].update(batch_sizes=[0, 32]), ["batch_sizes", "[0]"]),
         ("devices.yaml", lambda d: d["profiles"]["cpu-2t"].update(device="npu"), ["cpu-2t", "device", "npu"]),
         ("devices.yaml", lambda d: d["profiles"]["cpu-2t"].update(threads=0), ["cpu-2t", "threads"]),
-        ("pipeline.yaml", lambda d: d["selection"]["all-minilm-l6-v2"].update(recipes=["fp32", "wo-int8"]),
-         ["wo-int8", "sentence-embedding"]),
-        ("pipeline.yaml", lambda d: d["selection"]["all-minilm-l6-v2"].update(recipes=["dyn-int8-pc"]), ["reference recipe"]),
+        (
+            "pipeline.yaml",
+            lambda d: d["selection"]["all-minilm-l6-v2"].update(recipes=["fp32", "wo-int8"]),
+            ["wo-int8", "sentence-embedding"],
+        ),
+        (
+            "pipeline.yaml",
+            lambda d: d["selection"]["all-minilm-l6-v2"].update(recipes=["dyn-int8-pc"]),
+            ["reference recipe"],
+        ),
         ("pipeline.yaml", lambda d: d["selection"]["all-minilm-l6-v2"].update(source="ftp"), ["source='ftp'"]),
         ("pipeline.yaml", lambda d: d["selection"].update({"no-such-model": {"recipes": ["fp32"]}}), ["no-such-model"]),
-        ("pipeline.yaml", lambda d: d["selection"].update({"openelm-270m": {"exporter": "optimum", "recipes": ["fp32"]}}),
-         ["selection.openelm-270m.exporter", "needs exporter 'openelm'", "not 'optimum'"]),
+        (
+            "pipeline.yaml",
+            lambda d: d["selection"].update({"openelm-270m": {"exporter": "optimum", "recipes": ["fp32"]}}),
+            ["selection.openelm-270m.exporter", "needs exporter 'openelm'", "not 'optimum'"],
+        ),
         ("pipeline.yaml", lambda d: d["selection"]["all-minilm-l6-v2"].update(exporter="magic"), ["exporter='magic'"]),
-        ("pipeline.yaml", lambda d: d["export_validation"]["default"].update(atl=1e-3), ["export_validation.default.atl"]),
-        ("pipeline.yaml", lambda d: d["export_validation"]["tasks"].update({"causal-lm": {"atol": 0}}),
-         ["export_validation.tasks.causal-lm.atol", "0"]),
-        ("gates.yaml", lambda d: d["fill-mask"].update(min_top1_agreement=1.5), ["fill-mask.min_top1_agreement", "1.5"]),
+        (
+            "pipeline.yaml",
+            lambda d: d["export_validation"]["default"].update(atl=1e-3),
+            ["export_validation.default.atl"],
+        ),
+        (
+            "pipeline.yaml",
+            lambda d: d["export_validation"]["tasks"].update({"causal-lm": {"atol": 0}}),
+            ["export_validation.tasks.causal-lm.atol", "0"],
+        ),
+        (
+            "gates.yaml",
+            lambda d: d["fill-mask"].update(min_top1_agreement=1.5),
+            ["fill-mask.min_top1_agreement", "1.5"],
+        ),
     ],
 )
 def test_bad_config_is_rejected_clearly(tmp_path: Path, file: str, mutate, needles: list[str]) -> None:
@@ -85,8 +120,15 @@ def test_bad_config_is_rejected_clearly(tmp_path: Path, file: str, mutate, needl
         assert needle in str(err.value), str(err.value)
 
 
-CONFIG_FILES = ("catalog.yaml", "recipes.yaml", "gates.yaml", "usecases.yaml", "pipeline.yaml", "devices.yaml",
-                "remote_code.yaml")
+CONFIG_FILES = (
+    "catalog.yaml",
+    "recipes.yaml",
+    "gates.yaml",
+    "usecases.yaml",
+    "pipeline.yaml",
+    "devices.yaml",
+    "remote_code.yaml",
+)
 
 
 @pytest.mark.parametrize("file", CONFIG_FILES)
@@ -106,8 +148,11 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path: Path, file: str) -> Non
     ("file", "mutate", "needles"),
     [
         ("catalog.yaml", lambda d: d.update(extras={}), ["catalog.yaml", "top level"]),
-        ("catalog.yaml", lambda d: d["variants"]["smollm2-135m-instruct"].update(colour="red"),
-         ["variants.smollm2-135m-instruct.colour", "remove it or correct its spelling"]),
+        (
+            "catalog.yaml",
+            lambda d: d["variants"]["smollm2-135m-instruct"].update(colour="red"),
+            ["variants.smollm2-135m-instruct.colour", "remove it or correct its spelling"],
+        ),
         ("recipes.yaml", lambda d: d.update(extra_recipes={}), ["unknown top-level keys ['extra_recipes']"]),
         ("recipes.yaml", lambda d: d.update(recipes=["fp32"]), ["top-level 'recipes:' mapping"]),
         ("gates.yaml", lambda d: d.update(translation={"min_bleu": 0.5}), ["translation", "unknown task"]),
@@ -116,7 +161,11 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path: Path, file: str) -> Non
         ("usecases.yaml", lambda d: d["usecases"].update({"chat-cpu": "fast"}), ["usecases.chat-cpu", "mapping"]),
         ("usecases.yaml", lambda d: d["usecases"]["chat-cpu"].update(task="translation"), ["usecases.chat-cpu.task"]),
         ("pipeline.yaml", lambda d: d.update(devices=["cpu"]), ["devices", "remove it or correct its spelling"]),
-        ("pipeline.yaml", lambda d: d["export_validation"]["tasks"].update({"ocr": {"atol": 1}}), ["ocr", "unknown tasks"]),
+        (
+            "pipeline.yaml",
+            lambda d: d["export_validation"]["tasks"].update({"ocr": {"atol": 1}}),
+            ["ocr", "unknown tasks"],
+        ),
         ("devices.yaml", lambda d: d.update(profiles=None), ["'profiles:' mapping"]),
         ("remote_code.yaml", lambda d: d.update(allow=["some/repo"]), ["allow", "dictionary"]),
         ("remote_code.yaml", lambda d: d.update(allow={"some/repo": "main"}), ["allow.some/repo", "main"]),
@@ -142,8 +191,10 @@ def test_openelm_selection_without_exporter_routes_through_the_catalog(tmp_path:
     from slmops.export.stage import resolve_exporter
 
     config_dir = _copy(tmp_path)
-    _edit(config_dir / "pipeline.yaml",
-          lambda d: d["selection"].update({"openelm-270m": {"source": "hub", "recipes": ["fp32", "wo-int8"]}}))
+    _edit(
+        config_dir / "pipeline.yaml",
+        lambda d: d["selection"].update({"openelm-270m": {"source": "hub", "recipes": ["fp32", "wo-int8"]}}),
+    )
     project = Project.load(Settings(config_dir=config_dir))
     variant, sel = project.selected("openelm-270m")
     assert sel.exporter is None and resolve_exporter(variant, sel.exporter) == "openelm"

@@ -42,8 +42,12 @@ def test_encoders_have_no_kv_cache() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
-    [({"precision": "int3"}, "int3"), ({"context_length": 0}, "context_length=0"),
-     ({"context_length": 10**6}, "1000000"), ({"batch": 0}, "batch=0")],
+    [
+        ({"precision": "int3"}, "int3"),
+        ({"context_length": 0}, "context_length=0"),
+        ({"context_length": 10**6}, "1000000"),
+        ({"batch": 0}, "batch=0"),
+    ],
 )
 def test_bad_estimate_inputs_name_the_value(kwargs: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
@@ -58,7 +62,9 @@ def test_device_compatibility() -> None:
     assert set(PRECISIONS) >= {"fp32", "fp16", "int8", "int4"}
 
 
-@pytest.mark.parametrize(("n", "text"), [(134_515_008, "135M"), (1_100_048_384, "1.1B"), (22_713_216, "22.7M"), (999, "999")])
+@pytest.mark.parametrize(
+    ("n", "text"), [(134_515_008, "135M"), (1_100_048_384, "1.1B"), (22_713_216, "22.7M"), (999, "999")]
+)
 def test_format_params(n: int, text: str) -> None:
     assert format_params(n) == text
 
@@ -73,18 +79,26 @@ def test_format_and_parse() -> None:
 # Peak RSS (MiB, VmHWM) measured by the benchmark on onnxruntime 1.32, 2 threads: decoders at a 512-token
 # prompt + 64 new tokens, encoders at batch 32 of <=30 tokens. The estimate must stay within 10%.
 MEASURED = [
-    ("smollm2-135m-instruct", "fp32", 963.3), ("smollm2-135m-instruct", "int8", 767.5),
-    ("smollm2-135m-instruct", "int4", 669.4), ("all-minilm-l6-v2", "fp32", 247.1), ("all-minilm-l6-v2", "int8", 184.8),
+    ("smollm2-135m-instruct", "fp32", 963.3),
+    ("smollm2-135m-instruct", "int8", 767.5),
+    ("smollm2-135m-instruct", "int4", 669.4),
+    ("all-minilm-l6-v2", "fp32", 247.1),
+    ("all-minilm-l6-v2", "int8", 184.8),
 ]
 
 
 # the same SmolLM2 candidates built by onnxruntime-genai's builder (lm_head quantized, fewer prepacked copies)
-MEASURED_GENAI = [("smollm2-135m-instruct", "fp32", 907.0), ("smollm2-135m-instruct", "int8", 639.9),
-                  ("smollm2-135m-instruct", "int4", 539.7)]
+MEASURED_GENAI = [
+    ("smollm2-135m-instruct", "fp32", 907.0),
+    ("smollm2-135m-instruct", "int8", 639.9),
+    ("smollm2-135m-instruct", "int4", 539.7),
+]
 
 
-@pytest.mark.parametrize(("variant", "precision", "measured_mib", "graph"),
-                         [(*m, "optimum") for m in MEASURED] + [(*m, "genai") for m in MEASURED_GENAI])
+@pytest.mark.parametrize(
+    ("variant", "precision", "measured_mib", "graph"),
+    [(*m, "optimum") for m in MEASURED] + [(*m, "genai") for m in MEASURED_GENAI],
+)
 def test_estimate_within_10_percent_of_measured(variant: str, precision: str, measured_mib: float, graph: str) -> None:
     v = CATALOG.get(variant)
     if v.task == "causal-lm":

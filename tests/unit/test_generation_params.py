@@ -10,9 +10,16 @@ from slmops.runtime.sampling import Sampler
 
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
-    [({"temperature": -0.5}, "temperature=-0.5"), ({"top_p": 0}, "top_p=0"), ({"top_p": 1.5}, "top_p=1.5"),
-     ({"top_k": -1}, "top_k=-1"), ({"max_tokens": 0}, "max_tokens=0"), ({"repetition_penalty": 0}, "repetition_penalty=0"),
-     ({"stop": [""]}, "stop"), ({"temprature": 1.0}, "unknown option 'temprature'")],
+    [
+        ({"temperature": -0.5}, "temperature=-0.5"),
+        ({"top_p": 0}, "top_p=0"),
+        ({"top_p": 1.5}, "top_p=1.5"),
+        ({"top_k": -1}, "top_k=-1"),
+        ({"max_tokens": 0}, "max_tokens=0"),
+        ({"repetition_penalty": 0}, "repetition_penalty=0"),
+        ({"stop": [""]}, "stop"),
+        ({"temprature": 1.0}, "unknown option 'temprature'"),
+    ],
 )
 def test_invalid_params_name_the_value(kwargs: dict, needle: str) -> None:
     with pytest.raises(GenerationParamsError) as err:

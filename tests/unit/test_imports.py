@@ -11,7 +11,9 @@ HEAVY = ("torch", "transformers", "optimum", "prefect", "dvc")
 def _modules_after(code: str) -> set[str]:
     out = subprocess.run(
         [sys.executable, "-c", f"{code}\nimport sys\nprint(' '.join(sys.modules))"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return {m.split(".")[0] for m in out.split()}
 
@@ -27,5 +29,7 @@ def test_import_slmops_is_lazy() -> None:
 
 
 def test_import_creates_nothing(tmp_path) -> None:
-    subprocess.run([sys.executable, "-c", "import slmops, slmops.cli, slmops.pipeline, slmops.runtime"], cwd=tmp_path, check=True)
+    subprocess.run(
+        [sys.executable, "-c", "import slmops, slmops.cli, slmops.pipeline, slmops.runtime"], cwd=tmp_path, check=True
+    )
     assert list(tmp_path.iterdir()) == []

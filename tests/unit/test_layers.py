@@ -102,15 +102,25 @@ def test_no_folder_imports_in_a_loop() -> None:
 
 @pytest.mark.parametrize("bottom", ["slmops.runtime", "slmops.tasks", "slmops.settings", "slmops.errors"])
 def test_lower_layers_import_no_stage(bottom: str) -> None:
-    stages = {f"slmops.{s}" for s in STAGES} | {"slmops.pipeline", "slmops.project", "slmops.cli", "slmops.serve",
-                                                "slmops.catalog", "slmops.taskdefs"}
+    stages = {f"slmops.{s}" for s in STAGES} | {
+        "slmops.pipeline",
+        "slmops.project",
+        "slmops.cli",
+        "slmops.serve",
+        "slmops.catalog",
+        "slmops.taskdefs",
+    }
     assert not _graph().get(bottom, set()) & stages
 
 
 def test_importing_the_runtime_loads_no_stage_module() -> None:
-    code = "import slmops.runtime, slmops.runtime.open, slmops.runtime.ranking, slmops.runtime.registry, sys\n" \
-           "print(' '.join(m for m in sys.modules if m.startswith('slmops')))"
-    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    code = (
+        "import slmops.runtime, slmops.runtime.open, slmops.runtime.ranking, slmops.runtime.registry, sys\n"
+        "print(' '.join(m for m in sys.modules if m.startswith('slmops')))"
+    )
+    loaded = set(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
     assert "slmops.runtime.loader" in loaded  # the probe did import the runtime
     stages = {m for m in loaded if _node(m) in {f"slmops.{s}" for s in (*STAGES, "catalog", "taskdefs", "cli")}}
     assert stages == set()

@@ -15,11 +15,23 @@ def test_pareto_front_keeps_only_undominated_points() -> None:
     assert pareto_front([(1.0, 0.9), (2.0, 0.95)], quality_higher=True) == [1]
 
 
-def _cand(version: str, recipe: str, *, gate: str = "passed", device: str = "cpu", caps: str = "text_generation,chat",
-          **metrics: float) -> Candidate:
+def _cand(
+    version: str,
+    recipe: str,
+    *,
+    gate: str = "passed",
+    device: str = "cpu",
+    caps: str = "text_generation,chat",
+    **metrics: float,
+) -> Candidate:
     """A candidate of variant "v"; metric keywords name bench.<key> metrics, quality_<name> quality.<name> ones."""
-    tags = {"slmops.variant": "v", "slmops.recipe": recipe, "slmops.gate": gate, "slmops.device": device,
-            "slmops.capabilities": caps}
+    tags = {
+        "slmops.variant": "v",
+        "slmops.recipe": recipe,
+        "slmops.gate": gate,
+        "slmops.device": device,
+        "slmops.capabilities": caps,
+    }
     return Candidate("slmops-causal-lm", version, tags, {_metric(k): v for k, v in metrics.items()})
 
 
@@ -82,9 +94,14 @@ def test_every_constraint_names_its_reason() -> None:
     assert ranked[0].version == "5"
 
 
-@pytest.mark.parametrize(("task", "quality"), [("sentence-embedding", "quality_cosine_mean"),
-                                               ("cross-encoder", "quality_spearman"),
-                                               ("fill-mask", "quality_top1_agreement")])
+@pytest.mark.parametrize(
+    ("task", "quality"),
+    [
+        ("sentence-embedding", "quality_cosine_mean"),
+        ("cross-encoder", "quality_spearman"),
+        ("fill-mask", "quality_top1_agreement"),
+    ],
+)
 def test_encoders_are_held_to_batch1_latency_and_their_own_quality_metric(task: str, quality: str) -> None:
     cands = [
         _cand("1", "fp32", items_per_s=100, latency_p95_ms=12, ttft_ms=1, **{quality: 0.99}),
@@ -99,8 +116,9 @@ def test_encoders_are_held_to_batch1_latency_and_their_own_quality_metric(task: 
     }
 
 
-@pytest.mark.parametrize(("objective", "order"), [("decode_speed", ["2", "3", "1"]), ("memory", ["1", "3", "2"]),
-                                                  ("ttft", ["3", "1", "2"])])
+@pytest.mark.parametrize(
+    ("objective", "order"), [("decode_speed", ["2", "3", "1"]), ("memory", ["1", "3", "2"]), ("ttft", ["3", "1", "2"])]
+)
 def test_the_objective_orders_the_eligible_and_the_rejected_come_last(objective: str, order: list[str]) -> None:
     cands = [
         _cand("1", "fp32", decode_tok_s=30, peak_rss_mb=500, ttft_ms=200),
@@ -139,8 +157,12 @@ def _register(client, experiment_id: str, version_tags: dict[str, str], metrics:
     for key, value in metrics.items():
         client.log_metric(run.info.run_id, key, value)
     client.set_terminated(run.info.run_id)
-    mv = client.create_model_version("slmops-causal-lm", source=f"{run.info.artifact_uri}/model",
-                                     run_id=run.info.run_id, tags={**version_tags, "slmops.capabilities": "chat"})
+    mv = client.create_model_version(
+        "slmops-causal-lm",
+        source=f"{run.info.artifact_uri}/model",
+        run_id=run.info.run_id,
+        tags={**version_tags, "slmops.capabilities": "chat"},
+    )
     return str(mv.version)
 
 
@@ -157,12 +179,24 @@ def test_recommend_sets_and_drops_aliases_in_a_real_store(tmp_path) -> None:
     experiment_id = ensure_experiment(client, settings)
     client.create_registered_model("slmops-causal-lm")
     tags = {"slmops.variant": "v", "slmops.gate": "passed", "slmops.device": "cpu"}
-    _register(client, experiment_id, {**tags, "slmops.recipe": "fp32"},
-              {"bench.decode_tok_s": 30, "bench.peak_rss_mb": 900, "quality.ppl_ratio": 1.0})
-    int8 = _register(client, experiment_id, {**tags, "slmops.recipe": "wo-int8"},
-                     {"bench.decode_tok_s": 45, "bench.peak_rss_mb": 600, "quality.ppl_ratio": 1.008})
-    _register(client, experiment_id, {**tags, "slmops.recipe": "wo-int4", "slmops.gate": "failed"},
-              {"bench.decode_tok_s": 60, "bench.peak_rss_mb": 500, "quality.ppl_ratio": 1.27})
+    _register(
+        client,
+        experiment_id,
+        {**tags, "slmops.recipe": "fp32"},
+        {"bench.decode_tok_s": 30, "bench.peak_rss_mb": 900, "quality.ppl_ratio": 1.0},
+    )
+    int8 = _register(
+        client,
+        experiment_id,
+        {**tags, "slmops.recipe": "wo-int8"},
+        {"bench.decode_tok_s": 45, "bench.peak_rss_mb": 600, "quality.ppl_ratio": 1.008},
+    )
+    _register(
+        client,
+        experiment_id,
+        {**tags, "slmops.recipe": "wo-int4", "slmops.gate": "failed"},
+        {"bench.decode_tok_s": 60, "bench.peak_rss_mb": 500, "quality.ppl_ratio": 1.27},
+    )
     rerun = client.create_run(experiment_id)  # register moved wo-int8's latest_run tag to a newer measurement
     client.log_metric(rerun.info.run_id, "bench.decode_tok_s", 47)
     client.log_metric(rerun.info.run_id, "bench.peak_rss_mb", 610)
@@ -171,8 +205,9 @@ def test_recommend_sets_and_drops_aliases_in_a_real_store(tmp_path) -> None:
     client.set_registered_model_alias("slmops-causal-lm", "impossible", "1")  # a stale alias from an earlier pass
 
     usecases = {
-        "chat-x": UseCase(name="chat-x", task="causal-lm", capabilities=["chat"], max_memory_mb=800,
-                          objective="decode_speed"),
+        "chat-x": UseCase(
+            name="chat-x", task="causal-lm", capabilities=["chat"], max_memory_mb=800, objective="decode_speed"
+        ),
         "impossible": UseCase(name="impossible", task="causal-lm", max_memory_mb=1, objective="decode_speed"),
         "embed-x": UseCase(name="embed-x", task="sentence-embedding", objective="throughput"),
     }
@@ -181,10 +216,13 @@ def test_recommend_sets_and_drops_aliases_in_a_real_store(tmp_path) -> None:
     chat = decisions["chat-x"]
     assert (chat.chosen, chat.alias_uri) == (f"models:/slmops-causal-lm/{int8}", "models:/slmops-causal-lm@chat-x")
     assert chat.why == (
-        "v:wo-int8 (v2) has the best bench.decode_tok_s = 47.0 among 1 eligible of 3 registered causal-lm versions")
+        "v:wo-int8 (v2) has the best bench.decode_tok_s = 47.0 among 1 eligible of 3 registered causal-lm versions"
+    )
     assert [(row.version, row.value, row.eligible, row.rejected) for row in chat.candidates] == [
-        ("2", 47.0, True, []), ("3", 60.0, False, ["failed its quality gate"]),
-        ("1", 30.0, False, ["peak RSS 900 MB > 800 MB"])]
+        ("2", 47.0, True, []),
+        ("3", 60.0, False, ["failed its quality gate"]),
+        ("1", 30.0, False, ["peak RSS 900 MB > 800 MB"]),
+    ]
     assert decisions["impossible"].chosen is None and "peak RSS 610 MB > 1 MB" in decisions["impossible"].why
     assert decisions["embed-x"].chosen is None and "(nothing is registered)" in decisions["embed-x"].why
     assert client.get_registered_model("slmops-causal-lm").aliases == {"chat-x": int(int8)}  # the stale one is gone

@@ -56,8 +56,14 @@ def test_skipped_profiles_are_warned_once_per_build(caplog: pytest.LogCaptureFix
     skipped = {"skipped": True, "reason": reason}
 
     def bench_report(**ran: dict) -> BenchReport:
-        return BenchReport(headline_profile="cpu-2t", device="cpu", candidate_digest="d", size_mb=1.0, config={},
-                           profiles={**ran, "cuda": skipped})
+        return BenchReport(
+            headline_profile="cpu-2t",
+            device="cpu",
+            candidate_digest="d",
+            size_mb=1.0,
+            config={},
+            profiles={**ran, "cuda": skipped},
+        )
 
     bench = [
         {"fp32": bench_report(**{"cpu-2t": {"decode_tok_s": 9.0}}), "wo-int8": bench_report(**{"cpu-2t": {}})},

@@ -17,13 +17,7 @@ from slmops.runtime.registry import (
     resolve_version,
 )
 from slmops.settings import get_settings
-
-TARGETS = [
-    "chat-cpu", "embeddings-cpu", "no-such-alias",
-    "models:/slmops-causal-lm@chat-cpu", "models:/slmops-causal-lm@embeddings-cpu", "models:/slmops-causal-lm@nope",
-    "models:/slmops-causal-lm/1", "models:/slmops-causal-lm/2", "models:/slmops-causal-lm/3",
-    "models:/slmops-causal-lm/99", "models:/unknown-model/1", "models:/slmops-sentence-embedding/1",
-]
+from tests.support.registry import TARGETS
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +79,9 @@ def test_light_reader_is_chosen_for_sqlite_and_does_not_import_mlflow(store) -> 
         "print(resolve_version('chat-cpu', reader=r, settings=s).version, type(r.reader).__name__, 'mlflow' in sys.modules)"
     )
     env = {**os.environ, "SLMOPS_MLRUNS_DIR": str(store.mlruns_dir)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout.split()
     assert out == ["3", "SqliteRegistryReader", "False"]
 
 

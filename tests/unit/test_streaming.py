@@ -20,8 +20,10 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(["hello world the end"] * 5, trainers.BpeTrainer(
-        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        ["hello world the end"] * 5,
+        trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+    )
     folder = tmp_path_factory.mktemp("tok")
     tok.save(str(Path(folder) / "tokenizer.json"))
     return Tokenizer(Path(folder))
@@ -35,8 +37,15 @@ def test_deltas_never_split_characters_and_join_to_the_text(tokenizer: Tokenizer
     assert all("\ufffd" not in d for d in deltas)
 
 
-@pytest.mark.parametrize(("stop", "expected"), [("café", "Héllo wörld, naïve "), ("✓", "Héllo wörld, naïve café "),
-                                                 ("zzz", TEXT), ("end.", "Héllo wörld, naïve café ✓ 日本 — the ")])
+@pytest.mark.parametrize(
+    ("stop", "expected"),
+    [
+        ("café", "Héllo wörld, naïve "),
+        ("✓", "Héllo wörld, naïve café "),
+        ("zzz", TEXT),
+        ("end.", "Héllo wörld, naïve café ✓ 日本 — the "),
+    ],
+)
 def test_stop_strings_cut_across_token_boundaries(tokenizer: Tokenizer, stop: str, expected: str) -> None:
     deltas = list(_text_deltas(tokenizer, iter(tokenizer.encode(TEXT)), (stop,)))
     assert "".join(deltas) == expected
