@@ -11,6 +11,8 @@ from __future__ import annotations
 class SlmopsError(Exception):
     """Base class of every slmops error."""
 
+    param: str | None = None  # the request field at fault, when known (the HTTP server reports it)
+
 
 class ConfigError(SlmopsError, ValueError):
     """A config file or option is invalid. Raised when configs are parsed."""
@@ -99,6 +101,39 @@ class ModelLoadError(SlmopsError, RuntimeError):
 
 class TaskMismatchError(SlmopsError, TypeError):
     """A model was asked for what its task does not do (e.g. embeddings from a causal LM)."""
+
+
+class ServeRequestError(SlmopsError, ValueError):
+    """The HTTP server refuses a request it could parse (the message names the field); raised by slmops.serve."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class UnsupportedParameterError(ServeRequestError):
+    """A request field this server does not honour (``n`` > 1, ``tools``, a non-zero penalty...)."""
+
+
+class RequestLimitError(ServeRequestError):
+    """A request goes over one of the server's limits (prompt characters, list items)."""
+
+
+class BodyTooLargeError(RequestLimitError):
+    """A request body is larger than the server's ``max_body_bytes``; refused before it is parsed."""
+
+
+class HostNotAllowedError(ServeRequestError):
+    """A request's Host header is not one the server answers to (DNS-rebinding guard)."""
+
+
+class AuthenticationError(SlmopsError, PermissionError):
+    """A request to /v1/* lacks the server's API key (``Authorization: Bearer <key>``) or sends a wrong one."""
+
+
+class ModelNotServedError(_PlainMessage, SlmopsError, LookupError):
+    """A request names a model the server does not serve: no such alias or version, a version that has not
+    passed its quality gate, or anything else (a folder path is never opened unless named at start-up)."""
 
 
 class PyfuncInputError(SlmopsError, ValueError):

@@ -92,6 +92,22 @@ class Settings(BaseSettings):
     )
     device: Literal["cpu", "cuda"] = Field(default="cpu", description="Device the runtime loads models on.")
     log_level: str = Field(default="WARNING", description="Level of slmops' own loggers in the CLI (-v: INFO).")
+    api_key: str | None = Field(
+        default=None,
+        repr=False,
+        description="`slmops serve`: API key every /v1/* request must send as `Authorization: Bearer <key>`.",
+    )
+    serve_max_body_bytes: int = Field(
+        default=2**20, ge=1, description="`slmops serve`: largest request body in bytes (413 above it)."
+    )
+    serve_max_prompt_chars: int = Field(
+        default=100_000,
+        ge=1,
+        description="`slmops serve`: most characters in one prompt or conversation, checked before tokenizing.",
+    )
+    serve_max_items: int = Field(
+        default=256, ge=1, description="`slmops serve`: most embedding inputs, rerank documents or completion prompts."
+    )
 
     @field_validator("log_level")
     @classmethod

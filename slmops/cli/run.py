@@ -98,14 +98,43 @@ def demo(
 
 @cli_errors
 def serve(
-    host: str = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Address to bind; the default answers this machine only.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     max_memory_mb: Annotated[float, typer.Option(help="Memory budget of the loaded models (LRU eviction).")] = 2048,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="Also serve an artifact folder: NAME=PATH, or PATH (named <variant>-<recipe>). Repeatable."),
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="Require 'Authorization: Bearer KEY' on /v1/* (default: $SLMOPS_API_KEY).")
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None, typer.Option(help="Allow this browser origin (CORS is off without one). Repeatable.")
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(help="Answer this Host header too (localhost and the bind host always; '*': any). Repeatable."),
+    ] = None,
 ) -> None:
-    """Serve registered models over HTTP: /v1/generate (JSON or SSE), /v1/embed, /v1/rerank, /healthz."""
+    """Serve the registered models that passed their quality gate over an OpenAI-compatible HTTP API.
+
+    Routes: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/rerank, /v1/models, /health, /ready;
+    the schema at /docs. `model` in a request is a use case (alias) or a models:/ URI; a folder is served
+    only when named here with --model.
+    """
     import uvicorn
 
     from slmops.runtime.pool import ModelPool
-    from slmops.serve import create_app
+    from slmops.serve import ServeConfig, create_app
+    from slmops.serve.models import parse_model_option
 
-    uvicorn.run(create_app(ModelPool(max_memory_mb=max_memory_mb)), host=host, port=port, log_level="warning")
+    local = dict(parse_model_option(value) for value in model or [])
+    config = ServeConfig.from_settings(
+        host=host,
+        api_key=api_key,
+        cors_origins=tuple(cors_origin or ()),
+        allowed_hosts=tuple(allowed_host or ()),
+        local_models=local,
+    )
+    app = create_app(ModelPool(max_memory_mb=max_memory_mb), config)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

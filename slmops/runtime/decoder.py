@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -215,9 +215,18 @@ class TextModel(LoadedModel):
     ) -> Iterator[str]:
         """Yield text deltas. Joined, they equal :meth:`generate`'s result for the same options and seed."""
         self._require_loaded()
+        return self.completion(self.prompt_ids(prompt, messages), **options)
+
+    def completion(self, ids: list[int], **options: Any) -> Completion:
+        """The text deltas of a completion of the token ids ``ids`` (see :meth:`prompt_ids`), as a
+        :class:`Completion` that also tells, once exhausted, why it ended and how many tokens it used.
+
+        Options as for :meth:`generate`. Raises GenerationParamsError / ContextLengthError now, not mid-stream.
+        """
+        self._require_loaded()
         params = _params(options)
-        ids = self._fit_context(self.prompt_ids(prompt, messages), params)  # errors now, not mid-stream
-        return _text_deltas(self.tokenizer, self.token_stream(ids, params), params.stop)
+        ids = self._fit_context(ids, params)
+        return Completion(self.tokenizer, self.token_stream(ids, params), params, prompt_tokens=len(ids))
 
     def generate(
         self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, **options: Any
@@ -256,6 +265,42 @@ class TextModel(LoadedModel):
         return texts
 
 
+class Completion(Iterator[str]):
+    """Text deltas of one generation (what :meth:`TextModel.stream` yields). Once exhausted it knows
+    ``finish_reason``: ``"length"`` when max_tokens ended it, ``"stop"`` for an end token or a stop string;
+    ``completion_tokens`` counts the tokens generated and ``token_ids`` holds them (a stop string's too)."""
+
+    def __init__(self, tokenizer: Tokenizer, tokens: Iterator[int], params: GenerationParams, *, prompt_tokens: int):
+        self.prompt_tokens = prompt_tokens
+        self.token_ids: list[int] = []
+        self.finish_reason: str | None = None
+        self._max_tokens = params.max_tokens
+        self._deltas = _text_deltas(tokenizer, self._counted(tokens), params.stop)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def _counted(self, tokens: Iterator[int]) -> Iterator[int]:
+        for token in tokens:
+            self.token_ids.append(token)
+            yield token
+        # token_stream ends after max_tokens tokens, or earlier on an end token (which it does not yield)
+        self.finish_reason = "length" if len(self.token_ids) >= self._max_tokens else "stop"
+
+    def __next__(self) -> str:
+        try:
+            return next(self._deltas)
+        except StopIteration:
+            if self.finish_reason is None:  # the deltas stopped before the tokens: a stop string
+                self.finish_reason = "stop"
+            raise
+
+    def close(self) -> None:
+        """Stop generating (a client went away); closes the token loop."""
+        self._deltas.close()
+
+
 def _params(options: dict[str, Any]) -> GenerationParams:
     """``params=`` when given (a GenerationParams), else the keyword options validated into one."""
     given = options.pop("params", None)
@@ -266,7 +311,7 @@ def _params(options: dict[str, Any]) -> GenerationParams:
     return given
 
 
-def _text_deltas(tokenizer: Tokenizer, tokens: Iterator[int], stops: tuple[str, ...]) -> Iterator[str]:
+def _text_deltas(tokenizer: Tokenizer, tokens: Iterator[int], stops: tuple[str, ...]) -> Generator[str, None, None]:
     """Turn token ids into text deltas: never split a multi-byte character, never emit past a stop string."""
     generated: list[int] = []
     emitted = 0

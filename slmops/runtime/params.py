@@ -24,7 +24,7 @@ class GenerationParams(BaseModel):
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, lt=2**64)  # numpy's generators take no negative seed
     truncate: bool = Field(default=False, description="Drop the start of a too-long prompt instead of raising.")
     ignore_eos: bool = Field(default=False, description="Keep generating past end tokens (benchmarks).")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from slmops.errors import RegistryError
-from slmops.names import TAG_DIGEST
+from slmops.names import TAG_DIGEST, TAG_GATE, TAG_RECIPE, TAG_VARIANT
 from slmops.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,9 @@ class VersionRef:
     version: str
     source: str
     digest: str | None = None
+    gate: str | None = None  # the version's slmops.gate tag: "passed" or "failed" (None: registered without one)
+    variant: str | None = None
+    recipe: str | None = None
 
     @property
     def uri(self) -> str:
@@ -54,6 +57,10 @@ class RegistryReader(Protocol):
     def alias(self, alias: str, *, name: str | None = None) -> VersionRef | None: ...
 
     def version(self, name: str, version: str) -> VersionRef | None: ...
+
+    def aliases(self) -> list[tuple[str, str]]:
+        """Every (alias, registered model name) in the registry, sorted."""
+        ...
 
 
 class ReaderUnavailable(Exception):
@@ -110,11 +117,18 @@ class SqliteRegistryReader:
         if not rows:
             return None
         ws, ws_args = self._ws("t")
-        tags = self._query(
-            f"SELECT t.value FROM model_version_tags t WHERE t.name = ? AND t.version = ? AND t.key = ?{ws}",
-            (name, int(version), TAG_DIGEST) + ws_args,
+        tags = dict(
+            self._query(
+                f"SELECT t.key, t.value FROM model_version_tags t WHERE t.name = ? AND t.version = ?{ws}",
+                (name, int(version)) + ws_args,
+            )
         )
-        return VersionRef(name, str(version), rows[0][0] or rows[0][1], tags[0][0] if tags else None)
+        return _ref(name, str(version), rows[0][0] or rows[0][1], tags)
+
+    def aliases(self) -> list[tuple[str, str]]:
+        ws, ws_args = self._ws("a")
+        rows = self._query(f"SELECT a.alias, a.name FROM registered_model_aliases a WHERE 1 = 1{ws}", ws_args)
+        return sorted((str(alias), str(name)) for alias, name in rows)
 
 
 # ----------------------------------------------------------------------------------------- REST
@@ -166,15 +180,22 @@ class RestRegistryReader:
         return self._ref(found["model_version"]) if found else None
 
     def _model_with_alias(self, alias: str) -> str | None:
+        return next((name for a, name in self._all_aliases() if a == alias), None)
+
+    def _all_aliases(self) -> list[tuple[str, str]]:
+        """(alias, model name) in the order mlflow lists the models (by name)."""
+        found: list[tuple[str, str]] = []
         token: str | None = None
         while True:
             page = self._get("registered-models/search", max_results="1000", **({"page_token": token} if token else {}))
             for model in (page or {}).get("registered_models", []):
-                if any(a.get("alias") == alias for a in model.get("aliases", [])):
-                    return model["name"]
+                found += [(a["alias"], model["name"]) for a in model.get("aliases", []) if a.get("alias")]
             token = (page or {}).get("next_page_token")
             if not token:
-                return None
+                return found
+
+    def aliases(self) -> list[tuple[str, str]]:
+        return sorted(self._all_aliases())
 
     def version(self, name: str, version: str) -> VersionRef | None:
         if not str(version).isdigit():
@@ -186,7 +207,7 @@ class RestRegistryReader:
         name, version = mv["name"], str(mv["version"])
         where = self._get("model-versions/get-download-uri", name=name, version=version) or {}
         tags = {t["key"]: t.get("value") for t in mv.get("tags", [])}
-        return VersionRef(name, version, where.get("artifact_uri") or mv.get("source", ""), tags.get(TAG_DIGEST))
+        return _ref(name, version, where.get("artifact_uri") or mv.get("source", ""), tags)
 
 
 # ----------------------------------------------------------------------------------------- mlflow
@@ -238,9 +259,26 @@ class MlflowRegistryReader:
             _raise_unless_not_found(exc, self.client.tracking_uri)
             return None
 
+    def aliases(self) -> list[tuple[str, str]]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            models = self.client.search_registered_models()
+        except MlflowException as exc:
+            _raise_unless_not_found(exc, self.client.tracking_uri)
+            return []
+        return sorted((alias, rm.name) for rm in models for alias in (rm.aliases or {}))
+
     def _ref(self, mv: Any) -> VersionRef:
         source = self.client.get_model_version_download_uri(mv.name, mv.version)
-        return VersionRef(mv.name, str(mv.version), source, (mv.tags or {}).get(TAG_DIGEST))
+        return _ref(mv.name, str(mv.version), source, mv.tags or {})
+
+
+def _ref(name: str, version: str, source: str, tags: dict[str, Any]) -> VersionRef:
+    """A VersionRef from a version's tags, read alike by every reader."""
+    return VersionRef(
+        name, version, source, tags.get(TAG_DIGEST), tags.get(TAG_GATE), tags.get(TAG_VARIANT), tags.get(TAG_RECIPE)
+    )
 
 
 def _raise_unless_not_found(exc: Any, where: str) -> None:
@@ -289,6 +327,12 @@ class _FallingBack:
             return self.reader.version(name, version)
         except ReaderUnavailable as exc:
             return self._fallback(exc).version(name, version)
+
+    def aliases(self) -> list[tuple[str, str]]:
+        try:
+            return self.reader.aliases()
+        except ReaderUnavailable as exc:
+            return self._fallback(exc).aliases()
 
 
 def resolve_version(target: str, *, reader: RegistryReader, settings: Settings) -> VersionRef:

@@ -1,5 +1,6 @@
-"""The HTTP server: generation (JSON or server-sent events), chat, embeddings and reranking over a ModelPool."""
+"""The HTTP server: OpenAI-compatible chat, completions, embeddings, rerank and models routes over a ModelPool."""
 
 from slmops.serve.app import create_app
+from slmops.serve.config import ServeConfig
 
-__all__ = ["create_app"]
+__all__ = ["ServeConfig", "create_app"]

@@ -1,142 +1,188 @@
-"""FastAPI app serving registered models. Every slmops error becomes a JSON error body with a fitting status."""
+"""The FastAPI app: OpenAI-compatible routes over a ModelPool, behind the Host/body guard, CORS and an API key.
+
+Routes: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, ``/v1/rerank``, ``/v1/models``
+(each needing the API key when one is set), ``/health`` (liveness) and ``/ready``. Every 4xx/5xx answers in
+OpenAI's error shape (:mod:`slmops.serve.problems`).
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+import base64
+import time
+import uuid
 from typing import Any
 
-from fastapi import FastAPI, Request
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 
-from slmops.errors import (
-    GenerationParamsError,
-    IntegrityError,
-    MemoryBudgetError,
-    ModelLoadError,
-    NoEligibleModelError,
-    RegistryError,
-    SlmopsError,
-    TaskMismatchError,
-    UsageError,
-)
-from slmops.runtime.decoder import TextModel
+from slmops.errors import RequestLimitError, UnsupportedParameterError
 from slmops.runtime.encoder import EmbeddingModel, RerankModel
 from slmops.runtime.open import expect
 from slmops.runtime.pool import ModelPool
+from slmops.serve.config import ServeConfig
+from slmops.serve.models import ServedModels
+from slmops.serve.problems import HTTP_CODES, INVALID, documented, error_response, exception_response
+from slmops.serve.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, RerankRequest
+from slmops.serve.security import ApiKey, RequestGuard
+from slmops.serve.text import VERSION_HEADER, chat_completion, text_completion
 
-# error class -> HTTP status, most specific first
-STATUS: tuple[tuple[type[SlmopsError], int], ...] = (
-    (NoEligibleModelError, 404),
-    (RegistryError, 404),
-    (GenerationParamsError, 400),
-    (TaskMismatchError, 400),
-    (UsageError, 400),
-    (MemoryBudgetError, 507),
-    (IntegrityError, 500),
-    (ModelLoadError, 500),
-    (SlmopsError, 500),
-)
+# every /v1 route may answer these; 404 for an unknown model, 413 for an oversized body
+COMMON = documented(400, 401, 404, 413, 500, 503, 507)
 
 
-class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def create_app(pool: ModelPool, config: ServeConfig | None = None) -> FastAPI:
+    """The app serving ``pool``'s models (loaded on first use) as ``config`` says (default: from the settings)."""
+    config = config or ServeConfig.from_settings()
+    models = ServedModels(pool, local=dict(config.local_models))
+    app = FastAPI(
+        title="slmops",
+        version=__import__("slmops").__version__,
+        description="OpenAI-compatible serving of the registered models that passed their quality gate.",
+    )
+    _handle_errors(app)
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(ApiKey(config.api_key))], responses=COMMON)
 
-    model: str = Field(default="chat-cpu", description="Use case (alias), models:/ URI or artifact folder.")
-    prompt: str | None = None
-    prompts: list[str] | None = Field(default=None, description="A batch: one completion per prompt, not streamed.")
-    messages: list[dict[str, str]] | None = None
-    stream: bool = False
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    repetition_penalty: float | None = None
-    stop: list[str] | None = None
-    seed: int | None = None
+    @v1.post("/chat/completions", summary="Chat completion (JSON or server-sent events)")
+    def chat(req: ChatCompletionRequest) -> Any:
+        return chat_completion(req, models, config)
+
+    @v1.post("/completions", summary="Text completion, with logprobs and echo (JSON or server-sent events)")
+    def completions(req: CompletionRequest) -> Any:
+        return text_completion(req, models, config)
+
+    @v1.post("/embeddings", summary="Embeddings of one text or a list")
+    def embeddings(req: EmbeddingRequest) -> Any:
+        texts = req.texts()
+        _check_items(len(texts), config.max_items, param="input")
+        _check_chars(max(len(t) for t in texts), config.max_prompt_chars, param="input")
+        served = models.resolve(req.model)
+        model = expect(models.open(served), EmbeddingModel, target=req.model, doing="embed")
+        vectors = model.embed(texts)
+        if req.dimensions is not None and req.dimensions != vectors.shape[1]:
+            raise UnsupportedParameterError(
+                f"dimensions={req.dimensions} is not supported; this model's embeddings have {vectors.shape[1]}",
+                param="dimensions",
+            )
+        data = [
+            {"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}
+            for i, v in enumerate(vectors)
+        ]
+        tokens = sum(len(model.tokenizer.encode(t)) for t in texts)
+        body = {
+            "object": "list",
+            "data": data,
+            "model": req.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return JSONResponse(body, headers={VERSION_HEADER: served.fingerprint})
+
+    @v1.post("/rerank", summary="Documents ordered by relevance to a query (Cohere/Jina shape)")
+    def rerank(req: RerankRequest) -> Any:
+        _check_items(len(req.documents), config.max_items, param="documents")
+        _check_chars(len(req.query) + max(len(d) for d in req.documents), config.max_prompt_chars, param="documents")
+        served = models.resolve(req.model)
+        model = expect(models.open(served), RerankModel, target=req.model, doing="rerank")
+        ranked = model.rerank(req.query, req.documents, top_k=req.top_n)
+        results = [
+            {
+                "index": i,
+                "relevance_score": float(score),
+                **({"document": {"text": req.documents[i]}} if req.return_documents else {}),
+            }
+            for i, score in ranked
+        ]
+        body = {"id": f"rerank-{uuid.uuid4().hex}", "model": req.model, "results": results}
+        return JSONResponse(body, headers={VERSION_HEADER: served.fingerprint})
+
+    @v1.get("/models", summary="The served models: registry aliases whose version passed its gate, named folders")
+    def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": models.listing()}
+
+    app.include_router(v1)
+
+    @app.get("/health", summary="Liveness")
+    def health() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Readiness: the loaded models and the memory they use")
+    def ready() -> dict[str, Any]:
+        return {
+            "status": "ready",
+            "loaded": pool.loaded(),
+            "used_mb": round(pool.used_bytes / 2**20, 1),
+            "max_memory_mb": round(pool.max_bytes / 2**20, 1),
+            "time": int(time.time()),
+        }
+
+    if config.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=[VERSION_HEADER],
+        )
+    # added last = outermost: a foreign Host or an oversized body is refused before CORS, routing or parsing
+    app.add_middleware(RequestGuard, trusted_hosts=config.trusted_hosts(), max_body_bytes=config.max_body_bytes)
+    return app
 
 
-class EmbedRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = "embeddings-cpu"
-    texts: list[str]
+def _check_items(count: int, limit: int, *, param: str) -> None:
+    if count > limit:
+        raise RequestLimitError(f"{param} has {count} items, more than this server's limit of {limit}", param=param)
 
 
-class RerankRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = "rerank-cpu"
-    query: str
-    documents: list[str]
-    top_k: int | None = Field(default=None, ge=1)
+def _check_chars(chars: int, limit: int, *, param: str) -> None:
+    if chars > limit:
+        raise RequestLimitError(
+            f"{param} has a text of {chars} characters, more than this server's limit of {limit}", param=param
+        )
 
 
-def _error(status: int, kind: str, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"type": kind, "message": message}})
+def _encode(vector: np.ndarray, encoding: str) -> list[float] | str:
+    if encoding == "base64":  # what the openai client asks for by default: little-endian float32
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return vector.tolist()
 
 
-def create_app(pool: ModelPool) -> FastAPI:
-    """The app, serving the models of ``pool`` (loaded on first use)."""
-    app = FastAPI(title="slmops", version=__import__("slmops").__version__)
+TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict"}
 
-    @app.exception_handler(SlmopsError)
-    async def slmops_error(request: Request, exc: SlmopsError) -> JSONResponse:
-        status = next(code for cls, code in STATUS if isinstance(exc, cls))
-        return _error(status, type(exc).__name__, str(exc))
+
+def _field_path(loc: tuple[Any, ...]) -> str | None:
+    """``messages.0.content`` from pydantic's location, without "body" and the names of union members."""
+    parts = [str(p) for p in loc[1:] if isinstance(p, int) or (str(p).isidentifier() and str(p) not in TYPE_NAMES)]
+    return ".".join(parts) or None
+
+
+def _handle_errors(app: FastAPI) -> None:
+    @app.exception_handler(Exception)
+    async def any_error(request: Request, exc: Exception) -> JSONResponse:
+        return exception_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"] if p != "body")
-        return _error(422, "RequestValidationError", f"{loc}: {err['msg']} (got {err.get('input')!r})")
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # a union field (stop, prompt, input) fails once per member: report the most telling failure
+        errors = sorted(exc.errors(), key=lambda e: (e["type"] != "value_error", -len(e["loc"])))
+        err = errors[0]
+        param = _field_path(err["loc"])
+        if err["type"] == "json_invalid":
+            return error_response(400, INVALID, "the request body is not valid JSON", code="invalid_json")
+        if err["type"] == "missing":
+            return error_response(400, INVALID, f"{param} is required", param=param, code="missing_required_parameter")
+        if err["type"] == "extra_forbidden":
+            return error_response(
+                400, INVALID, f"unknown field {param!r}; /docs lists the fields", param=param, code="unknown_parameter"
+            )
+        value = err.get("input")
+        shown = f" (got {value!r})" if isinstance(value, bool | int | float) or value is None else ""
+        message = f"{param or 'body'}: {err['msg']}{shown}"
+        return error_response(400, INVALID, message, param=param, code="invalid_value")
 
-    @app.get("/healthz")
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "loaded": pool.loaded(), "used_mb": round(pool.used_bytes / 2**20, 1)}
-
-    @app.post("/v1/generate")
-    def generate(req: GenerateRequest) -> Any:
-        model = expect(pool.get(req.model), TextModel, target=req.model, doing="stream")
-        options = req.model_dump(exclude={"model", "prompt", "prompts", "messages", "stream"}, exclude_none=True)
-        if "stop" in options:
-            options["stop"] = tuple(options["stop"])
-        if req.prompts is not None:
-            if req.prompt is not None or req.messages is not None or req.stream:
-                raise GenerationParamsError("prompts= is a batch: pass it without prompt=, messages= or stream=true")
-            texts = model.generate_batch(req.prompts, **options)
-            return {"model": req.model, "variant": model.card.variant, "texts": texts}
-        deltas = model.stream(req.prompt, messages=req.messages, **options)  # validates before the first byte
-        if not req.stream:
-            return {"model": req.model, "variant": model.card.variant, "text": "".join(deltas)}
-
-        def events() -> Iterator[str]:
-            for delta in deltas:
-                yield f"data: {json.dumps({'delta': delta})}\n\n"
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream")
-
-    @app.post("/v1/embed")
-    def embed(req: EmbedRequest) -> dict[str, Any]:
-        model = expect(pool.get(req.model), EmbeddingModel, target=req.model, doing="embed")
-        vectors = model.embed(req.texts)
-        return {
-            "model": req.model,
-            "variant": model.card.variant,
-            "dim": int(vectors.shape[1]),
-            "embeddings": vectors.tolist(),
-        }
-
-    @app.post("/v1/rerank")
-    def rerank(req: RerankRequest) -> dict[str, Any]:
-        model = expect(pool.get(req.model), RerankModel, target=req.model, doing="rerank")
-        ranked = model.rerank(req.query, req.documents, top_k=req.top_k)
-        return {
-            "model": req.model,
-            "results": [{"index": i, "score": s, "document": req.documents[i]} for i, s in ranked],
-        }
-
-    return app
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = {404: "no such route", 405: "method not allowed on this route"}.get(exc.status_code, str(exc.detail))
+        return error_response(exc.status_code, INVALID, message, code=HTTP_CODES.get(exc.status_code))
