@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from slmops.errors import RequestLimitError, UnsupportedParameterError
+from slmops.errors import RequestLimitError, SlmopsError, UnsupportedParameterError
 from slmops.runtime.encoder import EmbeddingModel, RerankModel
 from slmops.runtime.open import expect
 from slmops.runtime.pool import ModelPool
@@ -159,6 +159,11 @@ def _field_path(loc: tuple[Any, ...]) -> str | None:
 
 
 def _handle_errors(app: FastAPI) -> None:
+    # SlmopsError: answered by the routing layer. Exception: by Starlette's outermost layer, which logs it too
+    @app.exception_handler(SlmopsError)
+    async def slmops_error(request: Request, exc: SlmopsError) -> JSONResponse:
+        return exception_response(exc)
+
     @app.exception_handler(Exception)
     async def any_error(request: Request, exc: Exception) -> JSONResponse:
         return exception_response(exc)
@@ -166,7 +171,9 @@ def _handle_errors(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # a union field (stop, prompt, input) fails once per member: report the most telling failure
-        errors = sorted(exc.errors(), key=lambda e: (e["type"] != "value_error", -len(e["loc"])))
+        errors = sorted(
+            exc.errors(), key=lambda e: (e["type"] != "value_error", e["type"].endswith("_type"), -len(e["loc"]))
+        )
         err = errors[0]
         param = _field_path(err["loc"])
         if err["type"] == "json_invalid":

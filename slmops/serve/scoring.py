@@ -54,7 +54,10 @@ def logprobs(
     """
     tokenizer = model.tokenizer
     texts = token_texts(tokenizer, [*prompt_ids, *generated_ids])
-    kept = covering(texts[len(prompt_ids) :], len(generated_text))
+    generated_texts = texts[len(prompt_ids) :]
+    kept = len(generated_ids)  # every generated token, unless a stop string cut the text inside them
+    if sum(map(len, generated_texts)) > len(generated_text):
+        kept = covering(generated_texts, len(generated_text))
     ids = [*prompt_ids, *generated_ids[:kept]]
     texts = texts[: len(ids)]
     lp = log_softmax(model.logits(ids))

@@ -233,54 +233,41 @@ def test_unload_and_memory_bounded_pool(built) -> None:
 
 
 def test_http_server(built) -> None:
+    """The OpenAI-compatible server over the registry the flow built (test_openai_api.py drives it in full)."""
     from fastapi.testclient import TestClient
 
     from slmops.runtime import ModelPool
-    from slmops.serve import create_app
+    from slmops.serve import ServeConfig, create_app
 
-    client = TestClient(create_app(ModelPool(max_memory_mb=4096)))
+    config = ServeConfig.from_settings(allowed_hosts=("testserver",))  # TestClient's Host header
+    client = TestClient(create_app(ModelPool(max_memory_mb=4096), config))
     body = {"model": "chat-test", "prompt": "The sun", "max_tokens": 6, "temperature": 0.8, "seed": 3}
-    plain = client.post("/v1/generate", json=body)
-    assert plain.status_code == 200 and plain.json()["variant"] == "tiny-llama"
-    with client.stream("POST", "/v1/generate", json={**body, "stream": True}) as resp:
+    plain = client.post("/v1/completions", json=body)
+    assert plain.status_code == 200 and plain.json()["system_fingerprint"].startswith("slmops-causal-lm/")
+    text = plain.json()["choices"][0]["text"]
+    with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
         events = [line.removeprefix("data: ") for line in resp.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
-    assert "".join(json.loads(e)["delta"] for e in events[:-1]) == plain.json()["text"]  # streamed == not streamed
+    assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]) == text  # streamed == not streamed
     chat = client.post(
-        "/v1/generate",
+        "/v1/chat/completions",
         json={"model": "chat-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0},
     )
-    assert chat.status_code == 200
-    emb = client.post("/v1/embed", json={"model": "embed-test", "texts": ["a", "b"]}).json()
-    assert emb["dim"] == 32 and len(emb["embeddings"]) == 2
-    assert client.get("/healthz").json()["loaded"] == ["chat-test", "embed-test"]
-    # bad input: one JSON error naming the value
-    bad = client.post("/v1/generate", json={**body, "top_p": 2})
-    assert bad.status_code == 400 and "top_p=2" in bad.json()["error"]["message"]
-    missing = client.post("/v1/generate", json={**body, "model": "no-such-alias"})
+    assert chat.status_code == 200 and chat.json()["choices"][0]["finish_reason"] in ("stop", "length")
+    emb = client.post("/v1/embeddings", json={"model": "embed-test", "input": ["a", "b"]}).json()
+    assert [len(d["embedding"]) for d in emb["data"]] == [32, 32]
+    assert len(client.get("/ready").json()["loaded"]) == 2
+    # bad input: one OpenAI-shaped error naming the field
+    bad = client.post("/v1/completions", json={**body, "top_p": 2})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "top_p"
+    missing = client.post("/v1/completions", json={**body, "model": "no-such-alias"})
     assert missing.status_code == 404 and "no-such-alias" in missing.json()["error"]["message"]
-    typo = client.post("/v1/generate", json={**body, "temprature": 1})
-    assert typo.status_code == 422 and "temprature" in typo.json()["error"]["message"]
-    wrong_task = client.post("/v1/embed", json={"model": "chat-test", "texts": ["x"]})
+    typo = client.post("/v1/completions", json={**body, "temprature": 1})
+    assert typo.status_code == 400 and typo.json()["error"]["param"] == "temprature"
+    wrong_task = client.post("/v1/embeddings", json={"model": "chat-test", "input": ["x"]})
     assert wrong_task.status_code == 400 and "causal-lm" in wrong_task.json()["error"]["message"]
-    batch = client.post(
-        "/v1/generate",
-        json={
-            **{k: v for k, v in body.items() if k != "prompt"},
-            "prompts": ["The sun", "Water boils at"],
-            "temperature": 0,
-        },
-    )
-    assert batch.status_code == 200
-    alone = [
-        client.post("/v1/generate", json={**body, "prompt": p, "temperature": 0}).json()["text"]
-        for p in ("The sun", "Water boils at")
-    ]
-    assert batch.json()["texts"] == alone
-    mixed = client.post("/v1/generate", json={**body, "prompts": ["x"]})
-    assert mixed.status_code == 400 and "prompts=" in mixed.json()["error"]["message"]
-    too_long = client.post("/v1/generate", json={**body, "stream": True, "max_tokens": 10_000})
+    too_long = client.post("/v1/completions", json={**body, "stream": True, "max_tokens": 10_000})
     assert too_long.status_code == 400 and "context length" in too_long.json()["error"]["message"]
 
 
