@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from slmops.errors import RegistryError
-from slmops.names import TAG_DIGEST
+from slmops.names import TAG_DIGEST, TAG_GATE, TAG_RECIPE, TAG_VARIANT
 from slmops.runtime.registry import (
     MlflowRegistryReader,
     SqliteRegistryReader,
@@ -34,7 +34,8 @@ def store(tmp_path_factory: pytest.TempPathFactory):
     for name in ("slmops-causal-lm", "slmops-sentence-embedding"):
         client.create_registered_model(name)
     for i in range(3):
-        client.create_model_version("slmops-causal-lm", source=f"file://{home}/lm/{i}", tags={TAG_DIGEST: f"d{i}"})
+        tags = {TAG_DIGEST: f"d{i}", TAG_GATE: "passed" if i else "failed", TAG_VARIANT: "v", TAG_RECIPE: f"r{i}"}
+        client.create_model_version("slmops-causal-lm", source=f"file://{home}/lm/{i}", tags=tags)
     client.create_model_version("slmops-sentence-embedding", source=f"file://{home}/emb/0")  # no digest tag
     client.delete_model_version("slmops-causal-lm", "2")
     client.set_registered_model_alias("slmops-causal-lm", "chat-cpu", "3")
@@ -56,6 +57,23 @@ def test_sqlite_reader_agrees_with_mlflow(store, target: str) -> None:
     db = store.mlruns_dir / "mlflow.db"
     light, reference = SqliteRegistryReader(db), MlflowRegistryReader(store)
     assert _answer(target, light, store) == _answer(target, reference, store)
+
+
+def test_sqlite_reader_lists_aliases_and_reads_gate_tags_as_mlflow_does(store) -> None:
+    light, reference = SqliteRegistryReader(store.mlruns_dir / "mlflow.db"), MlflowRegistryReader(store)
+    assert (
+        light.aliases()
+        == reference.aliases()
+        == [
+            ("chat-cpu", "slmops-causal-lm"),
+            ("embeddings-cpu", "slmops-sentence-embedding"),
+        ]
+    )
+    for version in ("1", "3"):
+        assert light.version("slmops-causal-lm", version) == reference.version("slmops-causal-lm", version)
+    first = light.version("slmops-causal-lm", "1")
+    assert (first.gate, first.variant, first.recipe) == ("failed", "v", "r0")
+    assert light.version("slmops-sentence-embedding", "1").gate is None  # registered without the tag
 
 
 def test_answers_are_the_expected_ones(store) -> None:
