@@ -7,83 +7,99 @@ with ``python -m flows.deploy``. Tasks run one at a time so benchmarks never sha
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, cast
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from slmops import pipeline
 from slmops.cli import report
+from slmops.errors import BuildError
 from slmops.project import Project
 from slmops.results import BenchReport, GateReport, Recommendations, RegistryRecord
 
 
-@task(name="fetch", retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE)
+# no Prefect retries: the fetch source retries transient Hub errors itself, and the rest are permanent
+@task(name="fetch", task_run_name="fetch[{variant}]", cache_policy=NO_CACHE)
 def fetch(variant: str) -> dict[str, Any]:
     with report.stage("fetch", variant) as progress:
         return progress.done(pipeline.fetch(Project.load(), variant))
 
 
-@task(name="export", cache_policy=NO_CACHE)
+@task(name="export", task_run_name="export[{variant}]", cache_policy=NO_CACHE)
 def export(variant: str) -> dict[str, Any]:
     with report.stage("export", variant) as progress:
         return progress.done(pipeline.export(Project.load(), variant))
 
 
-@task(name="quantize", cache_policy=NO_CACHE)
+@task(name="quantize", task_run_name="quantize[{variant}]", cache_policy=NO_CACHE)
 def quantize(variant: str) -> dict[str, Any]:
     project = Project.load()
     with report.stage("quantize", variant, steps=len(project.config.selection[variant].recipes)) as progress:
         return progress.done(pipeline.quantize(project, variant, on_done=progress.advance))
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@task(name="evaluate", task_run_name="evaluate[{variant}]", cache_policy=NO_CACHE)
 def evaluate(variant: str) -> GateReport:
     with report.stage("evaluate", variant) as progress:
         return progress.done(pipeline.evaluate(Project.load(), variant))
 
 
-@task(name="benchmark", cache_policy=NO_CACHE)
+@task(name="benchmark", task_run_name="benchmark[{variant}]", cache_policy=NO_CACHE)
 def benchmark(variant: str) -> dict[str, BenchReport]:
     project = Project.load()
     with report.stage("benchmark", variant, steps=len(project.config.selection[variant].recipes)) as progress:
         return progress.done(pipeline.benchmark(project, variant, on_done=progress.advance))
 
 
-@task(name="register", cache_policy=NO_CACHE)
+@task(name="register", task_run_name="register[{variant}]", cache_policy=NO_CACHE)
 def register(variant: str) -> RegistryRecord:
     with report.stage("register", variant) as progress:
         return progress.done(pipeline.register(Project.load(), variant))
 
 
-@task(name="recommend", cache_policy=NO_CACHE)
+@task(name="recommend", task_run_name="recommend", cache_policy=NO_CACHE)
 def recommend() -> Recommendations:
     with report.stage("recommend") as progress:
         return progress.done(pipeline.recommend(Project.load()))
 
 
+# The stages of one variant, in order; each is a Prefect task named after the variant (fetch[<variant>]).
+STAGES = (fetch, export, quantize, evaluate, benchmark, register)
+
+
 # prefect types an argument-less ThreadPoolTaskRunner() as ThreadPoolTaskRunner[Never]
-@flow(name="slmops-build", task_runner=ThreadPoolTaskRunner(max_workers=1))  # type: ignore[arg-type]  # see the line above
+@flow(name="slmops-build", task_runner=ThreadPoolTaskRunner(max_workers=1))  # type: ignore[arg-type]  # see above
 def build(variants: list[str] | None = None) -> Recommendations:
-    """Build, gate, benchmark and register the selected variants, then set the use-case aliases."""
+    """Build, gate, benchmark and register the selected variants, then set the use-case aliases.
+
+    Variants are built one after another (benchmarks must not share the CPU). A variant whose stage fails
+    is reported and skipped; the others are still built and recommended from. The flow then fails with a
+    BuildError naming each failed variant, its stage and the cause.
+    """
     project = Project.load()  # fail fast on bad configs, before any work
     selected = variants or list(project.config.selection)
     for variant in selected:
         project.selected(variant)
-    benched: list[PrefectFuture[dict[str, BenchReport]]] = []
-    registered: list[PrefectFuture[RegistryRecord]] = []
-    # prefect's typed submit() overloads leave out wait_for unless return_state is passed: it is said explicitly
+    benched: list[dict[str, BenchReport]] = []
+    failed: dict[str, str] = {}
     for variant in selected:
-        fetched = fetch.submit(variant, return_state=False)
-        exported = export.submit(variant, return_state=False, wait_for=[fetched])
-        quantized = quantize.submit(variant, return_state=False, wait_for=[exported])
-        evaluated = evaluate.submit(variant, return_state=False, wait_for=[quantized])
-        benched.append(benchmark.submit(variant, return_state=False, wait_for=[evaluated]))
-        registered.append(register.submit(variant, return_state=False, wait_for=[evaluated, benched[-1]]))
-    decisions = recommend.submit(return_state=False, wait_for=registered).result()
-    report.warn_skipped_profiles(b.result() for b in benched)  # once per build, not once per candidate
+        for stage in STAGES:
+            try:
+                result = stage(variant)
+            except Exception as exc:  # any failure of one variant's stage: report it, build the others
+                failed[variant] = f"{stage.name} failed: {exc}"
+                break
+            if stage is benchmark:
+                benched.append(cast("dict[str, BenchReport]", result))
+    decisions = recommend()
+    report.warn_skipped_profiles(benched)  # once per build, not once per candidate
+    if failed:
+        raise BuildError(
+            f"{len(failed)} of {len(selected)} variants failed: "
+            + "; ".join(f"{variant}: {why}" for variant, why in failed.items())
+        )
     return decisions
 
 

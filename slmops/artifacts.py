@@ -180,3 +180,25 @@ def link_or_copy(src: Path, dst: Path) -> None:
 def folder_size(folder: Path) -> int:
     """Total bytes of the regular files under ``folder``."""
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, *, what: str) -> Iterator[None]:
+    """Hold an exclusive cross-process lock on ``folder`` itself (flock on its directory fd) for the block.
+
+    No lock file is created, so none is left behind. A second process logs that it waits, then waits.
+    """
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.warning("waiting for another process %s (lock on %s)", what, folder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

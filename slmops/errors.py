@@ -75,6 +75,10 @@ class BenchmarkError(SlmopsError, RuntimeError):
     """A benchmark subprocess failed or returned no result."""
 
 
+class BuildError(SlmopsError, RuntimeError):
+    """A build ended with failed variants; the message names each one, the stage that failed and why."""
+
+
 class RegistryError(SlmopsError, RuntimeError):
     """The MLflow registry has no such model/alias/version, or could not be written."""
 

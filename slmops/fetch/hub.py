@@ -16,18 +16,21 @@ import hashlib
 import logging
 import os
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 from slmops.artifacts import link_or_copy, sha256_file
 from slmops.catalog.schema import Variant
 from slmops.errors import FetchError, IntegrityError
 from slmops.fetch.config import FetchConfig
 from slmops.fetch.sources import SOURCES, Fetched
+from slmops.quiet import logger_level
 from slmops.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -35,6 +38,7 @@ T = TypeVar("T")
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
 RETRY_STATUS = (429, 500, 502, 503, 504)
 _DISK_MARGIN = 64 * 2**20
+_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
@@ -90,10 +94,11 @@ def _retry_after(exc: BaseException) -> float | None:
 class HubSession:
     """Calls into huggingface_hub with retries, timeouts and slmops error messages."""
 
-    def __init__(self, variant: Variant, settings: Settings, stats: FetchStats) -> None:
+    def __init__(self, variant: Variant, settings: Settings, stats: FetchStats, *, revision: str) -> None:
         from huggingface_hub import HfApi, constants
 
         self.variant = variant
+        self.revision = revision  # as requested; the commit sha once resolved
         self.settings = settings
         self.stats = stats
         self.endpoint = settings.hf_endpoint or constants.ENDPOINT
@@ -103,10 +108,12 @@ class HubSession:
         constants.HF_HUB_DOWNLOAD_TIMEOUT = settings.hub_timeout_s  # type: ignore[assignment]  # declared int, read as a timeout (float is fine)
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run ``fn``, retrying transient errors with exponential backoff; translate the rest."""
+        """Run ``fn`` (``what`` names it: "resolving revision 'main'", "downloading config.json"), retrying
+        transient errors with exponential backoff; translate the rest into FetchError."""
         from huggingface_hub.errors import (
             EntryNotFoundError,
             GatedRepoError,
+            LocalEntryNotFoundError,
             RepositoryNotFoundError,
             RevisionNotFoundError,
         )
@@ -114,7 +121,10 @@ class HubSession:
         v, attempts = self.variant, self.settings.hub_retries + 1
         for attempt in range(attempts):
             try:
-                return fn()
+                # huggingface_hub logs each of its own retries (a multi-line dump, shown twice under the CLI's
+                # handler); slmops logs one line per retry of its own and the final error instead
+                with logger_level("huggingface_hub", logging.ERROR):
+                    return fn()
             except GatedRepoError:
                 raise FetchError(
                     f"{v.repo_id} ({v.id}) is gated: accept its conditions on {self.endpoint}/{v.repo_id} "
@@ -126,31 +136,88 @@ class HubSession:
                     "or set HF_TOKEN if the repo is private"
                 ) from None
             except RevisionNotFoundError:
-                raise FetchError(f"{v.repo_id} ({v.id}) has no revision for {what}; fix the revision") from None
-            except EntryNotFoundError:
-                raise FetchError(f"{v.repo_id} ({v.id}): {what} does not exist at that revision") from None
+                raise FetchError(
+                    f"{v.repo_id} ({v.id}) has no revision {self.revision!r} at {self.endpoint}; fix `revision:` "
+                    f"of {v.id} in configs/catalog.yaml or run `slmops fetch {v.id} --revision <branch, tag or sha>`"
+                ) from None
+            except EntryNotFoundError as exc:
+                # LocalEntryNotFoundError is also an EntryNotFoundError: huggingface_hub raises it when the server
+                # did not answer (after its own retries) and nothing is cached. That is transient, not a missing file.
+                if not isinstance(exc, LocalEntryNotFoundError):
+                    raise FetchError(
+                        f"{v.repo_id}@{self.revision}: {what} failed: the file does not exist in that commit; "
+                        "check the file name and allow_patterns"
+                    ) from None
+                failure: BaseException = exc
             except Exception as exc:
-                if not _is_transient(exc) or attempt + 1 == attempts:
-                    if _is_transient(exc):
-                        raise FetchError(
-                            f"{what} of {v.id} from {self.endpoint} failed after {attempts} attempts: {exc!s:.300}; "
-                            "check the network / proxy, or raise SLMOPS_HUB_RETRIES"
-                        ) from exc
+                if not _is_transient(exc):
                     raise
-                delay = _retry_after(exc) or min(30.0, self.settings.hub_backoff_s * 2**attempt)
-                delay *= 1 + random.random() * 0.1  # jitter: concurrent fetches do not retry in lockstep
-                self.stats.retries += 1
-                logger.warning(
-                    "%s of %s failed (%s); retry %d/%d in %.1fs",
-                    what,
-                    v.id,
-                    type(exc).__name__,
-                    attempt + 1,
-                    attempts - 1,
-                    delay,
-                )
-                time.sleep(delay)
+                failure = exc
+            if attempt + 1 == attempts:
+                raise self._gave_up(what, failure, attempts) from failure
+            delay = _retry_after(failure) or min(30.0, self.settings.hub_backoff_s * 2**attempt)
+            delay *= 1 + random.random() * 0.1  # jitter: concurrent fetches do not retry in lockstep
+            self.stats.retries += 1
+            logger.warning(
+                "%s of %s failed (%s); retry %d/%d in %.1fs",
+                what,
+                v.id,
+                _short(failure),
+                attempt + 1,
+                attempts - 1,
+                delay,
+            )
+            time.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _gave_up(self, what: str, exc: BaseException, attempts: int) -> FetchError:
+        """The error after the last retry: what failed, why in one phrase, and the fix that fits the cause."""
+        v = self.variant
+        head = f"{what} of {v.id} from {self.endpoint} failed after {attempts} attempts"
+        if _is_dns_failure(exc):
+            host = urlparse(self.endpoint).hostname or self.endpoint
+            cached = _repo_cache(v.repo_id, self.settings.resolved_hf_cache()).is_dir()
+            fix = (
+                f"{v.repo_id} is in the local cache: run `slmops fetch {v.id} --offline` (or set HF_HUB_OFFLINE=1)"
+                if cached
+                else "check the network, DNS and proxy settings, or HF_ENDPOINT"
+            )
+            return FetchError(f"{head}: the host name {host!r} does not resolve (DNS); {fix}")
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if _SHA.match(self.revision) and (status is None or status >= 500):
+            return FetchError(
+                f"{head} ({_short(exc)}): the server may not have commit {self.revision} (a mirror that lags "
+                f"behind the Hub does this); fetch a revision it has with `slmops fetch {v.id} --revision <sha or "
+                "branch>`, fix `revision:` in configs/catalog.yaml, or point HF_ENDPOINT at another mirror"
+            )
+        return FetchError(
+            f"{head} ({_short(exc)}); check the network, proxy and HF_ENDPOINT. SLMOPS_HUB_RETRIES and "
+            "SLMOPS_HUB_BACKOFF_S set how long slmops keeps retrying"
+        )
+
+
+def _is_dns_failure(exc: BaseException) -> bool:
+    text = repr(exc) + repr(exc.__cause__) + repr(exc.__context__)
+    return any(
+        m in text
+        for m in (
+            "NameResolutionError",
+            "Failed to resolve",
+            "Name or service not known",
+            "nodename nor servname",
+            "Temporary failure in name resolution",
+        )
+    )
+
+
+def _short(exc: BaseException) -> str:
+    """One phrase for a transient error: the HTTP status, or the exception type (never a multi-line dump)."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status is not None:
+        return f"HTTP {status}"
+    if type(exc).__name__ == "LocalEntryNotFoundError":
+        return "no answer from the server"
+    return "DNS failure" if _is_dns_failure(exc) else type(exc).__name__
 
 
 def _wanted(path: str, patterns: list[str]) -> bool:
@@ -221,14 +288,17 @@ def fetch_hub(variant: Variant, config: FetchConfig, out: Path, settings: Settin
     patterns += list(PICKLE_PATTERNS) if variant.allow_pickle else []
     if offline:
         return _fetch_offline(variant, revision, patterns, cache_dir, out)
-    hub = HubSession(variant, settings, stats)
-    sha = hub.call(f"revision {revision!r}", lambda: hub.api.model_info(variant.repo_id, revision=revision).sha)
+    hub = HubSession(variant, settings, stats, revision=revision)
+    sha = hub.call(
+        f"resolving revision {revision!r}", lambda: hub.api.model_info(variant.repo_id, revision=revision).sha
+    )
     if sha is None:
         raise FetchError(f"the Hub returned no commit sha for {variant.repo_id}@{revision}; retry, or pin a full sha")
     if variant.remote_code:
         _check_remote_code(variant, sha, config)
+    hub.revision = sha
     tree = hub.call(
-        "the file list", lambda: list(hub.api.list_repo_tree(variant.repo_id, revision=sha, recursive=True))
+        "listing the files", lambda: list(hub.api.list_repo_tree(variant.repo_id, revision=sha, recursive=True))
     )
     files = plan_files(variant, tree, patterns)
     check_disk_space(files, _repo_cache(variant.repo_id, cache_dir))
@@ -257,7 +327,7 @@ def _download_verified(hub: HubSession, remote: RemoteFile, sha: str, cache_dir:
     for attempt in (1, 2):
         local = Path(
             hub.call(
-                remote.path,
+                f"downloading {remote.path}",
                 lambda: download(
                     v.repo_id,
                     remote.path,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from slmops.artifacts import Manifest, atomic_folder, write_manifest
+from slmops.artifacts import Manifest, atomic_folder, folder_lock, write_manifest
 from slmops.catalog.schema import Variant
 from slmops.fetch.config import FetchConfig
 from slmops.fetch.sources import SOURCES, compare_with_config
@@ -21,11 +21,8 @@ def fetch(
     config = config or FetchConfig()
     settings = settings or get_settings()
     source = SOURCES[config.source]  # UnknownPluginError (a ConfigError) lists the registered ones
-    from filelock import FileLock
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # one fetch of a folder at a time: a concurrent fetch of the same variant waits, then replaces it whole
-    with FileLock(str(out.parent / f".{out.name}.lock")), atomic_folder(out) as tmp:
+    # one fetch into this folder at a time: a concurrent fetch waits, then replaces the variant's folder whole
+    with folder_lock(out.parent, what=f"fetching into {out.parent}"), atomic_folder(out) as tmp:
         fetched = source(variant, config, tmp, settings)
         mismatches = compare_with_config(variant, tmp)
         manifest = write_manifest(

@@ -287,3 +287,61 @@ def fault_summary() -> str:
         f"hub fault tests: faults injected {FAULTS['injected']}, files recovered {FAULTS['recovered']}, "
         f"corrupt files left {FAULTS['corrupt_left']}"
     )
+
+
+def test_server_down_past_huggingface_hubs_own_retries_is_retried(server, tiny_models, isolated: Path) -> None:
+    """5xx on HEAD for longer than huggingface_hub's own retries (6 attempts, about 23 s): it raises
+    LocalEntryNotFoundError, which slmops retries instead of reporting a missing file."""
+    server.state.inject("status", f"/{REPO}/resolve/*/config.json", times=7, arg=503, method="HEAD")
+    manifest = _fetch(_variant(tiny_models), isolated / "out")
+    heads = [p for m, p, _ in server.state.requests if m == "HEAD" and p.endswith("/config.json")]
+    assert len(heads) >= 7 and manifest["info"]["retries"] >= 1
+    assert (isolated / "out" / "config.json").read_bytes() == (server.folder / "config.json").read_bytes()
+
+
+def test_pinned_sha_missing_on_a_mirror_suggests_another_revision(
+    server, tiny_models, isolated: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("SLMOPS_HUB_RETRIES", "1")
+    get_settings.cache_clear()
+    server.state.inject("status", f"/api/models/{REPO}/revision/{server.first_sha}", times=100, arg=500)
+    with pytest.raises(FetchError) as err:
+        _fetch(_variant(tiny_models, revision=server.first_sha), isolated / "out")
+    message = str(err.value)
+    assert f"may not have commit {server.first_sha}" in message and "--revision" in message
+    assert "resolving revision" in message and "HTTP 500" in message
+
+
+def test_dns_failure_names_the_host_and_suggests_offline_when_cached(
+    server, tiny_models, isolated: Path, monkeypatch
+) -> None:
+    variant = _variant(tiny_models)
+    monkeypatch.setenv("SLMOPS_HUB_RETRIES", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://slmops-test-host.invalid")
+    get_settings.cache_clear()
+    with pytest.raises(FetchError) as never_fetched:
+        _fetch(variant, isolated / "a")
+    assert "'slmops-test-host.invalid' does not resolve (DNS)" in str(never_fetched.value)
+    assert "--offline" not in str(never_fetched.value) and "SLMOPS_HUB_RETRIES" not in str(never_fetched.value)
+    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+    get_settings.cache_clear()
+    _fetch(variant, isolated / "b")
+    monkeypatch.setenv("HF_ENDPOINT", "http://slmops-test-host.invalid")
+    get_settings.cache_clear()
+    with pytest.raises(FetchError, match=r"in the local cache: run `slmops fetch tiny-llama --offline`"):
+        _fetch(variant, isolated / "c")
+
+
+def test_a_file_missing_from_the_commit_is_named_as_such(server, tiny_models, isolated: Path) -> None:
+    server.state.inject("status", f"/{REPO}/resolve/*/tokenizer.json", times=100, arg=404, method="HEAD")
+    with pytest.raises(FetchError) as err:
+        _fetch(_variant(tiny_models), isolated / "out")
+    message = str(err.value)
+    assert "downloading tokenizer.json failed: the file does not exist in that commit" in message
+    assert "at that revision" not in message and "attempts" not in message  # not retried: a 404 is an answer
+    assert not (isolated / "out").exists()
+
+
+def test_fetch_leaves_no_lock_or_partial_files(server, tiny_models, isolated: Path) -> None:
+    _fetch(_variant(tiny_models), isolated / "fetch" / "tiny-llama")
+    assert sorted(p.name for p in (isolated / "fetch").iterdir()) == ["tiny-llama"]

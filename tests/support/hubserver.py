@@ -174,6 +174,8 @@ def make_handler(state: HubState) -> type[BaseHTTPRequestHandler]:
                 self.send_response(status)
                 if status == 429:
                     self.send_header("Retry-After", "0")
+                if status == 404:  # as the Hub answers for a file the commit does not have
+                    self.send_header("X-Error-Code", "EntryNotFound")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
