@@ -56,6 +56,9 @@ TAG_DIGEST = "slmops.candidate_digest"
 TAG_CAPABILITIES = "slmops.capabilities"
 TAG_LATEST_RUN = "slmops.latest_run"  # version tag: the run whose metrics describe the version now
 TAG_VERSION = "slmops.version"  # run tag: the model version the run registered or reused
+TAG_BUILD_ID = "slmops.build_id"  # run tag: the build (flow run, or one CLI/DVC process) that logged the run
+TAG_FLOW_RUN = "slmops.flow_run_id"  # run tag: the Prefect flow run, when the run was logged inside one
+TAG_GIT_SHA = "slmops.git_sha"  # run tag: the project's git commit (+ "-dirty" with uncommitted changes)
 TAG_KIND = "slmops.kind"  # run tag: what kind of run (candidates carry none; "recommend" passes do)
 
 RUN_KIND_RECOMMEND = "recommend"

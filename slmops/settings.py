@@ -91,6 +91,11 @@ class Settings(BaseSettings):
         description="Intra-op threads for onnxruntime; default: the CPU count, at most 8.",
     )
     device: Literal["cpu", "cuda"] = Field(default="cpu", description="Device the runtime loads models on.")
+    build_id: str | None = Field(
+        default=None,
+        description="Groups the MLflow runs of one build (tag slmops.build_id); default: the Prefect flow run id, "
+        "else one id per process.",
+    )
     log_level: str = Field(default="WARNING", description="Level of slmops' own loggers in the CLI (-v: INFO).")
     api_key: str | None = Field(
         default=None,

@@ -11,6 +11,7 @@ from slmops.configfile import load_named
 from slmops.tasks import TaskName
 
 Method = Literal["none", "matmul_nbits", "gguf_blocks", "dynamic_int8", "fp16"]
+GGUF_BLOCK = 32  # weights per Q4_1 / Q8_0 block (ggml's QK4_1 = QK8_0 = 32)
 
 
 class Recipe(BaseModel):
@@ -64,6 +65,24 @@ class Recipe(BaseModel):
         if self.method == "none" and self.precision != "fp32":
             raise ValueError("method none keeps precision fp32")
         return self
+
+    @property
+    def weight_bits(self) -> int:
+        """Bits per weight of the quantized MatMuls (gguf_blocks: the GGUF's Q4_1 blocks; its Q8_0 head is 8)."""
+        if self.bits is not None:
+            return self.bits
+        return {"none": 32, "fp16": 16, "dynamic_int8": 8, "gguf_blocks": 4}[self.method]
+
+    @property
+    def granularity(self) -> str:
+        """What one scale covers: ``block-<n>`` weights, ``per-channel``, ``per-tensor``, or ``none``."""
+        if self.block_size is not None:
+            return f"block-{self.block_size}"
+        if self.method == "gguf_blocks":
+            return f"block-{GGUF_BLOCK}"
+        if self.method == "dynamic_int8":
+            return "per-channel" if self.per_channel else "per-tensor"
+        return "none"
 
     def supports(self, task: str, device: str) -> bool:
         return task in self.tasks and device in self.devices

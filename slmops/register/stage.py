@@ -16,7 +16,7 @@ from slmops.catalog.estimate import estimate_memory
 from slmops.catalog.schema import Variant
 from slmops.errors import RegistryError
 from slmops.quantize.recipes import Recipe
-from slmops.register.store import ensure_experiment
+from slmops.register.store import build_tags, ensure_experiment
 from slmops.results import BenchReport, CandidateGate
 from slmops.runtime.registry import connect
 from slmops.settings import Settings, get_settings
@@ -116,8 +116,9 @@ def register(
     estimate_mb = _estimate_for(variant, recipe, benchmark, graph if graph in ("optimum", "genai") else "optimum")
     existing = _find_version(client, model_name, digest, device)
     try:
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"{variant.id}:{recipe.name}:{device}") as run:
-            mlflow.set_tags({**tags, "mlflow.note.content": _note(variant, recipe, evaluation)})
+        run_name = f"{recipe.name} · {variant.id} · {device}"  # the recipe first: what a cut-off column still shows
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+            mlflow.set_tags({**tags, **build_tags(settings), "mlflow.note.content": _note(variant, recipe, evaluation)})
             mlflow.log_params(
                 {
                     "variant": variant.id,
@@ -130,8 +131,8 @@ def register(
                     "recipe": recipe.name,
                     "method": recipe.method,
                     "precision": recipe.precision,
-                    "bits": recipe.bits,
-                    "block_size": recipe.block_size,
+                    "bits": recipe.weight_bits,
+                    "granularity": recipe.granularity,
                     "device": device,
                     "bench_profile": benchmark.headline_profile,
                     "threads": (benchmark.context or {}).get("threads"),
@@ -153,6 +154,8 @@ def register(
                 warnings.filterwarnings("ignore", message=".*input example was not provided.*")
                 info = _log_model(model_name, variant, folder, tags, candidate=manifest, evaluation=evaluation)
             version = str(info.registered_model_version)
+            client.update_registered_model(model_name, description=_model_description(variant.task))
+            client.update_model_version(model_name, version, description=_note(variant, recipe, evaluation))
 
             for key, value in {**tags, names.TAG_LATEST_RUN: run.info.run_id}.items():
                 client.set_model_version_tag(model_name, version, key, value)
@@ -238,6 +241,15 @@ def _find_version(client: Any, model_name: str, digest: str, device: str) -> str
         if v.tags.get(names.TAG_DIGEST) == digest and v.tags.get(names.TAG_DEVICE) == device:
             return str(v.version)
     return None
+
+
+def _model_description(task: str) -> str:
+    spec = get_task(task)
+    return (
+        f"slmops {spec.name} models: {spec.description}. Every version is a candidate that passed its quality gate "
+        f"(configs/gates.yaml), benchmarked per device; aliases are use cases (configs/usecases.yaml) set by "
+        f"`slmops recommend` on {spec.speed_metric} among versions meeting their constraints."
+    )
 
 
 def _note(variant: Variant, recipe: Recipe, evaluation: CandidateGate) -> str:

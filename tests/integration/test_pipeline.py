@@ -336,3 +336,29 @@ def test_readme_pyfunc_snippet_runs_as_written(built, tmp_path: Path) -> None:
     lines = [ast.literal_eval(line) for line in out.stdout.strip().splitlines()]
     assert len(lines) == 2 and all(len(batch) == 1 and isinstance(batch[0], str) and batch[0] for batch in lines)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlruns"]  # MLflow left no mlflow.db or mlruns of its own
+
+
+def test_runs_and_versions_are_readable_in_the_mlflow_ui(built) -> None:
+    """Runs grouped by build (build id, flow run, git sha), named recipe first, with the recipe's real bits and
+    granularity; registered models and versions carry descriptions."""
+    from slmops import names
+    from slmops.runtime.registry import connect
+
+    project, _, _ = built
+    client = connect(project.settings)
+    version = client.get_model_version_by_alias("slmops-causal-lm", "chat-test")
+    recipe = version.tags[names.TAG_RECIPE]
+    runs = client.search_runs(
+        [client.get_experiment_by_name(names.EXPERIMENT).experiment_id],
+        filter_string=f"tags.`{names.TAG_VARIANT}` = 'tiny-llama' and tags.`{names.TAG_RECIPE}` = '{recipe}'",
+    )
+    assert runs and all(names.TAG_BUILD_ID in r.data.tags for r in runs)
+    in_flow = [r for r in runs if names.TAG_FLOW_RUN in r.data.tags]  # the flow's; other tests re-register by hand
+    assert in_flow and all(r.data.tags[names.TAG_FLOW_RUN] == r.data.tags[names.TAG_BUILD_ID] for r in in_flow)
+    run = in_flow[0]
+    assert run.info.run_name == f"{recipe} · tiny-llama · cpu"
+    assert len(run.data.tags[names.TAG_GIT_SHA].removesuffix("-dirty")) == 40
+    assert run.data.params["bits"] == str(project.recipes[recipe].weight_bits)
+    assert run.data.params["granularity"] == project.recipes[recipe].granularity
+    assert "tiny-llama" in version.description and "Gate passed" in version.description
+    assert "causal-lm" in client.get_registered_model("slmops-causal-lm").description

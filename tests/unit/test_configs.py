@@ -198,3 +198,17 @@ def test_openelm_selection_without_exporter_routes_through_the_catalog(tmp_path:
     project = Project.load(Settings(config_dir=config_dir))
     variant, sel = project.selected("openelm-270m")
     assert sel.exporter is None and resolve_exporter(variant, sel.exporter) == "openelm"
+
+
+def test_every_recipe_says_its_bits_and_granularity() -> None:
+    recipes = load_recipes(REAL / "recipes.yaml")
+    expected = {
+        "fp32": (32, "none"),
+        "wo-int8": (8, "block-32"),
+        "wo-int4": (4, "block-32"),
+        "gguf-q4": (4, "block-32"),
+        "fp16": (16, "none"),
+        "dyn-int8-pc": (8, "per-channel"),
+    }
+    for name, (bits, granularity) in expected.items():
+        assert (recipes[name].weight_bits, recipes[name].granularity) == (bits, granularity), name
