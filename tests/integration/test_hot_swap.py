@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from slmops.runtime.watch import Swap
 from tests.conftest import REPO_ROOT, UNSET, apply_env
 from tests.support.slmopsserver import SlmopsServer
 
@@ -36,7 +37,7 @@ def _registry_env(tiny_registry, monkeypatch: pytest.MonkeyPatch) -> None:
 def registry(tiny_registry, tmp_path_factory) -> dict[str, Any]:
     """A copy of the tiny registry with two more causal-lm versions: ``new`` (the same files as the chat-test
     version) and ``bad`` (a copy of them with one byte changed in a file the manifest covers). The aliases
-    ``swap-test`` and ``reload-test`` point at the chat-test version."""
+    ``swap-test``, ``reload-test`` and ``app-test`` point at the chat-test version."""
     from slmops.names import registered_model_name
     from slmops.runtime.cache import model_folder
     from slmops.runtime.registry import connect
@@ -61,7 +62,7 @@ def registry(tiny_registry, tmp_path_factory) -> dict[str, Any]:
         victim = next(p for p in sorted(folder.iterdir()) if p.suffix == ".json" and p.name != "slmops-manifest.json")
         victim.write_bytes(victim.read_bytes().replace(b"{", b"{ ", 1))  # still JSON, no longer the manifest's hash
         bad = client.create_model_version(name, source=str(corrupt), run_id=good.run_id, tags=good.tags)
-        for alias in ("swap-test", "reload-test"):
+        for alias in ("swap-test", "reload-test", "app-test"):
             client.set_registered_model_alias(name, alias, good.version)
     finally:
         forget_mlflow_uris()
@@ -250,3 +251,32 @@ def test_reload_endpoint_and_sighup_swap_at_once(manual, registry) -> None:
     os.kill(manual.proc.pid, signal.SIGHUP)
     _wait_for("the swap after SIGHUP", lambda: _listed(manual, "reload-test")["version"] == good, SWAP_WAIT_S, manual)
     assert _chat(manual, "reload-test") == good
+
+
+def test_an_app_gets_hot_swap_from_the_runtime(registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No server: ModelPool + AliasWatcher in this process. A leased version outlives its swap until released."""
+    from slmops.runtime import AliasWatcher, ModelPool
+    from slmops.settings import get_settings
+
+    monkeypatch.setenv("SLMOPS_MLRUNS_DIR", str(registry["mlruns"]))
+    get_settings.cache_clear()
+    uri = f"models:/{registry['name']}"
+    pool = ModelPool(max_memory_mb=1024)
+    watcher = AliasWatcher(pool, poll_s=0)
+    with watcher.use("app-test") as old_model:
+        assert watcher.pinned("app-test").version == registry["good"]
+        expected = old_model.generate("The sun", max_tokens=4, temperature=0.0)
+        _move(registry, "app-test", registry["new"])
+        assert watcher.refresh() == [Swap("app-test", f"{uri}/{registry['good']}", f"{uri}/{registry['new']}")]
+        assert watcher.draining() == [f"{uri}/{registry['good']}"]  # leased: still loaded, still answering
+        assert old_model.generate("The sun", max_tokens=4, temperature=0.0) == expected
+        with watcher.use("app-test") as new_model:
+            assert new_model is not old_model and new_model.generate("The sun", max_tokens=4, temperature=0.0)
+    assert watcher.draining() == [] and pool.loaded() == [f"{uri}/{registry['new']}"]
+    assert not old_model.is_loaded
+    _move(registry, "app-test", registry["bad"])
+    [failed] = watcher.refresh()
+    assert failed.new is None and "failed verification" in (failed.error or "")
+    assert watcher.status()["app-test"]["version"] == registry["new"]
+    assert watcher.refresh(retry_failed=False) == []  # the poll does not retry it
+    pool.clear()
