@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     serve_max_items: int = Field(
         default=256, ge=1, description="`slmops serve`: most embedding inputs, rerank documents or completion prompts."
     )
+    alias_poll_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds between re-resolving the served aliases (`slmops serve`, AliasWatcher) to hot-swap "
+        "versions that moved; 0: only on POST /admin/reload or SIGHUP.",
+    )
 
     @field_validator("log_level")
     @classmethod

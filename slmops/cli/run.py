@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Annotated
 
@@ -120,7 +121,8 @@ def serve(
 
     Routes: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/rerank, /v1/models, /health, /ready;
     the schema at /docs. `model` in a request is a use case (alias) or a models:/ URI; a folder is served
-    only when named here with --model.
+    only when named here with --model. Served aliases follow the registry: every $SLMOPS_ALIAS_POLL_S seconds,
+    on POST /admin/reload and on SIGHUP, a moved alias's new version is loaded, warmed and swapped in.
     """
     import uvicorn
 
@@ -137,4 +139,6 @@ def serve(
         local_models=local,
     )
     app = create_app(ModelPool(max_memory_mb=max_memory_mb), config)
+    if hasattr(signal, "SIGHUP"):  # `kill -HUP <pid>`: re-resolve the served aliases now (see POST /admin/reload)
+        signal.signal(signal.SIGHUP, lambda signum, frame: app.state.watcher.refresh_soon())
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -7,5 +7,6 @@ from slmops.runtime.loader import load
 from slmops.runtime.params import GenerationParams
 from slmops.runtime.pool import ModelPool
 from slmops.runtime.states import LoadingEvent, LoadingState
+from slmops.runtime.watch import AliasWatcher
 
-__all__ = ["GenerationParams", "LoadingEvent", "LoadingState", "ModelPool", "load"]
+__all__ = ["AliasWatcher", "GenerationParams", "LoadingEvent", "LoadingState", "ModelPool", "load"]

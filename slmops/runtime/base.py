@@ -40,6 +40,10 @@ class LoadedModel:
             self._release()
             self._loaded = False
 
+    def warm_up(self) -> None:
+        """Run one short inference, so the first request after a load (or a hot swap) does not pay for it."""
+        raise NotImplementedError
+
     def _release(self) -> None:
         raise NotImplementedError
 

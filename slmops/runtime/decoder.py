@@ -238,6 +238,9 @@ class TextModel(LoadedModel):
         """
         return "".join(self.stream(prompt, messages=messages, **options))
 
+    def warm_up(self) -> None:
+        self.generate("Hello", max_tokens=1, temperature=0.0)
+
     def chat(self, messages: list[dict[str, str]], **options: Any) -> str:
         """The assistant's reply to ``messages``."""
         return self.generate(messages=messages, **options)

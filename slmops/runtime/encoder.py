@@ -65,6 +65,9 @@ class _EncoderBase(LoadedModel):
 class EmbeddingModel(_EncoderBase):
     """Sentence embeddings matching sentence-transformers' output for the same model."""
 
+    def warm_up(self) -> None:
+        self.embed(["warm-up"])
+
     def embed(self, texts: list[str] | str, *, batch_size: int = 32) -> np.ndarray:
         """Embeddings (n, dim), float32; L2-normalised when the model's pipeline normalises."""
         self._require_loaded()
@@ -89,6 +92,9 @@ class EmbeddingModel(_EncoderBase):
 
 class RerankModel(_EncoderBase):
     """Cross-encoder relevance scores for (query, document) pairs."""
+
+    def warm_up(self) -> None:
+        self.scores("warm", ["up"])
 
     def scores(self, query: str, documents: list[str], *, batch_size: int = 32) -> np.ndarray:
         """Raw relevance logits, one per document."""

@@ -83,6 +83,9 @@ class FillMaskModel(_EncoderBase):
                 out.append((ids, logits[row, positions].astype(np.float32)))
         return out
 
+    def warm_up(self) -> None:
+        self.fill_mask(f"warm {self.mask_token}", top_k=1)
+
     def fill_mask(self, text: str, *, top_k: int = 5) -> list[list[dict[str, Any]]]:
         """The ``top_k`` most likely tokens for each mask token in ``text``, best first.
 

@@ -71,3 +71,30 @@ class ModelPool:
             models, self._models = list(self._models.values()), OrderedDict()
         for model in models:
             model.unload()
+
+    # -- hooks for the alias watcher (slmops.runtime.watch), which loads a new version outside the pool's lock
+    @property
+    def load_options(self) -> dict[str, Any]:
+        """The options every load of this pool uses (device, settings...)."""
+        return dict(self._load_options)
+
+    def put(self, target: str, model: Model) -> None:
+        """Add an already loaded ``model`` under ``target``, unloading least recently used others to fit the budget.
+
+        Raises MemoryBudgetError (leaving ``model`` loaded, for the caller to unload) when it cannot fit at all.
+        """
+        need = model.footprint_bytes
+        with self._lock:
+            if need + RUNTIME_OVERHEAD_BYTES > self.max_bytes:
+                raise MemoryBudgetError(
+                    f"{target!r} needs about {(need + RUNTIME_OVERHEAD_BYTES) / 2**20:.0f} MB, more than the pool's "
+                    f"max_memory_mb={self.max_bytes / 2**20:.0f}; raise it or pick a smaller model"
+                )
+            replaced = self._models.pop(target, None)
+            while self._models and self.used_bytes + need > self.max_bytes:
+                evicted, old = self._models.popitem(last=False)
+                old.unload()
+                logger.info("unloaded %s to make room for %s", evicted, target)
+            self._models[target] = model
+        if replaced is not None and replaced is not model:
+            replaced.unload()

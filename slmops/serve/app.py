@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
@@ -23,8 +25,9 @@ from slmops.errors import RequestLimitError, SlmopsError, UnsupportedParameterEr
 from slmops.runtime.encoder import EmbeddingModel, RerankModel
 from slmops.runtime.open import expect
 from slmops.runtime.pool import ModelPool
+from slmops.runtime.watch import AliasWatcher
 from slmops.serve.config import ServeConfig
-from slmops.serve.models import ServedModels
+from slmops.serve.models import LeaseScope, ServedModels, gate_refusal
 from slmops.serve.problems import HTTP_CODES, INVALID, documented, error_response, exception_response
 from slmops.serve.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, RerankRequest
 from slmops.serve.security import ApiKey, RequestGuard
@@ -37,12 +40,24 @@ COMMON = documented(400, 401, 404, 413, 500, 503, 507)
 def create_app(pool: ModelPool, config: ServeConfig | None = None) -> FastAPI:
     """The app serving ``pool``'s models (loaded on first use) as ``config`` says (default: from the settings)."""
     config = config or ServeConfig.from_settings()
-    models = ServedModels(pool, local=dict(config.local_models))
+    watcher = AliasWatcher(pool, poll_s=config.alias_poll_s, accept=gate_refusal)
+    models = ServedModels(pool, local=dict(config.local_models), watcher=watcher)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        watcher.start()  # polls every alias_poll_s, and refreshes on watcher.refresh_soon() (SIGHUP)
+        try:
+            yield
+        finally:
+            watcher.stop()
+
     app = FastAPI(
         title="slmops",
         version=__import__("slmops").__version__,
         description="OpenAI-compatible serving of the registered models that passed their quality gate.",
+        lifespan=lifespan,
     )
+    app.state.watcher = watcher
     _handle_errors(app)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(ApiKey(config.api_key))], responses=COMMON)
 
@@ -104,6 +119,20 @@ def create_app(pool: ModelPool, config: ServeConfig | None = None) -> FastAPI:
 
     app.include_router(v1)
 
+    @app.post(
+        "/admin/reload",
+        summary="Re-resolve the served aliases now and hot-swap the versions that moved",
+        dependencies=[Depends(ApiKey(config.api_key))],
+        responses=documented(401, 500, 503),
+    )
+    def reload() -> dict[str, Any]:
+        swaps = watcher.refresh()
+        return {
+            "swapped": [{"alias": s.spec, "from": s.old, "to": s.new} for s in swaps if s.new],
+            "failed": [{"alias": s.spec, "serving": s.old, "swap_error": s.error} for s in swaps if s.error],
+            "aliases": watcher.status(),
+        }
+
     @app.get("/health", summary="Liveness")
     def health() -> dict[str, Any]:
         return {"status": "ok"}
@@ -115,6 +144,8 @@ def create_app(pool: ModelPool, config: ServeConfig | None = None) -> FastAPI:
             "loaded": pool.loaded(),
             "used_mb": round(pool.used_bytes / 2**20, 1),
             "max_memory_mb": round(pool.max_bytes / 2**20, 1),
+            "aliases": watcher.status(),  # per served alias: version, and swap_error when it could not follow
+            "draining": watcher.draining(),
             "time": int(time.time()),
         }
 
@@ -126,6 +157,7 @@ def create_app(pool: ModelPool, config: ServeConfig | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type"],
             expose_headers=[VERSION_HEADER],
         )
+    app.add_middleware(LeaseScope)  # inside the guard: holds a request's leases until its response is sent
     # added last = outermost: a foreign Host or an oversized body is refused before CORS, routing or parsing
     app.add_middleware(RequestGuard, trusted_hosts=config.trusted_hosts(), max_body_bytes=config.max_body_bytes)
     return app

@@ -26,6 +26,7 @@ class ServeConfig(BaseModel):
     max_body_bytes: int = Field(default=2**20, ge=1)
     max_prompt_chars: int = Field(default=100_000, ge=1)
     max_items: int = Field(default=256, ge=1)
+    alias_poll_s: float = Field(default=30.0, ge=0, description="Seconds between alias re-resolves; 0: on reload only.")
     local_models: dict[str, Path] = Field(
         default_factory=dict, description="Artifact folders the operator named at start-up, by served name."
     )
@@ -39,6 +40,7 @@ class ServeConfig(BaseModel):
             "max_body_bytes": settings.serve_max_body_bytes,
             "max_prompt_chars": settings.serve_max_prompt_chars,
             "max_items": settings.serve_max_items,
+            "alias_poll_s": settings.alias_poll_s,
         }
         return cls(**{**defaults, **{k: v for k, v in options.items() if v is not None}})
 

@@ -9,6 +9,7 @@ compared with the names the operator gave, and any miss gets the same answer.
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,41 @@ from slmops.errors import ModelNotServedError, UsageError
 from slmops.runtime.open import Model
 from slmops.runtime.pool import ModelPool
 from slmops.runtime.registry import VersionRef, registry_reader
+from slmops.runtime.watch import AliasWatcher, Lease
 from slmops.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
 GATE_PASSED = "passed"  # the value of names.TAG_GATE on a version that passed its quality gate
+
+# the leases the current HTTP request holds on the versions it uses; LeaseScope releases them when it has answered
+REQUEST_LEASES: ContextVar[list[Lease] | None] = ContextVar("slmops_request_leases", default=None)
+
+
+def gate_refusal(ref: VersionRef) -> str | None:
+    """Why ``ref`` may not be served (the alias watcher's ``accept`` check), or None."""
+    return None if ref.gate == GATE_PASSED else f"{ref.uri} has not passed its quality gate"
+
+
+class LeaseScope:
+    """ASGI middleware: the versions a request resolved stay leased until its response is sent, streams included,
+    so a hot swap unloads a replaced version only after the requests using it have finished."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        leases: list[Lease] = []
+        token = REQUEST_LEASES.set(leases)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            REQUEST_LEASES.reset(token)
+            for lease in leases:
+                lease.release()
 
 
 @dataclass(frozen=True)
@@ -53,34 +84,38 @@ class ServedModels:
     """Resolves request ``model`` names and opens them through ``pool``."""
 
     def __init__(
-        self, pool: ModelPool, *, local: dict[str, Path] | None = None, settings: Settings | None = None
+        self,
+        pool: ModelPool,
+        *,
+        local: dict[str, Path] | None = None,
+        settings: Settings | None = None,
+        watcher: AliasWatcher | None = None,
     ) -> None:
         self.pool = pool
         self.settings = settings or get_settings()
         self.local = {name: _local(name, Path(folder)) for name, folder in (local or {}).items()}
+        self.watcher = watcher or AliasWatcher(pool, accept=gate_refusal, settings=self.settings)
 
     def resolve(self, model: str) -> Served:
-        """The entry ``model`` names. Raises ModelNotServedError, RegistryError when the registry cannot be read."""
+        """The entry ``model`` names. Raises ModelNotServedError, RegistryError when the registry cannot be read.
+
+        An alias resolves to the version the watcher serves it as; inside a request (LeaseScope) that version
+        stays leased until the response is sent.
+        """
         if model in self.local:
             return self.local[model]
-        ref = self._registered(model)
-        if ref is None:
+        found = self.watcher.acquire(model) if model else None
+        if found is None:
             raise not_served(model)
+        ref, lease = found
+        leases = REQUEST_LEASES.get()
+        if leases is None or ref.gate != GATE_PASSED:
+            lease.release()  # outside a request nothing would release it; a refused version is not used
+        else:
+            leases.append(lease)
         if ref.gate != GATE_PASSED:
             raise not_served(model, f": it resolves to {ref.uri}, which has not passed its quality gate")
         return Served(ref.uri, ref.name, ref.version, ref.variant, ref.recipe, ref.digest)
-
-    def _registered(self, model: str) -> VersionRef | None:
-        # a reader per request: the SQLite reader's connection belongs to the thread that opened it
-        reader = registry_reader(self.settings)
-        if not model.startswith("models:/"):
-            return reader.alias(model)
-        body = model.removeprefix("models:/")
-        if "@" in body:
-            name, alias = body.split("@", 1)
-            return reader.alias(alias, name=name) if name and alias else None
-        name, _, version = body.partition("/")
-        return reader.version(name, version) if name and version.isdigit() else None
 
     def open(self, served: Served) -> Model:
         """The loaded model of ``served`` (loaded now if needed)."""
@@ -91,11 +126,13 @@ class ServedModels:
         loaded = set(self.pool.loaded())
         entries: list[dict[str, Any]] = []
         reader = registry_reader(self.settings)
+        watched = self.watcher.status()
         for alias, name in reader.aliases():
-            ref = reader.alias(alias, name=name)
+            pinned = self.watcher.pinned(alias)  # what is served, once the alias has been used
+            ref = pinned if pinned is not None and pinned.name == name else reader.alias(alias, name=name)
             if ref is not None and ref.gate == GATE_PASSED:
                 served = Served(ref.uri, ref.name, ref.version, ref.variant, ref.recipe, ref.digest)
-                entries.append(_entry(alias, served, loaded))
+                entries.append(_entry(alias, served, loaded) | _swap_state(watched.get(alias)))
         entries += [_entry(name, served, loaded) for name, served in self.local.items()]
         return entries
 
@@ -114,6 +151,13 @@ def _entry(name: str, served: Served, loaded: set[str]) -> dict[str, Any]:
         "fingerprint": served.fingerprint,
         "state": "loaded" if served.target in loaded else "available",
     }
+
+
+def _swap_state(watched: dict[str, Any] | None) -> dict[str, Any]:
+    if watched is None:
+        return {}
+    state = {"swap_error": watched["swap_error"]}
+    return state | ({"state": "swapping"} if watched["pending"] else {})
 
 
 def _local(name: str, folder: Path) -> Served:

@@ -110,7 +110,9 @@ def signature() -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-    inputs = Schema([ColSpec("string", "prompt", required=False), ColSpec("string", "messages", required=False)])
+    # No input schema, on purpose: MLflow's enforcement of a column schema turns a str or list[str] into a column
+    # named 0 and drops it, and turns a dict of lists into one row of lists. Without one, predict gets the input as
+    # given and rows() reads every shape, raising PyfuncInputError that names the expected columns.
     params = ParamSchema(
         [
             ParamSpec("max_tokens", "long", 256),
@@ -121,7 +123,7 @@ def signature() -> Any:
             ParamSpec("seed", "long", None),
         ]
     )
-    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("string")]), params=params)
+    return ModelSignature(inputs=None, outputs=Schema([ColSpec("string")]), params=params)
 
 
 TEXT_COLUMN = "prompt"

@@ -63,9 +63,8 @@ def signature() -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
-    return ModelSignature(
-        inputs=Schema([ColSpec("string", "query"), ColSpec("string", "document")]), outputs=Schema([ColSpec("double")])
-    )
+    # no input schema, as causal_lm.signature explains: a dict of lists would reach predict as one row of lists
+    return ModelSignature(inputs=None, outputs=Schema([ColSpec("double")]))
 
 
 def predict(model: RerankModel, rows: list[dict[str, Any]], params: dict[str, Any]) -> list[float]:

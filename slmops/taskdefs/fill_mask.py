@@ -75,8 +75,9 @@ def signature() -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
+    # no input schema, as causal_lm.signature explains: predict reads a str, a list, a DataFrame or a dict of lists
     return ModelSignature(
-        inputs=Schema([ColSpec("string", TEXT_COLUMN)]),
+        inputs=None,
         outputs=Schema([ColSpec("string")]),
         params=ParamSchema([ParamSpec("top_k", "long", 5)]),
     )

@@ -90,9 +90,10 @@ def torch_reference(variant: Variant, src: Path, inputs: FixedInputs) -> dict[st
 
 def signature() -> Any:
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema
+    from mlflow.types.schema import Array, ColSpec, Schema
 
-    return ModelSignature(inputs=Schema([ColSpec("string", TEXT_COLUMN)]))
+    # no input schema, as causal_lm.signature explains: predict reads a str, a list, a DataFrame or a dict of lists
+    return ModelSignature(inputs=None, outputs=Schema([ColSpec(Array("double"))]))
 
 
 def predict(model: EmbeddingModel, rows: list[dict[str, Any]], params: dict[str, Any]) -> list[list[float]]:

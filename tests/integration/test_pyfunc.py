@@ -87,29 +87,35 @@ def test_causal_lm_streams_the_runtimes_deltas(models) -> None:
         list(pyfuncs["embed-test"].predict_stream({"text": TEXTS[0]}))
 
 
-ISSUE_11 = "issue 11 item 8: pyfunc predict must accept a str, a list[str], a DataFrame and a dict of lists"
-RETURNS_NOTHING = pytest.mark.xfail(
-    strict=True,
-    raises=PyfuncInputError,
-    reason=f"{ISSUE_11}; MLflow's schema enforcement drops a str/list's unnamed column before predict sees it, "
-    "so predict now refuses the input naming the columns (it used to return [] silently)",
-)
-
-
 @pytest.mark.parametrize(
     "given",
     [
-        pytest.param(PROMPTS[0], marks=RETURNS_NOTHING, id="str"),
-        pytest.param(PROMPTS, marks=RETURNS_NOTHING, id="list"),
+        pytest.param(PROMPTS[0], id="str"),
+        pytest.param(PROMPTS, id="list"),
+        pytest.param(pd.DataFrame({"prompt": PROMPTS}), id="dataframe"),
         pytest.param({"prompt": PROMPTS}, id="dict-of-lists"),
+        pytest.param([{"prompt": p} for p in PROMPTS], id="records"),
     ],
 )
 def test_causal_lm_accepts_every_input_shape(models, given) -> None:
     pyfuncs, runtimes = models
-    prompts = [given] if isinstance(given, str) else given["prompt"] if isinstance(given, dict) else given
-    assert list(pyfuncs["chat-test"].predict(given, params=OPTIONS)) == [
-        runtimes["chat-test"].generate(p, **OPTIONS) for p in prompts
-    ]
+    expected = [runtimes["chat-test"].generate(p, **OPTIONS) for p in ([given] if isinstance(given, str) else PROMPTS)]
+    assert list(pyfuncs["chat-test"].predict(given, params=OPTIONS)) == expected
+
+
+@pytest.mark.parametrize(
+    ("alias", "given", "message"),
+    [
+        ("chat-test", [1, 2], "cannot read int 1 as a row; pass a str, a list of str, or a DataFrame"),
+        ("chat-test", pd.DataFrame({"question": PROMPTS}), "row 0 has neither a string 'prompt' nor 'messages'"),
+        ("chat-test", [], "the input is empty"),
+        ("embed-test", {"sentence": TEXTS}, "row 0 has no string 'text'"),
+        ("rerank-test", "a query", "with 'query' and 'document' columns"),
+    ],
+)
+def test_unreadable_input_raises_naming_the_columns(models, alias, given, message) -> None:
+    with pytest.raises(PyfuncInputError, match=message):
+        models[0][alias].predict(given)
 
 
 @pytest.mark.parametrize(
@@ -117,6 +123,7 @@ def test_causal_lm_accepts_every_input_shape(models, given) -> None:
     [
         pytest.param(pd.DataFrame({"text": TEXTS}), id="dataframe"),
         pytest.param({"text": TEXTS}, id="dict-of-lists"),
+        pytest.param(TEXTS, id="list"),
     ],
 )
 def test_embeddings_are_unit_vectors_of_the_model(models, given) -> None:
@@ -146,3 +153,38 @@ def test_cross_encoder_scores_pairs(models) -> None:
     out = pyfuncs["rerank-test"].predict(pd.DataFrame({"query": [query, query], "document": docs}))
     np.testing.assert_allclose(out, runtimes["rerank-test"].scores(query, docs), atol=1e-6)
     assert out[0] != out[1]
+
+
+def test_fill_mask_takes_a_str(models) -> None:
+    pyfuncs, runtimes = models
+    text = "Paris is the [MASK] of France."
+    assert [json.loads(r) for r in pyfuncs["fill-test"].predict(text)] == [
+        runtimes["fill-test"].fill_mask(text, top_k=5)
+    ]
+
+
+def test_mlflow_scoring_server_protocol(models) -> None:
+    """MLflow's own scoring server (what `mlflow models serve` runs), driven through its FastAPI app."""
+    from fastapi.testclient import TestClient
+    from mlflow.pyfunc import scoring_server
+
+    pyfuncs, runtimes = models
+    expected = [runtimes["chat-test"].generate(p, **OPTIONS) for p in PROMPTS]
+    with TestClient(scoring_server.init(pyfuncs["chat-test"])) as client:
+        for body in (
+            {"inputs": PROMPTS},
+            {"inputs": {"prompt": PROMPTS}},
+            {"inputs": [{"prompt": p} for p in PROMPTS]},
+            {"dataframe_records": [{"prompt": p} for p in PROMPTS]},
+            {"dataframe_split": {"columns": ["prompt"], "data": [[p] for p in PROMPTS]}},
+        ):
+            response = client.post("/invocations", json={**body, "params": OPTIONS})
+            assert response.status_code == 200, (body, response.text)
+            assert response.json()["predictions"] == expected, body
+        one = client.post("/invocations", json={"inputs": PROMPTS[1], "params": OPTIONS})
+        assert one.json()["predictions"] == expected[1:]
+        refused = client.post("/invocations", json={"inputs": {"question": PROMPTS}})
+        assert refused.status_code == 400 and "'prompt' or 'messages'" in refused.json()["message"]
+    with TestClient(scoring_server.init(pyfuncs["embed-test"])) as client:
+        vectors = client.post("/invocations", json={"inputs": TEXTS}).json()["predictions"]
+        np.testing.assert_allclose(vectors, runtimes["embed-test"].embed(TEXTS), atol=1e-6)
