@@ -109,6 +109,20 @@ class Settings(BaseSettings):
         default=256, ge=1, description="`slmops serve`: most embedding inputs, rerank documents or completion prompts."
     )
 
+    serve_max_batch: int = Field(
+        default=16,
+        ge=1,
+        description="`slmops serve`: most requests one model decodes together, one graph call per step.",
+    )
+    serve_max_queue: int = Field(
+        default=64,
+        ge=0,
+        description="`slmops serve`: most generation requests waiting for a batch slot, per model (429 above it).",
+    )
+    serve_request_timeout_s: float = Field(
+        default=300.0, gt=0, description="`slmops serve`: time limit of one request, queueing included (504 after it)."
+    )
+
     @field_validator("log_level")
     @classmethod
     def _upper(cls, value: str) -> str:
