@@ -301,3 +301,33 @@ class BatchScheduler:
 
 class RequestCancelled(Exception):
     """The request was cancelled by its client (delivered to nobody who cares, but it ends the events)."""
+
+
+class Schedulers:
+    """One :class:`BatchScheduler` per loaded text model, started on its first request; a scheduler whose model
+    was unloaded ends by itself and a new one starts if the model is loaded again."""
+
+    def __init__(self, *, max_batch: int, max_queue: int, observer: Observer | None = None) -> None:
+        self.max_batch, self.max_queue, self.observer = max_batch, max_queue, observer
+        self._running: dict[int, BatchScheduler] = {}
+        self._lock = threading.Lock()
+
+    def for_model(self, model: TextModel) -> BatchScheduler:
+        with self._lock:
+            self._running = {k: s for k, s in self._running.items() if s.alive}
+            scheduler = self._running.get(id(model))
+            if scheduler is None or scheduler.model is not model:
+                scheduler = BatchScheduler(
+                    model, max_batch=self.max_batch, max_queue=self.max_queue, observer=self.observer
+                ).start()
+                self._running[id(model)] = scheduler
+            return scheduler
+
+    def running(self) -> list[BatchScheduler]:
+        with self._lock:
+            return [s for s in self._running.values() if s.alive]
+
+    def stop(self) -> None:
+        """Stop every scheduler (server shutdown): queued and active requests end with an error."""
+        for scheduler in self.running():
+            scheduler.stop()
