@@ -167,8 +167,8 @@ def create_app(pool: ModelPool, config: ServeConfig | None = None) -> FastAPI:
         )
     # added last = outermost: a foreign Host or an oversized body is refused before CORS, routing or parsing
     app.add_middleware(RequestGuard, trusted_hosts=config.trusted_hosts(), max_body_bytes=config.max_body_bytes)
-    routes = {getattr(r, "path", "") for r in app.routes}
-    app.add_middleware(AccessLog, metrics=metrics, routes=lambda: routes)  # outermost: every answer is counted
+    # the paths of the schema (read once it is built): included routers do not show theirs in app.routes
+    app.add_middleware(AccessLog, metrics=metrics, routes=lambda: set(app.openapi()["paths"]))  # outermost
     app.state.ctx = ctx
     return app
 

@@ -99,17 +99,13 @@ class AccessLog:
         start = time.perf_counter()
         record = new_record()
         scope.setdefault("state", {})["access"] = record
-        status = 500
+        status, done = 500, False
 
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
+        def finish() -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
             seconds = time.perf_counter() - start
             route = scope["path"] if scope["path"] in self.routes() else "unmatched"
             self.metrics.requests.labels(route, str(status)).inc()
@@ -120,3 +116,16 @@ class AccessLog:
             line = {"route": route, "method": scope["method"], "status": status, **record}
             line["duration_ms"] = round(seconds * 1000, 1)
             access_logger.info("%s", json.dumps(line, ensure_ascii=True))
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                finish()  # before the last byte leaves: a client that has its answer finds it counted
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            finish()  # a stream cut short by its client

@@ -136,6 +136,7 @@ class BatchScheduler:
         self.observer = observer
         self._waiting: deque[GenerationRequest] = deque()
         self._rows: list[_Row] = []
+        self._joining = 0  # taken from the queue, prompt running: counted as active
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"slmops-batch-{model.card.variant}", daemon=True)
@@ -158,8 +159,8 @@ class BatchScheduler:
 
     @property
     def active(self) -> int:
-        """Requests decoding now."""
-        return len(self._rows)
+        """Requests decoding now (their prompt's pass included)."""
+        return len(self._rows) + self._joining
 
     @property
     def waiting(self) -> int:
@@ -180,9 +181,9 @@ class BatchScheduler:
         with self._cond:
             if self._stopping:
                 raise QueueFullError("the server is shutting down")
-            if len(self._rows) + len(self._waiting) >= self.max_batch + self.max_queue:
+            if self.active + len(self._waiting) >= self.max_batch + self.max_queue:
                 raise QueueFullError(
-                    f"the server is busy: {len(self._rows)} requests are generating and {len(self._waiting)} "
+                    f"the server is busy: {self.active} requests are generating and {len(self._waiting)} "
                     f"are waiting for this model; try again shortly"
                 )
             self._waiting.append(request)
@@ -202,14 +203,19 @@ class BatchScheduler:
                     return
                 room = self.max_batch - len(self._rows)
                 joining = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+                self._joining = len(joining)
             try:
                 for request in joining:
                     self._join(batch, request)
+                    with self._cond:
+                        self._joining -= 1
                 self._leave(batch)
                 if self._rows:
                     self._step(batch)
             except Exception as exc:  # a failed graph call fails the requests in it, not the scheduler
                 logger.exception("decode step of %s failed", self.model.card.variant)
+                for request in joining:
+                    request._deliver(Step(error=exc))  # those that had joined get it twice: the first one ends them
                 self._fail_all(batch, exc)
                 batch = BATCHES[self.model.card.graph](self.model)
 
@@ -294,7 +300,7 @@ class BatchScheduler:
     def _fail_all(self, batch: Any, exc: BaseException) -> None:
         with self._cond:
             requests = [row.request for row in self._rows] + list(self._waiting)
-            self._rows, self._waiting = [], deque()
+            self._rows, self._waiting, self._joining = [], deque(), 0
         for request in requests:
             request._deliver(Step(error=exc))
 

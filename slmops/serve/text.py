@@ -189,6 +189,7 @@ async def chat_completion(req: ChatCompletionRequest, http: Request, ctx: ServeC
             if step.text:
                 yield chunk({"content": step.text})
         record["finish_reason"] = request.finish_reason
+        gen.count()  # before the last event: the access line is written as it leaves
         yield chunk({}, request.finish_reason)
         if req.include_usage:
             total = _usage(request.prompt_tokens, request.completion_tokens)
@@ -274,6 +275,7 @@ async def text_completion(req: CompletionRequest, http: Request, ctx: ServeConte
                 finish = request.finish_reason or "length"
                 completion_tokens += request.completion_tokens
             record["finish_reason"] = finish
+            gen.count()
             yield chunk(index, "", finish)
             prompt_tokens += len(ids)
         if req.include_usage:
