@@ -99,6 +99,13 @@ class MemoryBudgetError(SlmopsError, MemoryError):
     """Loading the model would exceed the memory budget."""
 
 
+class ModelBusyError(MemoryBudgetError):
+    """A model cannot be loaded because the models that would have to be unloaded to make room are serving requests;
+    ``retry_after`` says in how many seconds to try again."""
+
+    retry_after = 5
+
+
 class ModelLoadError(SlmopsError, RuntimeError):
     """An artifact folder cannot be opened by the runtime."""
 
@@ -129,6 +136,17 @@ class BodyTooLargeError(RequestLimitError):
 
 class HostNotAllowedError(ServeRequestError):
     """A request's Host header is not one the server answers to (DNS-rebinding guard)."""
+
+
+class QueueFullError(SlmopsError, RuntimeError):
+    """The server's request queue is full (``SLMOPS_SERVE_MAX_QUEUE``); ``retry_after`` says in how many seconds
+    to try again."""
+
+    retry_after = 1
+
+
+class RequestTimeoutError(SlmopsError, TimeoutError):
+    """A request ran past the server's time limit (``SLMOPS_SERVE_REQUEST_TIMEOUT_S``) and was stopped."""
 
 
 class AuthenticationError(SlmopsError, PermissionError):

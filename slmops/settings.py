@@ -120,6 +120,20 @@ class Settings(BaseSettings):
         "versions that moved; 0: only on POST /admin/reload or SIGHUP.",
     )
 
+    serve_max_batch: int = Field(
+        default=16,
+        ge=1,
+        description="`slmops serve`: most requests one model decodes together, one graph call per step.",
+    )
+    serve_max_queue: int = Field(
+        default=64,
+        ge=0,
+        description="`slmops serve`: most generation requests waiting for a batch slot, per model (429 above it).",
+    )
+    serve_request_timeout_s: float = Field(
+        default=300.0, gt=0, description="`slmops serve`: time limit of one request, queueing included (504 after it)."
+    )
+
     @field_validator("log_level")
     @classmethod
     def _upper(cls, value: str) -> str:

@@ -141,4 +141,19 @@ def serve(
     app = create_app(ModelPool(max_memory_mb=max_memory_mb), config)
     if hasattr(signal, "SIGHUP"):  # `kill -HUP <pid>`: re-resolve the served aliases now (see POST /admin/reload)
         signal.signal(signal.SIGHUP, lambda signum, frame: app.state.watcher.refresh_soon())
+    _access_log_to_stderr()
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _access_log_to_stderr() -> None:
+    """One JSON line per request on stderr (the ``slmops.serve.access`` logger), whatever SLMOPS_LOG_LEVEL says."""
+    import logging
+    import sys
+
+    access = logging.getLogger("slmops.serve.access")
+    if not access.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False

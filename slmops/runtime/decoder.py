@@ -316,29 +316,57 @@ def _params(options: dict[str, Any]) -> GenerationParams:
 
 def _text_deltas(tokenizer: Tokenizer, tokens: Iterator[int], stops: tuple[str, ...]) -> Generator[str, None, None]:
     """Turn token ids into text deltas: never split a multi-byte character, never emit past a stop string."""
-    generated: list[int] = []
-    emitted = 0
-    longest_stop = max((len(s) for s in stops), default=0)
-    text = ""
+    deltas = TextDeltas(tokenizer, stops)
     for token in tokens:
-        generated.append(token)
-        text = tokenizer.decode(generated)
-        if text.endswith("\ufffd"):
-            continue  # an incomplete UTF-8 sequence; wait for its next byte
-        cut = _find_stop(text, stops, start=max(0, emitted - longest_stop))
-        if cut is not None:
-            if cut > emitted:
-                yield text[emitted:cut]
+        delta = deltas.push(token)
+        if delta:
+            yield delta
+        if deltas.stopped:
             return
-        safe = len(text) - _held_back(text, stops)
-        if safe > emitted:
-            yield text[emitted:safe]
-            emitted = safe
-    if len(text) > emitted:
-        cut = _find_stop(text, stops, start=max(0, emitted - longest_stop))
-        end = len(text) if cut is None else cut
-        if end > emitted:
-            yield text[emitted:end]
+    tail = deltas.flush()
+    if tail:
+        yield tail
+
+
+class TextDeltas:
+    """Token ids pushed one at a time -> text deltas, as :meth:`TextModel.stream` yields them: never a split
+    multi-byte character, never text past a stop string (``stopped`` tells that one was found)."""
+
+    def __init__(self, tokenizer: Tokenizer, stops: tuple[str, ...]) -> None:
+        self.tokenizer, self.stops = tokenizer, stops
+        self.longest_stop = max((len(s) for s in stops), default=0)
+        self.generated: list[int] = []
+        self.emitted = 0
+        self.text = ""
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        """The text ``token`` completes ("" while a character or a possible stop string is incomplete)."""
+        self.generated.append(token)
+        text = self.text = self.tokenizer.decode(self.generated)
+        if text.endswith("\ufffd"):
+            return ""  # an incomplete UTF-8 sequence; wait for its next byte
+        cut = _find_stop(text, self.stops, start=max(0, self.emitted - self.longest_stop))
+        if cut is not None:
+            self.stopped = True
+            delta = text[self.emitted : cut] if cut > self.emitted else ""
+            self.emitted = len(text)
+            return delta
+        safe = len(text) - _held_back(text, self.stops)
+        if safe > self.emitted:
+            delta, self.emitted = text[self.emitted : safe], safe
+            return delta
+        return ""
+
+    def flush(self) -> str:
+        """What is left to say once the tokens end (text held back as a possible stop string's start)."""
+        if self.stopped or len(self.text) <= self.emitted:
+            return ""
+        cut = _find_stop(self.text, self.stops, start=max(0, self.emitted - self.longest_stop))
+        end = len(self.text) if cut is None else cut
+        delta = self.text[self.emitted : end] if end > self.emitted else ""
+        self.emitted = len(self.text)
+        return delta
 
 
 def _find_stop(text: str, stops: tuple[str, ...], *, start: int) -> int | None:

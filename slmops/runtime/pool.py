@@ -1,13 +1,20 @@
-"""A pool of loaded models bounded by memory: the least recently used model is unloaded first."""
+"""A pool of loaded models bounded by memory: the least recently used idle model is unloaded first.
+
+A server holds each model it answers with through :meth:`ModelPool.acquire` / :meth:`ModelPool.release` (or
+:meth:`ModelPool.lease`): a model with holders is never unloaded. Eviction skips it, and :meth:`unload` /
+:meth:`clear` only take it out of the pool; its session is released when its last holder lets go.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from slmops.errors import MemoryBudgetError, UsageError
+from slmops.errors import MemoryBudgetError, ModelBusyError, UsageError
 from slmops.runtime.base import RUNTIME_OVERHEAD_BYTES
 from slmops.runtime.loader import load
 from slmops.runtime.open import Model
@@ -18,8 +25,8 @@ logger = logging.getLogger(__name__)
 class ModelPool:
     """Keeps models loaded by target (use case, models:/ URI or folder) within ``max_memory_mb``.
 
-    The budget covers the weights of every loaded model plus one runtime overhead; loading a
-    model that does not fit unloads the least recently used ones first.
+    The budget covers the weights of every loaded model (draining ones included) plus one runtime
+    overhead; loading a model that does not fit unloads the least recently used idle ones first.
     """
 
     def __init__(self, *, max_memory_mb: float, **load_options: Any) -> None:
@@ -28,49 +35,112 @@ class ModelPool:
         self.max_bytes = int(max_memory_mb * 2**20)
         self._load_options = load_options
         self._models: OrderedDict[str, Model] = OrderedDict()
-        self._lock = threading.Lock()
+        self._holders: dict[int, int] = {}  # id(model) -> requests holding it
+        self._draining: dict[int, Model] = {}  # taken out of the pool while held: unloaded on the last release
+        self._lock = threading.RLock()
 
     @property
     def used_bytes(self) -> int:
-        return RUNTIME_OVERHEAD_BYTES + sum(m.footprint_bytes for m in self._models.values())
+        with self._lock:
+            models = [*self._models.values(), *self._draining.values()]
+        return RUNTIME_OVERHEAD_BYTES + sum(m.footprint_bytes for m in models)
 
     def loaded(self) -> list[str]:
         """Targets currently loaded, least recently used first."""
-        return list(self._models)
+        with self._lock:
+            return list(self._models)
+
+    def in_use(self, target: str) -> int:
+        """How many holders ``target``'s loaded model has (0 when it is idle or not loaded)."""
+        with self._lock:
+            model = self._models.get(target)
+            return 0 if model is None else self._holders.get(id(model), 0)
 
     def get(self, target: str) -> Model:
-        """The loaded model for ``target``, loading it (and evicting others) if needed."""
+        """The loaded model for ``target``, loading it (and evicting idle others) if needed.
+
+        Raises MemoryBudgetError when it cannot fit the budget, ModelBusyError when only unloading models that
+        are in use (:meth:`acquire`) would make room.
+        """
         with self._lock:
             if target in self._models:
                 self._models.move_to_end(target)
                 return self._models[target]
             model = load(target, **self._load_options)
-            need = model.footprint_bytes
-            if need + RUNTIME_OVERHEAD_BYTES > self.max_bytes:
+            try:
+                self._make_room(target, model.footprint_bytes)
+            except BaseException:
                 model.unload()
-                raise MemoryBudgetError(
-                    f"{target!r} needs about {(need + RUNTIME_OVERHEAD_BYTES) / 2**20:.0f} MB, more than the pool's "
-                    f"max_memory_mb={self.max_bytes / 2**20:.0f}; raise it or pick a smaller model"
-                )
-            while self._models and self.used_bytes + need > self.max_bytes:
-                evicted, old = self._models.popitem(last=False)
-                old.unload()
-                logger.info("unloaded %s to make room for %s", evicted, target)
+                raise
             self._models[target] = model
             return model
 
+    def acquire(self, target: str) -> Model:
+        """:meth:`get`, holding the model until :meth:`release`: it is not unloaded while held."""
+        with self._lock:
+            model = self.get(target)
+            self._holders[id(model)] = self._holders.get(id(model), 0) + 1
+            return model
+
+    def release(self, model: Model) -> None:
+        """Let go of a model from :meth:`acquire`; the last release of a model taken out of the pool unloads it."""
+        with self._lock:
+            count = self._holders.get(id(model), 0) - 1
+            if count < 0:
+                raise UsageError("release() of a model that is not held; pair it with acquire()")
+            if count:
+                self._holders[id(model)] = count
+                return
+            del self._holders[id(model)]
+            drained = self._draining.pop(id(model), None)
+        if drained is not None:
+            drained.unload()
+            logger.info("unloaded %s (%s) once its last request ended", drained.card.variant, drained.card.recipe)
+
+    @contextmanager
+    def lease(self, target: str) -> Iterator[Model]:
+        """``with pool.lease(target) as model:`` :meth:`acquire` and :meth:`release` around a block."""
+        model = self.acquire(target)
+        try:
+            yield model
+        finally:
+            self.release(model)
+
+    def _make_room(self, target: str, need: int) -> None:
+        if need + RUNTIME_OVERHEAD_BYTES > self.max_bytes:
+            raise MemoryBudgetError(
+                f"{target!r} needs about {(need + RUNTIME_OVERHEAD_BYTES) / 2**20:.0f} MB, more than the pool's "
+                f"max_memory_mb={self.max_bytes / 2**20:.0f}; raise it or pick a smaller model"
+            )
+        idle = [t for t, m in self._models.items() if id(m) not in self._holders]  # least recently used first
+        excess = self.used_bytes + need - self.max_bytes
+        freeable = sum(self._models[t].footprint_bytes for t in idle)
+        if excess > freeable:  # unloading every idle model would not be enough: unload none
+            busy = [t for t in self._models if t not in idle] + [m.card.variant for m in self._draining.values()]
+            raise ModelBusyError(
+                f"{target!r} needs about {need / 2**20:.0f} MB more and the models that would have to be unloaded "
+                f"are serving requests ({', '.join(busy)}); try again when they finish"
+            )
+        for evicted in idle:
+            if self.used_bytes + need <= self.max_bytes:
+                break
+            self._models.pop(evicted).unload()
+            logger.info("unloaded %s to make room for %s", evicted, target)
+
     def unload(self, target: str) -> None:
-        """Unload ``target`` if it is loaded."""
+        """Take ``target`` out of the pool and unload it, or, while requests hold it, once the last one ends."""
         with self._lock:
             model = self._models.pop(target, None)
+            if model is not None and id(model) in self._holders:
+                self._draining[id(model)] = model
+                return
         if model is not None:
             model.unload()
 
     def clear(self) -> None:
-        with self._lock:
-            models, self._models = list(self._models.values()), OrderedDict()
-        for model in models:
-            model.unload()
+        """:meth:`unload` every model."""
+        for target in self.loaded():
+            self.unload(target)
 
     # -- hooks for the alias watcher (slmops.runtime.watch), which loads a new version outside the pool's lock
     @property
@@ -79,22 +149,23 @@ class ModelPool:
         return dict(self._load_options)
 
     def put(self, target: str, model: Model) -> None:
-        """Add an already loaded ``model`` under ``target``, unloading least recently used others to fit the budget.
+        """Add an already loaded ``model`` under ``target``, unloading least recently used idle others to fit.
 
-        Raises MemoryBudgetError (leaving ``model`` loaded, for the caller to unload) when it cannot fit at all.
+        A model it replaces under ``target`` is unloaded, or drained first while requests hold it. Raises
+        MemoryBudgetError / ModelBusyError (leaving ``model`` loaded, for the caller to unload) when it cannot fit.
         """
-        need = model.footprint_bytes
         with self._lock:
-            if need + RUNTIME_OVERHEAD_BYTES > self.max_bytes:
-                raise MemoryBudgetError(
-                    f"{target!r} needs about {(need + RUNTIME_OVERHEAD_BYTES) / 2**20:.0f} MB, more than the pool's "
-                    f"max_memory_mb={self.max_bytes / 2**20:.0f}; raise it or pick a smaller model"
-                )
             replaced = self._models.pop(target, None)
-            while self._models and self.used_bytes + need > self.max_bytes:
-                evicted, old = self._models.popitem(last=False)
-                old.unload()
-                logger.info("unloaded %s to make room for %s", evicted, target)
+            try:
+                self._make_room(target, model.footprint_bytes)
+            except BaseException:
+                if replaced is not None:
+                    self._models[target] = replaced
+                raise
             self._models[target] = model
-        if replaced is not None and replaced is not model:
-            replaced.unload()
+            if replaced is None or replaced is model:
+                return
+            if id(replaced) in self._holders:
+                self._draining[id(replaced)] = replaced
+                return
+        replaced.unload()

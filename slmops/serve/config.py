@@ -27,6 +27,9 @@ class ServeConfig(BaseModel):
     max_prompt_chars: int = Field(default=100_000, ge=1)
     max_items: int = Field(default=256, ge=1)
     alias_poll_s: float = Field(default=30.0, ge=0, description="Seconds between alias re-resolves; 0: on reload only.")
+    max_batch: int = Field(default=16, ge=1, description="Requests one model decodes together.")
+    max_queue: int = Field(default=64, ge=0, description="Requests waiting for a batch slot, per model (429 above).")
+    request_timeout_s: float = Field(default=300.0, gt=0, description="Time limit of one request, queueing included.")
     local_models: dict[str, Path] = Field(
         default_factory=dict, description="Artifact folders the operator named at start-up, by served name."
     )
@@ -41,6 +44,9 @@ class ServeConfig(BaseModel):
             "max_prompt_chars": settings.serve_max_prompt_chars,
             "max_items": settings.serve_max_items,
             "alias_poll_s": settings.alias_poll_s,
+            "max_batch": settings.serve_max_batch,
+            "max_queue": settings.serve_max_queue,
+            "request_timeout_s": settings.serve_request_timeout_s,
         }
         return cls(**{**defaults, **{k: v for k, v in options.items() if v is not None}})
 

@@ -121,6 +121,13 @@ class ServedModels:
         """The loaded model of ``served`` (loaded now if needed)."""
         return self.pool.get(served.target)
 
+    def acquire(self, served: Served) -> Model:
+        """:meth:`open`, held until :meth:`release`: the pool does not unload it while a request uses it."""
+        return self.pool.acquire(served.target)
+
+    def release(self, model: Model) -> None:
+        self.pool.release(model)
+
     def listing(self) -> list[dict[str, Any]]:
         """``/v1/models``: every registry alias whose version passed its gate, then the named folders."""
         loaded = set(self.pool.loaded())

@@ -22,10 +22,13 @@ from slmops.errors import (
     HostNotAllowedError,
     IntegrityError,
     MemoryBudgetError,
+    ModelBusyError,
     ModelLoadError,
     ModelNotServedError,
+    QueueFullError,
     RegistryError,
     RequestLimitError,
+    RequestTimeoutError,
     SlmopsError,
     TaskMismatchError,
     UnsupportedParameterError,
@@ -58,6 +61,12 @@ PROBLEMS: tuple[tuple[type[Exception], Problem], ...] = (
     (ContextLengthError, Problem(400, INVALID, "context_length_exceeded")),
     (GenerationParamsError, Problem(400, INVALID, "invalid_value")),
     (TaskMismatchError, Problem(400, INVALID, "model_task_mismatch")),
+    (QueueFullError, Problem(429, "rate_limit_error", "queue_full")),
+    (
+        ModelBusyError,
+        Problem(503, SERVER, "model_busy", "the models that would make room for this one are serving requests; retry"),
+    ),
+    (RequestTimeoutError, Problem(504, SERVER, "timeout", "the request ran past the server's time limit")),
     (
         MemoryBudgetError,
         Problem(507, SERVER, "insufficient_memory", "the model does not fit the server's memory budget"),
@@ -97,7 +106,9 @@ DESCRIPTIONS = {
     404: "the model is not served, or no such route",
     413: "the body is larger than the server's limit",
     500: "server-side failure",
-    503: "the model registry cannot be read",
+    429: "the server's queue is full; retry after the Retry-After header's seconds",
+    503: "the model registry cannot be read, or the models that would make room are busy (Retry-After)",
+    504: "the request ran past the server's time limit",
     507: "the model does not fit the memory budget",
 }
 
@@ -134,5 +145,8 @@ def exception_body(exc: Exception) -> tuple[int, dict]:
 
 
 def exception_response(exc: Exception) -> ErrorResponse:
+    """The error answer; a ``retry_after`` on the error (a full queue, a busy model) becomes ``Retry-After``."""
     status, body = exception_body(exc)
-    return ErrorResponse(status_code=status, content=body)
+    retry = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(retry)} if retry is not None else None
+    return ErrorResponse(status_code=status, content=body, headers=headers)

@@ -1,33 +1,32 @@
 """``/v1/chat/completions`` and ``/v1/completions``: requests checked in full (limits, options, context) before
-any token is generated, then answered as JSON or as server-sent events in OpenAI's chunk format."""
+any token is generated (in a worker thread), then decoded by the model's scheduler with the other requests and
+answered as JSON or as server-sent events in OpenAI's chunk format. A client that goes away cancels its work."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from slmops.errors import ContextLengthError, GenerationParamsError, RequestLimitError
-from slmops.runtime.decoder import Completion, TextModel
-from slmops.runtime.open import expect
+from slmops.runtime.decoder import TextModel
 from slmops.runtime.params import GenerationParams
-from slmops.serve.config import ServeConfig
-from slmops.serve.models import Served, ServedModels
+from slmops.serve.lifecycle import EventStream, ServeContext, on_disconnect
+from slmops.serve.models import Served
 from slmops.serve.problems import exception_body
+from slmops.serve.scheduler import GenerationRequest, Step
 from slmops.serve.schemas import ChatCompletionRequest, CompletionRequest
 from slmops.serve.scoring import logprobs
 
 VERSION_HEADER = "x-slmops-model-version"
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
-
-
-def open_text_model(models: ServedModels, name: str) -> tuple[Served, TextModel]:
-    served = models.resolve(name)
-    return served, expect(models.open(served), TextModel, target=name, doing="generate text")
 
 
 def fit_max_tokens(requested: int | None, prompt_tokens: int, context: int, *, param: str) -> int:
@@ -59,31 +58,95 @@ def _sse(data: Any) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def _events(chunks: Iterator[dict[str, Any]]) -> Iterator[str]:
+async def _events(chunks: AsyncIterator[dict[str, Any]], record: dict[str, Any]) -> AsyncIterator[str]:
     """Server-sent events of ``chunks``, then ``[DONE]``; a failure mid-stream becomes one error event."""
     try:
-        for chunk in chunks:
+        async for chunk in chunks:
             yield _sse(chunk)
     except Exception as exc:  # the status line is sent already: the error goes in the stream
-        yield _sse(exception_body(exc)[1])
+        status, body = exception_body(exc)
+        record["finish_reason"] = f"error {status}"
+        yield _sse(body)
         return
     yield "data: [DONE]\n\n"
 
 
-def _stream(chunks: Iterator[dict[str, Any]], served: Served) -> StreamingResponse:
-    headers = {VERSION_HEADER: served.fingerprint, "cache-control": "no-cache"}
-    return StreamingResponse(_events(chunks), media_type="text/event-stream", headers=headers)
+class Generating:
+    """The scheduler requests of one HTTP request, cancelled together when it ends early."""
+
+    def __init__(self, ctx: ServeContext, model: TextModel, record: dict[str, Any]) -> None:
+        self.scheduler = ctx.schedulers.for_model(model)
+        self.timeout_s = ctx.config.request_timeout_s
+        self.started = time.monotonic()
+        self.record = record
+        self.requests: list[GenerationRequest] = []
+
+    def submit(self, ids: list[int], params: GenerationParams) -> GenerationRequest:
+        """Queue one prompt (the time limit counts from the HTTP request's start). Raises QueueFullError."""
+        left = self.timeout_s - (time.monotonic() - self.started)
+        request = self.scheduler.submit(ids, params, timeout_s=left, loop=asyncio.get_running_loop())
+        self.requests.append(request)
+        return request
+
+    def cancel(self) -> None:
+        for request in self.requests:
+            request.cancel()
+        if any(r.finish_reason is None for r in self.requests) and self.record["finish_reason"] is None:
+            self.record["finish_reason"] = "cancelled"
+
+    def count(self) -> None:
+        self.record["prompt_tokens"] = sum(r.prompt_tokens for r in self.requests)
+        self.record["completion_tokens"] = sum(r.completion_tokens for r in self.requests)
 
 
-def chat_completion(req: ChatCompletionRequest, models: ServedModels, config: ServeConfig) -> Any:
-    req.refuse_unsupported()
-    messages = req.conversation()
-    _check_chars(sum(len(m["content"]) for m in messages), config.max_prompt_chars, param="messages")
-    served, model = open_text_model(models, req.model)
-    ids = model.prompt_ids(messages=messages)
-    requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    max_tokens = fit_max_tokens(requested, len(ids), model.card.context_length, param="messages")
-    completion = model.completion(ids, max_tokens=max_tokens, **req.generation_options())
+async def _steps(request: GenerationRequest) -> AsyncIterator[Step]:
+    """The request's token steps; its error (a time limit, a failed graph call) raised."""
+    async for step in request.aevents():
+        if step.error is not None:
+            raise step.error
+        yield step
+
+
+async def _text(request: GenerationRequest) -> str:
+    return "".join([step.text async for step in _steps(request)])
+
+
+def _describe(record: dict[str, Any], served: Served) -> None:
+    record["model"] = served.registered_model or served.local_name
+    record["version"] = served.fingerprint
+
+
+async def chat_completion(req: ChatCompletionRequest, http: Request, ctx: ServeContext) -> Any:
+    record = http.state.access
+
+    def prepare() -> tuple[Served, TextModel, Callable[[], None], list[int], GenerationParams]:
+        req.refuse_unsupported()
+        messages = req.conversation()
+        _check_chars(sum(len(m["content"]) for m in messages), ctx.config.max_prompt_chars, param="messages")
+        served, model, release = ctx.hold(req.model, TextModel, doing="generate text")
+        try:
+            ids = model.prompt_ids(messages=messages)
+            requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+            max_tokens = fit_max_tokens(requested, len(ids), model.card.context_length, param="messages")
+            return (
+                served,
+                model,
+                release,
+                ids,
+                GenerationParams.build(max_tokens=max_tokens, **req.generation_options()),
+            )
+        except BaseException:
+            release()
+            raise
+
+    served, model, release, ids, params = await run_in_threadpool(prepare)
+    _describe(record, served)
+    gen = Generating(ctx, model, record)
+    try:
+        request = gen.submit(ids, params)
+    except BaseException:
+        release()
+        raise
     head = {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "created": int(time.time()),
@@ -91,7 +154,14 @@ def chat_completion(req: ChatCompletionRequest, models: ServedModels, config: Se
         "system_fingerprint": served.fingerprint,
     }
     if not req.stream:
-        text = "".join(completion)
+        try:
+            async with on_disconnect(http, gen.cancel):
+                text = await _text(request)
+        finally:
+            gen.cancel()
+            gen.count()
+            release()
+        record["finish_reason"] = request.finish_reason
         body = {
             **head,
             "object": "chat.completion",
@@ -100,10 +170,10 @@ def chat_completion(req: ChatCompletionRequest, models: ServedModels, config: Se
                     "index": 0,
                     "message": {"role": "assistant", "content": text},
                     "logprobs": None,
-                    "finish_reason": completion.finish_reason,
+                    "finish_reason": request.finish_reason,
                 }
             ],
-            "usage": _usage(completion.prompt_tokens, completion.completion_tokens),
+            "usage": _usage(request.prompt_tokens, request.completion_tokens),
         }
         return JSONResponse(body, headers={VERSION_HEADER: served.fingerprint})
 
@@ -113,34 +183,109 @@ def chat_completion(req: ChatCompletionRequest, models: ServedModels, config: Se
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return {**head, "object": "chat.completion.chunk", "choices": [choice], **usage}
 
-    def chunks() -> Iterator[dict[str, Any]]:
-        try:
-            yield chunk({"role": "assistant", "content": ""})
-            for delta in completion:
-                yield chunk({"content": delta})
-            yield chunk({}, completion.finish_reason)
-            if req.include_usage:
-                total = _usage(completion.prompt_tokens, completion.completion_tokens)
-                yield {**head, "object": "chat.completion.chunk", "choices": [], "usage": total}
-        finally:
-            completion.close()
+    async def chunks() -> AsyncIterator[dict[str, Any]]:
+        yield chunk({"role": "assistant", "content": ""})
+        async for step in _steps(request):
+            if step.text:
+                yield chunk({"content": step.text})
+        record["finish_reason"] = request.finish_reason
+        gen.count()  # before the last event: the access line is written as it leaves
+        yield chunk({}, request.finish_reason)
+        if req.include_usage:
+            total = _usage(request.prompt_tokens, request.completion_tokens)
+            yield {**head, "object": "chat.completion.chunk", "choices": [], "usage": total}
 
-    return _stream(chunks(), served)
+    return _stream(chunks(), served, gen, release)
 
 
-def text_completion(req: CompletionRequest, models: ServedModels, config: ServeConfig) -> Any:
-    req.refuse_unsupported()
-    prompts = req.prompts()
-    if len(prompts) > config.max_items:
-        raise RequestLimitError(
-            f"prompt has {len(prompts)} prompts, more than this server's limit of {config.max_items}", param="prompt"
-        )
-    for p in prompts:
-        _check_chars(len(p), config.max_prompt_chars, param="prompt")  # a token list: its length in tokens
-    served, model = open_text_model(models, req.model)
+def _stream(
+    chunks: AsyncIterator[dict[str, Any]], served: Served, gen: Generating, release: Callable[[], None]
+) -> EventStream:
+    def close() -> None:
+        gen.cancel()
+        gen.count()
+        release()
+
+    headers = {VERSION_HEADER: served.fingerprint, "cache-control": "no-cache"}
+    return EventStream(_events(chunks, gen.record), on_close=close, headers=headers)
+
+
+async def text_completion(req: CompletionRequest, http: Request, ctx: ServeContext) -> Any:
+    record = http.state.access
     max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
-    options = req.generation_options()
-    GenerationParams.build(max_tokens=max(max_tokens, 1), **options)  # every option checked before any work
+
+    def prepare() -> tuple[Served, TextModel, Callable[[], None], list[tuple[str, list[int]]], GenerationParams]:
+        req.refuse_unsupported()
+        prompts = req.prompts()
+        if len(prompts) > ctx.config.max_items:
+            raise RequestLimitError(
+                f"prompt has {len(prompts)} prompts, more than this server's limit of {ctx.config.max_items}",
+                param="prompt",
+            )
+        for p in prompts:
+            _check_chars(len(p), ctx.config.max_prompt_chars, param="prompt")  # a token list: its length in tokens
+        params = GenerationParams.build(max_tokens=max(max_tokens, 1), **req.generation_options())  # checked first
+        served, model, release = ctx.hold(req.model, TextModel, doing="generate text")
+        try:
+            return served, model, release, _completion_rows(prompts, model, max_tokens), params
+        except BaseException:
+            release()
+            raise
+
+    served, model, release, rows, params = await run_in_threadpool(prepare)
+    _describe(record, served)
+    gen = Generating(ctx, model, record)
+    head = {
+        "id": f"cmpl-{uuid.uuid4().hex}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": req.model,
+        "system_fingerprint": served.fingerprint,
+    }
+    if not req.stream:
+        try:
+            async with on_disconnect(http, gen.cancel):
+                choices = await _complete_all(req, model, rows, params, max_tokens, gen)
+        finally:
+            gen.cancel()
+            gen.count()
+            release()
+        record["finish_reason"] = ",".join(sorted({c["finish_reason"] for c in choices}))
+        prompt_tokens = sum(len(ids) for _, ids in rows)
+        completion_tokens = record["completion_tokens"]
+        body = {**head, "choices": choices, "usage": _usage(prompt_tokens, completion_tokens)}
+        return JSONResponse(body, headers={VERSION_HEADER: served.fingerprint})
+
+    usage: dict[str, Any] = {"usage": None} if req.include_usage else {}
+
+    def chunk(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
+        return {**head, "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}], **usage}
+
+    async def chunks() -> AsyncIterator[dict[str, Any]]:
+        prompt_tokens = completion_tokens = 0
+        for index, (text, ids) in enumerate(rows):
+            if req.echo:
+                yield chunk(index, text)
+            finish = "length"
+            if max_tokens:
+                request = gen.submit(ids, params)
+                async for step in _steps(request):
+                    if step.text:
+                        yield chunk(index, step.text)
+                finish = request.finish_reason or "length"
+                completion_tokens += request.completion_tokens
+            record["finish_reason"] = finish
+            gen.count()
+            yield chunk(index, "", finish)
+            prompt_tokens += len(ids)
+        if req.include_usage:
+            yield {**head, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)}
+
+    return _stream(chunks(), served, gen, release)
+
+
+def _completion_rows(prompts: list[Any], model: TextModel, max_tokens: int) -> list[tuple[str, list[int]]]:
+    """(text, token ids) of each prompt, each checked against the vocabulary and the context."""
     vocab = model.tokenizer.vocab_size
     rows: list[tuple[str, list[int]]] = []
     for p in prompts:
@@ -155,60 +300,39 @@ def text_completion(req: CompletionRequest, models: ServedModels, config: ServeC
             ids, text = list(p), model.tokenizer.decode(list(p))
         fit_max_tokens(max_tokens, len(ids), model.card.context_length, param="prompt")
         rows.append((text, ids))
-    head = {
-        "id": f"cmpl-{uuid.uuid4().hex}",
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": req.model,
-        "system_fingerprint": served.fingerprint,
-    }
+    return rows
 
-    def run(ids: list[int]) -> Completion | None:
-        return model.completion(ids, max_tokens=max_tokens, **options) if max_tokens else None
 
-    if not req.stream:
-        choices, prompt_tokens, completion_tokens = [], 0, 0
-        for index, (text, ids) in enumerate(rows):
-            completion = run(ids)
-            generated = "".join(completion) if completion is not None else ""
-            gen_ids = completion.token_ids if completion is not None else []
-            scored = None
-            if req.logprobs is not None:
-                scored = logprobs(model, ids, gen_ids, generated, top=req.logprobs, echo=req.echo)
-            choices.append(
-                {
-                    "index": index,
-                    "text": (text if req.echo else "") + generated,
-                    "logprobs": scored,
-                    "finish_reason": completion.finish_reason if completion is not None else "length",
-                }
-            )
-            prompt_tokens += len(ids)
-            completion_tokens += len(gen_ids)
-        body = {**head, "choices": choices, "usage": _usage(prompt_tokens, completion_tokens)}
-        return JSONResponse(body, headers={VERSION_HEADER: served.fingerprint})
-
-    usage: dict[str, Any] = {"usage": None} if req.include_usage else {}
-
-    def chunk(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
-        return {**head, "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}], **usage}
-
-    def chunks() -> Iterator[dict[str, Any]]:
-        prompt_tokens = completion_tokens = 0
-        for index, (text, ids) in enumerate(rows):
-            if req.echo:
-                yield chunk(index, text)
-            completion = run(ids)
-            if completion is not None:
-                try:
-                    for delta in completion:
-                        yield chunk(index, delta)
-                finally:
-                    completion.close()
-            yield chunk(index, "", completion.finish_reason if completion is not None else "length")
-            prompt_tokens += len(ids)
-            completion_tokens += completion.completion_tokens if completion is not None else 0
-        if req.include_usage:
-            yield {**head, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)}
-
-    return _stream(chunks(), served)
+async def _complete_all(
+    req: CompletionRequest,
+    model: TextModel,
+    rows: list[tuple[str, list[int]]],
+    params: GenerationParams,
+    max_tokens: int,
+    gen: Generating,
+) -> list[dict[str, Any]]:
+    """The choices of a JSON completion: the prompts decode together, at most a batch of them at a time."""
+    texts: list[tuple[str, list[int], str | None]] = []
+    window = gen.scheduler.max_batch
+    for start in range(0, len(rows), window):
+        part = rows[start : start + window]
+        if not max_tokens:
+            texts += [("", [], "length") for _ in part]
+            continue
+        requests = [gen.submit(ids, params) for _, ids in part]
+        for request in requests:
+            texts.append((await _text(request), request.token_ids, request.finish_reason))
+    choices = []
+    for index, ((text, ids), (generated, gen_ids, finish)) in enumerate(zip(rows, texts, strict=True)):
+        scored = None
+        if req.logprobs is not None:
+            scored = await run_in_threadpool(logprobs, model, ids, gen_ids, generated, top=req.logprobs, echo=req.echo)
+        choices.append(
+            {
+                "index": index,
+                "text": (text if req.echo else "") + generated,
+                "logprobs": scored,
+                "finish_reason": finish,
+            }
+        )
+    return choices
