@@ -23,7 +23,7 @@ import uvicorn
 from slmops.runtime.pool import ModelPool
 from slmops.serve import ServeConfig, create_app
 from tests.conftest import apply_env
-from tests.support.mlflowserver import free_port
+from tests.support.process import free_port
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
 WAIT_S = 60.0  # bound on every wait

@@ -7,51 +7,30 @@ wait is bounded; a server that dies or never answers ``GET /health`` fails with 
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.support.process import ServerProcess
 
 
-class MlflowServer:
+class MlflowServer(ServerProcess):
     """``mlflow server`` with a SQLite backend and proxied artifacts (``mlflow-artifacts:/``) under ``root``."""
 
+    name = "mlflow server"
+
     def __init__(self, root: Path, *, env: dict[str, str], startup_timeout_s: float = 120.0) -> None:
-        self.root = Path(root)
-        self.env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner process: not needed here
-        self.startup_timeout_s = startup_timeout_s
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = self.root / "server.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        # no job runner process: not needed here
+        super().__init__(
+            root, env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, startup_timeout_s=startup_timeout_s
+        )
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        command = [
+    def command(self) -> list[str]:
+        return [
             sys.executable,
             "-m",
             "mlflow",
@@ -68,38 +47,6 @@ class MlflowServer:
             "--workers",
             "1",
         ]
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.root, start_new_session=True
-            )
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.25)
-        self.stop()
-        raise TimeoutError(f"mlflow server gave no /health in {self.startup_timeout_s:.0f} s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        """SIGTERM to the server's process group, then SIGKILL to whatever is left of the group."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=15)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # uvicorn, if it outlived its parent
-        self.proc.wait(timeout=15)
-        self.proc = None
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.is_file() else ""
 
 
 class RecordingProxy:

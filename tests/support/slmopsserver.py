@@ -1,74 +1,22 @@
-"""A real ``slmops serve`` on a free loopback port, in its own process group, stopped (group and all) at exit.
-
-Every wait is bounded: a server that dies or never answers ``GET /health`` fails with the tail of its log.
-"""
+"""A real ``slmops serve`` on a free loopback port, in its own process group, stopped (group and all) at exit."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Self
 
-from tests.support.mlflowserver import free_port
+from tests.support.process import ServerProcess
 
 
-class SlmopsServer:
+class SlmopsServer(ServerProcess):
     """``python -m slmops.cli serve --port <free> ARGS`` with ``env``, logging to ``root/serve.log``."""
 
+    name = "slmops serve"
+    log_name = "serve.log"
+
     def __init__(self, root: Path, *, env: dict[str, str], args: list[str], startup_timeout_s: float = 90.0) -> None:
-        self.root, self.env, self.args = Path(root), env, args
-        self.startup_timeout_s = startup_timeout_s
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = self.root / "serve.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(root, env=env, startup_timeout_s=startup_timeout_s)
+        self.args = args
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "slmops.cli", "serve", "--port", str(self.port), *self.args]
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.root, start_new_session=True
-            )
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"slmops serve exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.25)
-        self.stop()
-        raise TimeoutError(f"slmops serve gave no /health in {self.startup_timeout_s:.0f} s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        """SIGTERM to the server's process group, then SIGKILL to whatever is left of it."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=15)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=15)
-        self.proc = None
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.is_file() else ""
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "slmops.cli", "serve", "--port", str(self.port), *self.args]
