@@ -18,7 +18,7 @@ export DO_NOT_TRACK ?= 1
 
 LLAMA_WHEELS := $(HOME)/.cache/slmops/wheels
 
-.PHONY: setup run lint test test-fast dvc-repro bench bench-recipes bench-deps clean
+.PHONY: setup run lint test test-fast dvc-repro bench bench-serve bench-recipes bench-deps clean
 
 setup: $(STAMP)
 
@@ -58,11 +58,15 @@ bench-deps: setup
 	  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" CMAKE_BUILD_PARALLEL_LEVEL=2 \
 	  $(BIN)/python -m pip wheel --no-deps llama-cpp-python==0.3.36 -w $(LLAMA_WHEELS)
 	$(BIN)/python -m pip install -q --no-deps $(LLAMA_WHEELS)/llama_cpp_python-0.3.36-*.whl
-	$(BIN)/python -m pip install -q 'diskcache>=5.6'
+	$(BIN)/python -m pip install -q 'diskcache>=5.6' 'sse-starlette>=2' 'starlette-context>=0.3'  # llama_cpp.server's deps
 
 # Side-by-side table: slmops runtime vs torch, optimum ORTModel and llama.cpp (needs `make run` first).
 bench: bench-deps
 	$(BIN)/python benchmarks/compare.py
+
+# Streaming clients at 1, 4 and 16 users: slmops serve vs llama-cpp-python's server (needs `make run` first).
+bench-serve: bench-deps
+	$(BIN)/python benchmarks/serve.py
 
 # Quality/speed/size of every applicable recipe on both real models (needs `make run` first).
 bench-recipes: setup
