@@ -152,6 +152,8 @@ def main() -> None:
             "2048",
             "--chat_format",
             "chatml",
+            "--interrupt_requests",  # its default (True) cuts a running stream when another request arrives
+            "False",
         ],
         env,
         out_dir / "serve-llama.log",
