@@ -164,10 +164,16 @@ def create_app(pool: ModelPool, config: ServeConfig | None = None) -> FastAPI:
     async def health() -> dict[str, Any]:
         return {"status": "ok"}
 
-    @app.get("/ready", summary="Readiness: the loaded models and the memory they use")
-    async def ready() -> dict[str, Any]:
-        return {
-            "status": "ready",
+    @app.get(
+        "/ready",
+        summary="Readiness: the loaded models and the memory they use; 503 while a model is being loaded",
+        responses={503: {"description": "A model is being loaded; the body lists it under `loading`"}},
+    )
+    async def ready() -> JSONResponse:
+        loading = ctx.models.loading()
+        body = {
+            "status": "loading" if loading else "ready",
+            "loading": loading,
             "loaded": pool.loaded(),
             "used_mb": round(pool.used_bytes / 2**20, 1),
             "max_memory_mb": round(pool.max_bytes / 2**20, 1),
@@ -177,6 +183,7 @@ def create_app(pool: ModelPool, config: ServeConfig | None = None) -> FastAPI:
             "draining": watcher.draining(),
             "time": int(time.time()),
         }
+        return JSONResponse(body, status_code=503 if loading else 200)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:

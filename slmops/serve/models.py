@@ -9,6 +9,7 @@ compared with the names the operator gave, and any miss gets the same answer.
 from __future__ import annotations
 
 import logging
+import threading
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,8 @@ class ServedModels:
         self.settings = settings or get_settings()
         self.local = {name: _local(name, Path(folder)) for name, folder in (local or {}).items()}
         self.watcher = watcher or AliasWatcher(pool, accept=gate_refusal, settings=self.settings)
+        self._loading: dict[str, int] = {}  # target -> requests waiting for its first load (/ready says 503)
+        self._loading_lock = threading.Lock()
 
     def resolve(self, model: str) -> Served:
         """The entry ``model`` names. Raises ModelNotServedError, RegistryError when the registry cannot be read.
@@ -123,7 +126,23 @@ class ServedModels:
 
     def acquire(self, served: Served) -> Model:
         """:meth:`open`, held until :meth:`release`: the pool does not unload it while a request uses it."""
-        return self.pool.acquire(served.target)
+        target = served.target
+        if target in self.pool.loaded():
+            return self.pool.acquire(target)
+        with self._loading_lock:
+            self._loading[target] = self._loading.get(target, 0) + 1
+        try:
+            return self.pool.acquire(target)
+        finally:
+            with self._loading_lock:
+                self._loading[target] -= 1
+                if not self._loading[target]:
+                    del self._loading[target]
+
+    def loading(self) -> list[str]:
+        """Targets being loaded for a request right now."""
+        with self._loading_lock:
+            return sorted(self._loading)
 
     def release(self, model: Model) -> None:
         self.pool.release(model)

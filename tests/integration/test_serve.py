@@ -178,3 +178,35 @@ def test_server_side_details_never_reach_the_client(exc, status, code, public) -
     assert (got_status, body["error"]["code"]) == (status, code)
     assert (body["error"]["message"] == str(exc)) == public
     assert "/srv" not in body["error"]["message"]
+
+
+def test_ready_says_503_while_a_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    gate, entered = threading.Event(), threading.Event()
+    real_acquire = ModelPool.acquire
+
+    def slow_acquire(self, target):  # the first load of a model, held open by the test
+        entered.set()
+        assert gate.wait(60), "the test never let the load finish"
+        return real_acquire(self, target)
+
+    monkeypatch.setattr(ModelPool, "acquire", slow_acquire)
+    pool = ModelPool(max_memory_mb=4096)
+    with _app(pool) as client:
+        answer: list = []
+        worker = threading.Thread(
+            target=lambda: answer.append(
+                client.post("/v1/completions", json={"model": "chat-test", "prompt": "hi", "max_tokens": 1})
+            )
+        )
+        worker.start()
+        assert entered.wait(60)
+        loading = client.get("/ready")
+        gate.set()
+        worker.join(60)
+        ready = client.get("/ready")
+    pool.clear()
+    assert loading.status_code == 503 and loading.json()["status"] == "loading"
+    assert loading.json()["loading"][0].startswith("models:/slmops-causal-lm/")
+    assert answer[0].status_code == 200 and ready.status_code == 200 and ready.json()["loading"] == []
