@@ -38,7 +38,7 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}; fix the syntax there") from None
 
 
-def _fix(err: Any, model: type[BaseModel]) -> str:
+def _fix(err: Any) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         return "remove it or correct its spelling"
@@ -47,14 +47,14 @@ def _fix(err: Any, model: type[BaseModel]) -> str:
     return "see the comments in the file for the allowed values"
 
 
-def describe(exc: ValidationError, *, loc: tuple[str | int, ...] = (), model: type[BaseModel]) -> str:
+def describe(exc: ValidationError, *, loc: tuple[str | int, ...] = ()) -> str:
     """The first validation error as 'key.path: message (got value); fix'."""
     err = exc.errors()[0]
     path = ".".join(str(p) for p in (*loc, *err["loc"])) or "(top level)"
     value = err.get("input")
     shown = "" if isinstance(value, dict) or err["type"] == "missing" else f" (got {value!r})"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{path}: {err['msg']}{shown}; {_fix(err, model)}{more}"
+    return f"{path}: {err['msg']}{shown}; {_fix(err)}{more}"
 
 
 def validate(
@@ -64,7 +64,7 @@ def validate(
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise error(f"{path}: {describe(exc, loc=loc, model=model)}") from None
+        raise error(f"{path}: {describe(exc, loc=loc)}") from None
 
 
 def load_config(name: str, model: type[M], *, path: Path | None = None) -> M:

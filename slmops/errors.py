@@ -7,6 +7,8 @@ or a JSON body. Classes mix in the closest built-in so callers can also catch
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class SlmopsError(Exception):
     """Base class of every slmops error."""
@@ -162,13 +164,15 @@ class PyfuncInputError(SlmopsError, ValueError):
     """A pyfunc ``predict`` input does not fit the model's signature; the message names the expected columns."""
 
 
-def describe_validation(exc: Exception) -> str:
-    """A pydantic ValidationError as '; '-joined 'name=value: message' parts (unknown names listed as such)."""
+def describe_validation(exc: Exception, *, known: Iterable[str] = (), root: str = "value") -> str:
+    """A pydantic ValidationError as '; '-joined 'name=value: message' parts; an unknown name is listed as such,
+    with the ``known`` ones after it. ``root`` names an error of the whole object."""
+    valid = f"; valid options: {', '.join(known)}" if known else ""
     parts = []
     for err in exc.errors():  # type: ignore[attr-defined]  # pydantic's ValidationError, duck-typed: no import here
-        name = ".".join(str(p) for p in err["loc"]) or "value"
+        name = ".".join(str(p) for p in err["loc"]) or root
         if err["type"] == "extra_forbidden":
-            parts.append(f"unknown option {name!r}")
+            parts.append(f"unknown option {name!r}{valid}")
         else:
             parts.append(f"{name}={err.get('input')!r}: {err['msg']}")
     return "; ".join(parts)

@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 from slmops.errors import UnknownTaskError
+from slmops.names import registered_model_name
 
 TaskName = Literal["causal-lm", "sentence-embedding", "cross-encoder", "fill-mask"]
 GraphKind = Literal["optimum-decoder", "genai-decoder", "optimum-encoder"]
@@ -60,8 +61,6 @@ class TaskSpec:
     @property
     def model_name(self) -> str:
         """The registered model of this task; use-case aliases pick a version within it."""
-        from slmops.names import registered_model_name
-
         return registered_model_name(self.name)
 
     def runtime_class(self) -> type:

@@ -70,14 +70,11 @@ def git_blob_sha1(path: Path) -> str:
 
 def _is_transient(exc: BaseException) -> bool:
     import requests
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError
 
     if isinstance(exc, HfHubHTTPError):
         return exc.response is not None and exc.response.status_code in RETRY_STATUS
     if isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)):
-        return True
-    # 0.36 turns a failed metadata request (timeout, refused) into LocalEntryNotFoundError when nothing is cached
-    if isinstance(exc, LocalEntryNotFoundError):
         return True
     return isinstance(exc, OSError) and "Consistency check failed" in str(exc)  # connection cut mid-file
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import subprocess
 import uuid
@@ -47,6 +48,7 @@ def _prefect_flow_run_id() -> str | None:
     return str(run_id) if run_id else None
 
 
+@functools.cache  # a build registers many candidates; the checkout does not change under it
 def _git_sha() -> str | None:
     """HEAD of the git checkout the process runs in (with '-dirty' when it has uncommitted changes), else None."""
     try:

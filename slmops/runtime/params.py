@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from slmops.errors import GenerationParamsError
+from slmops.errors import GenerationParamsError, describe_validation
 
 
 class GenerationParams(BaseModel):
@@ -43,11 +43,5 @@ class GenerationParams(BaseModel):
         try:
             return cls(**{k: v for k, v in kwargs.items() if v is not None})
         except ValidationError as exc:
-            parts = []
-            for err in exc.errors():
-                name = ".".join(str(p) for p in err["loc"]) or "params"
-                if err["type"] == "extra_forbidden":
-                    parts.append(f"unknown option {name!r}; valid options: {', '.join(cls.model_fields)}")
-                else:
-                    parts.append(f"{name}={err.get('input')!r}: {err['msg']}")
-            raise GenerationParamsError("invalid generation parameters: " + "; ".join(parts)) from None
+            detail = describe_validation(exc, known=cls.model_fields, root="params")
+            raise GenerationParamsError(f"invalid generation parameters: {detail}") from None

@@ -129,33 +129,44 @@ def signature() -> Any:
 TEXT_COLUMN = "prompt"
 
 
-def predict(model: TextModel, rows: list[dict[str, Any]], params: dict[str, Any]) -> list[str]:
-    """One completion per row: ``messages`` (JSON list of chat messages) or ``prompt``; plain prompts batched."""
+def _request(i: int, row: dict[str, Any]) -> tuple[str | None, list[dict[str, str]] | None]:
+    """(prompt, messages) of row ``i``: chat ``messages`` (a JSON list) when given, else the ``prompt`` string."""
     from slmops.errors import PyfuncInputError
 
-    options = {k: v for k, v in params.items() if v is not None}
-    out: list[str] = [""] * len(rows)
-    plain = []  # rows with a plain prompt go through generate_batch together
-    for i, row in enumerate(rows):
-        messages = row.get("messages")
-        if isinstance(messages, str) and messages:
-            try:
-                out[i] = model.generate(messages=json.loads(messages), **options)
-            except json.JSONDecodeError as exc:
-                raise PyfuncInputError(
-                    f"row {i}: 'messages' is not JSON ({exc.msg}); pass a JSON list of {{'role', 'content'}} objects"
-                ) from None
-        elif isinstance(row.get("prompt"), str):
-            plain.append(i)
-        else:
+    messages = row.get("messages")
+    if isinstance(messages, str) and messages:
+        try:
+            return None, json.loads(messages)
+        except json.JSONDecodeError as exc:
             raise PyfuncInputError(
-                f"row {i} has neither a string 'prompt' nor 'messages' (got columns {sorted(row)}); "
-                "a causal-lm model takes a str, a list of str, or a DataFrame / dict of lists "
-                "with a 'prompt' or 'messages' column"
-            )
+                f"row {i}: 'messages' is not JSON ({exc.msg}); pass a JSON list of {{'role', 'content'}} objects"
+            ) from None
+    if isinstance(row.get("prompt"), str):
+        return row["prompt"], None
+    raise PyfuncInputError(
+        f"row {i} has neither a string 'prompt' nor 'messages' (got columns {sorted(row)}); "
+        "a causal-lm model takes a str, a list of str, or a DataFrame / dict of lists "
+        "with a 'prompt' or 'messages' column"
+    )
+
+
+def _options(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def predict(model: TextModel, rows: list[dict[str, Any]], params: dict[str, Any]) -> list[str]:
+    """One completion per row: ``messages`` (JSON list of chat messages) or ``prompt``; plain prompts batched."""
+    options = _options(params)
+    out: list[str] = [""] * len(rows)
+    plain: dict[int, str] = {}  # rows with a plain prompt go through generate_batch together
+    for i, row in enumerate(rows):
+        prompt, messages = _request(i, row)
+        if prompt is None:
+            out[i] = model.generate(messages=messages, **options)
+        else:
+            plain[i] = prompt
     if plain:
-        texts = model.generate_batch([rows[i]["prompt"] for i in plain], **options)
-        for i, text in zip(plain, texts, strict=True):
+        for i, text in zip(plain, model.generate_batch(list(plain.values()), **options), strict=True):
             out[i] = text
     return out
 
@@ -166,14 +177,8 @@ def predict_stream(model: TextModel, rows: list[dict[str, Any]], params: dict[st
 
     if len(rows) != 1:
         raise PyfuncInputError(f"predict_stream takes one prompt, got {len(rows)} rows; call it once per prompt")
-    row = rows[0]
-    options = {k: v for k, v in params.items() if v is not None}
-    messages = row.get("messages")
-    if isinstance(messages, str) and messages:
-        return model.stream(messages=json.loads(messages), **options)
-    if isinstance(row.get("prompt"), str):
-        return model.stream(row["prompt"], **options)
-    raise PyfuncInputError("predict_stream needs a 'prompt' or 'messages' string")
+    prompt, messages = _request(0, rows[0])
+    return model.stream(prompt, messages=messages, **_options(params))
 
 
 # -- benchmark ---------------------------------------------------------------------------------------------
