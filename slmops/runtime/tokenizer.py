@@ -10,6 +10,23 @@ from typing import Any
 from slmops.errors import GenerationParamsError, ModelLoadError
 
 
+def unpaired_surrogate(text: str) -> int | None:
+    """The index of the first lone UTF-16 surrogate in ``text`` (which no tokenizer can encode), else None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def _check_unicode(text: str, what: str) -> None:
+    at = unpaired_surrogate(text)
+    if at is not None:
+        raise GenerationParamsError(
+            f"{what} has an unpaired surrogate ({text[at]!r}) at character {at}; pass valid Unicode text"
+        )
+
+
 class Tokenizer:
     """tokenizer.json plus tokenizer_config.json / chat_template.jinja from an artifact folder."""
 
@@ -63,12 +80,17 @@ class Tokenizer:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``; GenerationParamsError for text no tokenizer can encode (a lone surrogate)."""
+        _check_unicode(text, "the text")
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def encode_batch(
         self, texts: list[str] | list[tuple[str, str]], *, max_length: int
     ) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
         """Padded ids, attention masks and type ids for a batch (pairs for cross-encoders), truncated to max_length."""
+        for i, item in enumerate(texts):
+            for part in (item,) if isinstance(item, str) else item:
+                _check_unicode(part, f"text {i}")
         tok = self._tok
         tok.enable_truncation(max_length=max_length)
         tok.enable_padding(pad_id=self.pad_id, pad_token=self._token("pad_token") or "[PAD]")

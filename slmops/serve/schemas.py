@@ -13,13 +13,13 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from slmops.errors import UnsupportedParameterError
+from slmops.runtime.tokenizer import unpaired_surrogate
 
 
 def _valid_unicode(text: str) -> str:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"has an unpaired surrogate at character {exc.start}; send valid Unicode text") from None
+    at = unpaired_surrogate(text)
+    if at is not None:
+        raise ValueError(f"has an unpaired surrogate at character {at}; send valid Unicode text")
     return text
 
 

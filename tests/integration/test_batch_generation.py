@@ -114,3 +114,14 @@ def test_optimized_graph_cache_reopens_the_same_model(model, tmp_path) -> None:
     third = open_folder(model.folder, optimized_dir=tmp_path)
     np.testing.assert_allclose(third.logits(ids), model.logits(ids), atol=1e-5)
     assert (entries[0] / "model.onnx").stat().st_size > 1000
+
+
+def test_text_no_tokenizer_can_encode_is_a_clear_error(model) -> None:
+    for call in (
+        lambda: model.generate("a\ud800b", max_tokens=2),
+        lambda: model.generate_batch(["fine", "a\ud800b"], max_tokens=2),
+        lambda: model.chat([{"role": "user", "content": "\udfff"}], max_tokens=2),
+        lambda: model.tokenizer.encode_batch([("query", "doc \ud800")], max_length=8),
+    ):
+        with pytest.raises(GenerationParamsError, match=r"unpaired surrogate .* at character \d+; pass valid Unicode"):
+            call()
