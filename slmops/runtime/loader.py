@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,72 @@ def load(
     resolves, IntegrityError when a file does not match the manifest, MemoryBudgetError
     when the model would not fit ``max_memory_mb``.
     """
+    return locate(
+        target,
+        task=task,
+        device=device,
+        max_memory_mb=max_memory_mb,
+        max_latency_ms=max_latency_ms,
+        min_quality=min_quality,
+        capabilities=capabilities,
+        on_state=on_state,
+        settings=settings,
+    ).open()
+
+
+@dataclass(frozen=True)
+class Located:
+    """A model resolved and in the local cache (verified), not opened yet: what opening it will cost is known
+    before any weights are read, so a pool can make room first (:class:`slmops.runtime.pool.ModelPool`)."""
+
+    folder: Path
+    label: str
+    device: str
+    max_memory_mb: float | None
+    settings: Settings
+    notify: StateCallback
+
+    @property
+    def footprint_bytes(self) -> int:
+        """What :meth:`open` adds to resident memory: the graph and its external data."""
+        from slmops.runtime.base import weights_bytes
+        from slmops.runtime.card import read_model_card
+
+        return weights_bytes(self.folder, read_model_card(self.folder))
+
+    def open(self) -> Model:
+        """The opened model. Raises MemoryBudgetError past ``max_memory_mb``, ModelLoadError for a bad graph."""
+        self.notify(LoadingEvent(LoadingState.LOADING, self.label))
+        try:
+            _check_budget(self.folder, self.max_memory_mb)
+            model = open_folder(
+                self.folder,
+                device=self.device,
+                threads=self.settings.threads,
+                verify=False,
+                optimized_dir=self.settings.cache_dir / "optimized",
+            )
+        except SlmopsError as exc:
+            self.notify(LoadingEvent(LoadingState.FAILED, self.label, detail=str(exc)))
+            raise
+        self.notify(LoadingEvent(LoadingState.LOADED, self.label))
+        return model
+
+
+def locate(
+    target: str | None = None,
+    *,
+    task: str | None = None,
+    device: str | None = None,
+    max_memory_mb: float | None = None,
+    max_latency_ms: float | None = None,
+    min_quality: float | None = None,
+    capabilities: list[str] | None = None,
+    on_state: StateCallback | None = None,
+    settings: Settings | None = None,
+) -> Located:
+    """The first half of :func:`load` (same arguments and errors): resolve the target through the registry and
+    download and verify its files, without opening it."""
     if target is not None and not isinstance(target, str | os.PathLike):
         raise UsageError(f"target={target!r} must be a use case, a models:/ URI or a folder path (a str)")
     if device is not None and device not in DEVICES:
@@ -80,20 +147,10 @@ def load(
             folder = fetch_version(
                 ref, cache_dir=settings.cache_dir, notify=progress, tracking_uri=settings.resolved_tracking_uri()
             )
-        notify(LoadingEvent(LoadingState.LOADING, label))
-        _check_budget(folder, max_memory_mb)
-        model = open_folder(
-            folder,
-            device=device,
-            threads=settings.threads,
-            verify=False,
-            optimized_dir=settings.cache_dir / "optimized",
-        )
     except SlmopsError as exc:
         notify(LoadingEvent(LoadingState.FAILED, label, detail=str(exc)))
         raise
-    notify(LoadingEvent(LoadingState.LOADED, label))
-    return model
+    return Located(folder, label, device, max_memory_mb, settings, notify)
 
 
 def _resolve(

@@ -16,7 +16,7 @@ from typing import Any
 
 from slmops.errors import MemoryBudgetError, ModelBusyError, UsageError
 from slmops.runtime.base import RUNTIME_OVERHEAD_BYTES
-from slmops.runtime.loader import load
+from slmops.runtime.loader import locate
 from slmops.runtime.open import Model
 
 logger = logging.getLogger(__name__)
@@ -25,8 +25,10 @@ logger = logging.getLogger(__name__)
 class ModelPool:
     """Keeps models loaded by target (use case, models:/ URI or folder) within ``max_memory_mb``.
 
-    The budget covers the weights of every loaded model (draining ones included) plus one runtime
-    overhead; loading a model that does not fit unloads the least recently used idle ones first.
+    The budget covers the weights of every loaded model (draining ones and ones being opened included) plus one
+    runtime overhead; loading a model that does not fit unloads the least recently used idle ones first, before
+    its weights are read. A load runs outside the pool's lock: other targets are served meanwhile, and concurrent
+    requests for the target being loaded wait for that one load.
     """
 
     def __init__(self, *, max_memory_mb: float, **load_options: Any) -> None:
@@ -37,13 +39,16 @@ class ModelPool:
         self._models: OrderedDict[str, Model] = OrderedDict()
         self._holders: dict[int, int] = {}  # id(model) -> requests holding it
         self._draining: dict[int, Model] = {}  # taken out of the pool while held: unloaded on the last release
+        self._opening: dict[str, int] = {}  # target -> bytes reserved for a model being opened
+        self._pending: dict[str, threading.Event] = {}  # target -> set when its load ends (either way)
         self._lock = threading.RLock()
 
     @property
     def used_bytes(self) -> int:
         with self._lock:
             models = [*self._models.values(), *self._draining.values()]
-        return RUNTIME_OVERHEAD_BYTES + sum(m.footprint_bytes for m in models)
+            reserved = sum(self._opening.values())
+        return RUNTIME_OVERHEAD_BYTES + reserved + sum(m.footprint_bytes for m in models)
 
     def loaded(self) -> list[str]:
         """Targets currently loaded, least recently used first."""
@@ -60,27 +65,54 @@ class ModelPool:
         """The loaded model for ``target``, loading it (and evicting idle others) if needed.
 
         Raises MemoryBudgetError when it cannot fit the budget, ModelBusyError when only unloading models that
-        are in use (:meth:`acquire`) would make room.
+        are in use (:meth:`acquire`) would make room; a request waiting on another's load of the same target
+        then tries for itself, and gets its own answer.
         """
-        with self._lock:
-            if target in self._models:
-                self._models.move_to_end(target)
-                return self._models[target]
-            model = load(target, **self._load_options)
+        while True:
+            with self._lock:
+                if target in self._models:
+                    self._models.move_to_end(target)
+                    return self._models[target]
+                pending = self._pending.get(target)
+                if pending is None:
+                    done = self._pending[target] = threading.Event()
+            if pending is not None:
+                pending.wait()
+                continue
             try:
-                self._make_room(target, model.footprint_bytes)
-            except BaseException:
-                model.unload()
-                raise
+                return self._load(target)
+            finally:
+                with self._lock:
+                    del self._pending[target]
+                done.set()
+
+    def _load(self, target: str) -> Model:
+        """Resolve and fetch ``target``, make room for its weights, then open it; the lock is held only to
+        account: resolving, downloading and opening run outside it."""
+        located = locate(target, **self._load_options)
+        need = located.footprint_bytes
+        with self._lock:
+            self._make_room(target, need)
+            self._opening[target] = need
+        try:
+            model = located.open()
+        except BaseException:
+            with self._lock:
+                del self._opening[target]
+            raise
+        with self._lock:
+            del self._opening[target]
             self._models[target] = model
-            return model
+        return model
 
     def acquire(self, target: str) -> Model:
         """:meth:`get`, holding the model until :meth:`release`: it is not unloaded while held."""
-        with self._lock:
+        while True:
             model = self.get(target)
-            self._holders[id(model)] = self._holders.get(id(model), 0) + 1
-            return model
+            with self._lock:
+                if self._models.get(target) is model:  # not evicted or replaced between the two
+                    self._holders[id(model)] = self._holders.get(id(model), 0) + 1
+                    return model
 
     def release(self, model: Model) -> None:
         """Let go of a model from :meth:`acquire`; the last release of a model taken out of the pool unloads it."""
