@@ -11,7 +11,7 @@ from slmops import names
 from slmops.recommend.moves import decide
 from slmops.recommend.pareto import plot_pareto
 from slmops.recommend.usecases import UseCase
-from slmops.register.store import ensure_experiment
+from slmops.register.store import build_tags, ensure_experiment
 from slmops.results import Decision, RankedRow, Recommendations
 from slmops.runtime.ranking import OBJECTIVES, Candidate, no_fit_message, rank, registered_candidates
 from slmops.runtime.registry import connect
@@ -51,6 +51,16 @@ def recommend(
     result = Recommendations(usecases=decisions)
     _log_summary(client, settings, result, plots, inputs=inputs)
     return result
+
+
+def history(*, settings: Settings | None = None, limit: int = 200) -> list[dict[str, str]]:
+    """Past alias moves, newest first: time, alias, reason and the recommend run that made each."""
+    from slmops.recommend.moves import move_history
+
+    settings = settings or get_settings()
+    client = connect(settings)
+    experiment = client.get_experiment_by_name(names.EXPERIMENT)
+    return [] if experiment is None else move_history(client, experiment.experiment_id, limit=limit)
 
 
 def _apply(client: Any, name: str, uc: UseCase, ranked: list[Candidate], previous: str | None) -> Decision:
@@ -155,6 +165,7 @@ def _log_summary(
         mlflow.set_tags(
             {
                 names.TAG_KIND: names.RUN_KIND_RECOMMEND,
+                **build_tags(settings),
                 "mlflow.note.content": _note(decisions),
                 **{names.alias_moved_tag(name): d.reason for name, d in decisions.usecases.items() if d.moved},
             }
@@ -174,7 +185,12 @@ def _log_summary(
 def _model_id(client: Any, uri: str) -> str | None:
     """The MLflow 3 logged model behind ``models:/<name>/<version>`` (None for a version registered without one)."""
     model_name, version = uri.removeprefix("models:/").rsplit("/", 1)
-    return getattr(client.get_model_version(model_name, version), "model_id", None) or None
+    mv = client.get_model_version(model_name, version)
+    if getattr(mv, "model_id", None):
+        return str(mv.model_id)
+    # a SQLite store leaves model_id empty; the source names the logged model (models:/m-<id>)
+    source = str(mv.source or "")
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
 
 
 def _note(decisions: Recommendations) -> str:
