@@ -171,3 +171,25 @@ def test_the_benchmark_numbers_of_the_machine_reach_mlflow(candidates) -> None:
     assert busy.metrics["bench.decode_tok_s.spread"] == 0.05
     quiet = runs[versions["fp32"]].data
     assert quiet.metrics["machine.busy"] == 0.0 and "slmops.busy" not in quiet.tags
+
+
+def test_a_real_benchmark_records_the_machine_state_and_the_spread_of_its_repeats(candidates) -> None:
+    from slmops.benchmark import BenchmarkConfig, run_benchmark
+    from slmops.benchmark.config import load_device_profiles
+    from slmops.results import BenchReport, read_result
+
+    _, root = candidates
+    config = BenchmarkConfig(
+        profiles=["cpu-1t"], prompt_tokens=[8], headline_prompt_tokens=8, new_tokens=4, repeats=3, busy_retries=0
+    )
+    out = root / "bench.json"
+    report = run_benchmark(root / "cand" / "wo-int8", config=config, profiles=load_device_profiles(), out=out)
+    machine = report.machine
+    assert machine is not None and machine.threads == 1 and machine.attempts == 1
+    assert machine.load_before is not None and machine.load_after is not None and machine.worker_cpu_s > 0
+    assert machine.process_threads is not None and machine.process_threads >= 1
+    assert machine.busy == bool(machine.busy_reasons)  # this shared machine may be busy; the verdict says why
+    assert set(report.spread) == {"decode_tok_s", "ttft_ms"} and all(v >= 0 for v in report.spread.values())
+    runs = report.profiles["cpu-1t"]["by_prompt_tokens"]["8"]["decode_tok_s_runs"]
+    assert len(runs) == 3 and min(runs) <= report.decode_tok_s <= max(runs)
+    assert read_result(out, BenchReport).machine == machine
