@@ -37,6 +37,18 @@ METRICS: dict[str, str] = {
     "bench.<profile>.items_per_s.b<B>": "items/s at batch size B on a device profile (encoders)",
     "bench.rss_after_load_mb": "resident memory after loading",
     "bench.size_mb": "artifact folder size on disk",
+    "bench.<metric>.spread": "(max - min) / median of the timed repeats of bench.<metric> (decode_tok_s, ttft_ms, "
+    "items_per_s, latency_p95_ms): the noise an alias move must beat",
+    # the machine while the headline profile ran (slmops.benchmark.machine)
+    "machine.load_before": "1-minute load average just before the benchmark worker started",
+    "machine.load_after": "1-minute load average just after it ended",
+    "machine.steal_pct": "% of the machine's CPU time stolen by the hypervisor during the run (Linux /proc/stat)",
+    "machine.other_cpu_pct": "% of the machine's CPU time used by processes other than the benchmark during the run",
+    "machine.cpu_count": "CPUs the machine reports",
+    "machine.threads": "onnxruntime intra-op threads of the device profile",
+    "machine.process_threads": "OS threads of the benchmark worker after loading",
+    "machine.busy": "1 if the machine was busy even after the retries (benchmark busy_* settings): moves no alias",
+    "machine.attempts": "benchmark runs made (a busy run is measured again)",
     "estimate.memory_mb": "the catalog's memory estimate for this precision",
     "estimate.error": "(estimate - measured peak RSS) / measured peak RSS",
 }
@@ -60,9 +72,14 @@ TAG_BUILD_ID = "slmops.build_id"  # run tag: the build (flow run, or one CLI/DVC
 TAG_FLOW_RUN = "slmops.flow_run_id"  # run tag: the Prefect flow run, when the run was logged inside one
 TAG_GIT_SHA = "slmops.git_sha"  # run tag: the project's git commit (+ "-dirty" with uncommitted changes)
 TAG_KIND = "slmops.kind"  # run tag: what kind of run (candidates carry none; "recommend" passes do)
+TAG_BUSY = "slmops.busy"  # run tag: why the machine counted as busy during the benchmark (absent when quiet)
+# version tag slmops.alias_moved.<alias> on the version an alias moved to, and the same tag on the recommend run
+# (also for a dropped alias): "from v1 (x tok/s) to v3 (y tok/s): +z% > margin m"
+TAG_ALIAS_MOVED_PREFIX = "slmops.alias_moved."
 
 RUN_KIND_RECOMMEND = "recommend"
 RECOMMEND_ARTIFACT = "recommendations.json"
+RECOMMEND_INPUTS_ARTIFACT = "recommend_inputs.json"  # use cases, incumbents and the metrics each candidate had
 GATE_ARTIFACT = "gate.json"
 BENCH_ARTIFACT = "benchmark.json"
 MANIFEST_ARTIFACT = "manifest.json"
@@ -72,3 +89,23 @@ MODEL_ARTIFACT_PATH = "model"  # the pyfunc model's name inside its run
 def registered_model_name(task: str) -> str:
     """One registered model per task; use-case aliases pick a version within it."""
     return f"{REGISTERED_MODEL_PREFIX}-{task}"
+
+
+def alias_moved_tag(alias: str) -> str:
+    """The tag recording why ``alias`` moved (on the new version, and on the recommend run that moved it)."""
+    return f"{TAG_ALIAS_MOVED_PREFIX}{alias}"
+
+
+def spread_metric(metric: str) -> str:
+    """The metric holding the repeat spread of ``metric`` (``bench.decode_tok_s`` -> ``bench.decode_tok_s.spread``)."""
+    return f"{metric}.spread"
+
+
+def usecase_param(usecase: str, key: str) -> str:
+    """A recommend run's param: one input of a use case's decision (``chat-cpu.max_latency_ms``, ``.incumbent``)."""
+    return f"{usecase}.{key}"
+
+
+def usecase_metric(usecase: str, key: str) -> str:
+    """A recommend run's metric for a use case: ``<use case>.value`` (the chosen objective) or ``.moved`` (0/1)."""
+    return f"recommend.{usecase}.{key}"

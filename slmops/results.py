@@ -67,6 +67,24 @@ class Percentiles(BaseModel):
     p95: float
 
 
+class MachineState(BaseModel):
+    """How busy the machine was while one benchmark subprocess ran (slmops.benchmark.machine)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    load_before: float | None = Field(description="1-minute load average just before the worker started.")
+    load_after: float | None = Field(description="1-minute load average just after it ended.")
+    steal_pct: float | None = Field(description="% of the machine's CPU time stolen by the hypervisor; None: unknown.")
+    other_cpu_pct: float | None = Field(description="% of the machine's CPU time used by other processes.")
+    worker_cpu_s: float = Field(description="CPU seconds the benchmark worker itself used.")
+    cpu_count: int
+    threads: int = Field(description="onnxruntime intra-op threads of the profile.")
+    process_threads: int | None = Field(default=None, description="OS threads of the worker after loading.")
+    busy: bool = False
+    busy_reasons: list[str] = Field(default_factory=list)
+    attempts: int = Field(default=1, description="Runs made; a busy machine is measured again (busy_retries).")
+
+
 class BenchReport(StageResult):
     """One candidate measured on every configured device profile; the headline numbers are the first profile's."""
 
@@ -93,6 +111,11 @@ class BenchReport(StageResult):
     max_context: int | None = None
     max_seq_tokens: int | None = None
     batch_size: int | None = None
+    machine: MachineState | None = Field(default=None, description="The headline profile's machine state.")
+    spread: dict[str, float] = Field(
+        default_factory=dict,
+        description="headline metric -> (max - min) / median over the timed repeats of the headline profile.",
+    )
 
     HEADLINE: ClassVar[tuple[str, ...]] = (
         "load_s",
@@ -144,15 +167,22 @@ class RankedRow(BaseModel):
     value: float | None
     eligible: bool
     rejected: list[str]
+    spread: float | None = Field(default=None, description="Relative spread of the metric over the repeats.")
+    busy: bool = Field(default=False, description="Measured on a busy machine: never moves an alias.")
 
 
 class Decision(BaseModel):
+    """One use case's outcome: the version the alias points at now, and whether and why it moved."""
+
     model_config = ConfigDict(extra="forbid")
 
     chosen: str | None
     alias_uri: str | None = None
     why: str
     candidates: list[RankedRow]
+    previous: str | None = Field(default=None, description="The version the alias pointed at before this pass.")
+    moved: bool = Field(default=False, description="True when this pass moved, set or dropped the alias.")
+    reason: str = Field(default="", description="Why the alias moved or stayed (margins, spreads, busy runs).")
 
 
 class Recommendations(StageResult):

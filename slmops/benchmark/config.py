@@ -46,6 +46,20 @@ class BenchmarkConfig(BaseModel):
     items: int = Field(default=256, ge=1, description="Encoder items per timed run.")
     sample_interval_ms: float = Field(default=5.0, gt=0, le=1000, description="RSS sampling period.")
     timeout_s: float = Field(default=900, gt=0)
+    busy_load_per_core: float = Field(
+        default=1.5,
+        gt=0,
+        description="Busy if the 1-minute load average before a run exceeds this many per CPU "
+        "(a previous benchmark's own threads leave up to about 1 per core).",
+    )
+    busy_steal_pct: float = Field(
+        default=10.0, ge=0, le=100, description="Busy if the hypervisor steals more than this % of CPU time."
+    )
+    busy_other_cpu_pct: float = Field(
+        default=25.0, ge=0, le=100, description="Busy if other processes use more than this % of the CPU time."
+    )
+    busy_retries: int = Field(default=1, ge=0, le=10, description="Runs again after a busy run, this many times.")
+    busy_wait_s: float = Field(default=30.0, ge=0, le=3600, description="Pause before running again after a busy run.")
 
     @model_validator(mode="after")
     def _consistent(self) -> BenchmarkConfig:

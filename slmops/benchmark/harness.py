@@ -8,13 +8,15 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from slmops.artifacts import folder_size, read_manifest
 from slmops.benchmark.config import BenchmarkConfig, DeviceProfile
+from slmops.benchmark.machine import MachineProbe, busy_reasons
 from slmops.errors import BenchmarkError, ConfigError
-from slmops.results import BenchReport, write_result
+from slmops.results import BenchReport, MachineState, write_result
 from slmops.runtime.session import DEVICE_PROVIDERS
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,65 @@ def unavailable_reason(profile: DeviceProfile) -> str | None:
             f"install onnxruntime-gpu on a machine with an NVIDIA GPU to run profile {profile.name!r}"
         )
     return None
+
+
+# headline metric -> the worker's key holding its value in every timed repeat
+SPREAD_KEYS = {
+    "decode_tok_s": "decode_tok_s_runs",
+    "ttft_ms": "ttft_ms_runs",
+    "items_per_s": "items_per_s_runs",
+    "latency_p95_ms": "latency_p95_ms_runs",
+}
+
+
+def spread(values: list[float]) -> float | None:
+    """(max - min) / median of the repeats: how far apart identical runs landed; None for fewer than two."""
+    if len(values) < 2:
+        return None
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return (ordered[-1] - ordered[0]) / median if median > 0 else None
+
+
+def repeat_spreads(result: dict[str, Any]) -> dict[str, float]:
+    """Headline metric -> spread of its timed repeats, for the metrics the worker reported repeats of."""
+    out = {}
+    for metric, key in SPREAD_KEYS.items():
+        value = spread([float(v) for v in result.get(key, [])])
+        if value is not None:
+            out[metric] = value
+    return out
+
+
+def _measure(folder: Path, config: BenchmarkConfig, profile: DeviceProfile) -> dict[str, Any]:
+    """Run the profile, again after a pause while the machine is busy (``busy_retries``); keep the quietest run.
+
+    The result carries ``machine``: the state of the machine during the kept run, with ``busy`` and
+    its reasons when even the last try was busy (such numbers never move an alias).
+    """
+    tries: list[tuple[dict[str, Any], MachineState]] = []
+    for attempt in range(config.busy_retries + 1):
+        if attempt:
+            time.sleep(config.busy_wait_s)
+        with MachineProbe(threads=profile.threads) as probe:
+            result = _run_profile(folder, config, profile)
+        state = probe.state(process_threads=result.get("process_threads"))
+        reasons = busy_reasons(state, config)
+        state = state.model_copy(update={"busy": bool(reasons), "busy_reasons": reasons, "attempts": attempt + 1})
+        tries.append((result, state))
+        if not reasons:
+            break
+        left = config.busy_retries - attempt
+        logger.warning(
+            "benchmark of %s on %s ran on a busy machine (%s); %s",
+            folder.name,
+            profile.name,
+            "; ".join(reasons),
+            f"measuring again in {config.busy_wait_s:g} s ({left} more)" if left else "flagged: it moves no alias",
+        )
+    result, state = min(tries, key=lambda t: (t[1].busy, t[1].other_cpu_pct or 0.0))
+    return {**result, "machine": state.model_dump(mode="json"), "spread": repeat_spreads(result)}
 
 
 def _run_profile(folder: Path, config: BenchmarkConfig, profile: DeviceProfile) -> dict[str, Any]:
@@ -110,7 +171,7 @@ def run_benchmark(
             logger.info("skipping profile %s: %s", name, reason)
             results[name] = {"skipped": True, "reason": reason}
             continue
-        results[name] = _run_profile(folder, config, profile)
+        results[name] = _measure(folder, config, profile)
     ran = [n for n, r in results.items() if not r.get("skipped")]
     headline = results[ran[0]] if ran else {}
     report = BenchReport(
@@ -118,6 +179,8 @@ def run_benchmark(
         device=profiles[ran[0]].device if ran else None,
         **{k: headline[k] for k in BenchReport.HEADLINE if k in headline},
         context=headline.get("context"),
+        machine=headline.get("machine"),
+        spread=headline.get("spread", {}),
         profiles=results,
         size_mb=folder_size(folder) / 2**20,
         candidate_digest=manifest.digest(),

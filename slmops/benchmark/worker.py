@@ -30,6 +30,9 @@ class RssSampler:
     def current(self) -> float:
         return self._proc.memory_info().rss / 2**20
 
+    def threads(self) -> int:
+        return int(self._proc.num_threads())
+
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             self.peak = max(self.peak, self.current())
@@ -81,6 +84,7 @@ def main() -> int:
             "peak_rss_sampled_mb": sampler.peak,
             "providers": session.get_providers(),
             "pid": os.getpid(),
+            "process_threads": sampler.threads(),  # onnxruntime's pool, the sampler and the interpreter's own
             "torch_imported": "torch" in sys.modules,
         }
     )

@@ -86,10 +86,29 @@ def register(variant: str) -> None:
     print_json(pipeline.register(project(), variant))
 
 
-def recommend(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Choose a model per use case, set the MLflow aliases and print why."""
+def recommend(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    history: Annotated[
+        bool, typer.Option("--history", help="Print past alias moves, newest first, and change nothing.")
+    ] = False,
+) -> None:
+    """Choose a model per use case, move the MLflow aliases where a challenger clearly wins, and print why."""
     from slmops import pipeline
 
+    if history:
+        from slmops.recommend import history as move_history
+
+        moves = move_history(settings=project().settings)
+        if as_json:
+            print_json(moves)
+            return
+        table = Table(title=f"alias moves, newest first ({len(moves)})")
+        for col in ("time", "alias", "move", "recommend run"):
+            table.add_column(col)
+        for row in moves:
+            table.add_row(row["time"], row["alias"], row["reason"], row["run_id"])
+        console.print(table)
+        return
     decisions = pipeline.recommend(project())
     if as_json:
         print_json(decisions)
@@ -99,10 +118,11 @@ def recommend(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 def print_recommendations(decisions: Recommendations) -> None:
     table = Table(title="recommendations")
-    for col in ("use case", "model", "why"):
+    for col in ("use case", "model", "alias", "why"):
         table.add_column(col)
     for name, d in decisions.usecases.items():
-        table.add_row(name, d.alias_uri or "[red]none[/]", d.why)
+        state = "[bold]moved[/]" if d.moved else "kept"
+        table.add_row(name, d.alias_uri or "[red]none[/]", f"{state}: {d.reason}", d.why)
     console.print(table)
 
 

@@ -1,6 +1,6 @@
 """Stage 7, recommend: use-case aliases in the MLflow registry, chosen under constraints."""
 
-from slmops.recommend.stage import recommend
+from slmops.recommend.stage import history, recommend
 from slmops.recommend.usecases import UseCase, load_usecases
 
-__all__ = ["UseCase", "load_usecases", "recommend"]
+__all__ = ["UseCase", "history", "load_usecases", "recommend"]

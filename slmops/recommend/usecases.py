@@ -16,6 +16,13 @@ class UseCase(Constraints):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9\-]*$")
     description: str = ""
     objective: Objective
+    margin: float = Field(
+        default=0.1,
+        ge=0,
+        le=10,
+        description="Relative win (0.1: 10%) a challenger needs over the alias's current version to move it; "
+        "the spread of either one's benchmark repeats raises it when larger.",
+    )
 
 
 def load_usecases(path: Path | None = None) -> dict[str, UseCase]:

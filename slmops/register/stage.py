@@ -62,10 +62,24 @@ def _flat_metrics(evaluation: CandidateGate, report: BenchReport, estimate_mb: f
         if src in bench:
             metrics[f"{dst}_p50_ms"] = float(bench[src]["p50"])
             metrics[f"{dst}_p95_ms"] = float(bench[src]["p95"])
+    for key, value in report.spread.items():
+        metrics[names.spread_metric(f"bench.{key}")] = value
+    if report.machine is not None:
+        metrics.update(_machine_metrics(report))
     metrics["estimate.memory_mb"] = estimate_mb
     if "peak_rss_mb" in bench:
         metrics["estimate.error"] = (estimate_mb - bench["peak_rss_mb"]) / bench["peak_rss_mb"]
     return metrics
+
+
+def _machine_metrics(report: BenchReport) -> dict[str, float]:
+    """machine.* metrics of the headline profile's run: how busy the machine was while it measured."""
+    state = report.machine.model_dump() if report.machine else {}
+    keys = ("load_before", "load_after", "steal_pct", "other_cpu_pct", "cpu_count", "threads", "process_threads")
+    out = {f"machine.{k}": float(state[k]) for k in keys if state.get(k) is not None}
+    out["machine.busy"] = 1.0 if state.get("busy") else 0.0
+    out["machine.attempts"] = float(state.get("attempts", 1))
+    return out
 
 
 def register(
@@ -119,6 +133,8 @@ def register(
         run_name = f"{recipe.name} · {variant.id} · {device}"  # the recipe first: what a cut-off column still shows
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
             mlflow.set_tags({**tags, **build_tags(settings), "mlflow.note.content": _note(variant, recipe, evaluation)})
+            if benchmark.machine is not None and benchmark.machine.busy:
+                mlflow.set_tag(names.TAG_BUSY, "; ".join(benchmark.machine.busy_reasons))
             mlflow.log_params(
                 {
                     "variant": variant.id,

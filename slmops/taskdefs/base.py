@@ -130,14 +130,17 @@ def bench_items(model: Any, spec: dict[str, Any], run: Callable[[list[str], int]
     texts = (pool * (spec["items"] // len(pool) + 1))[: spec["items"]]
     by_batch = {}
     for batch_size in spec["batch_sizes"]:
-        rates, latency = [], []
+        rates, latency, p95s = [], [], []  # p95s: batch-1 p95 of each timed repeat, for the spread
         for i in range(spec["warmup"] + spec["repeats"]):
             start = time.perf_counter()
             if batch_size == 1:
+                one: list[float] = []
                 for text in texts[: min(len(texts), 64)]:
                     t0 = time.perf_counter()
                     run([text], 1)
-                    latency.append((time.perf_counter() - t0) * 1000)
+                    one.append((time.perf_counter() - t0) * 1000)
+                latency.extend(one)
+                p95s.append(percentiles(one)["p95"])
                 n = min(len(texts), 64)
             else:
                 run(texts, batch_size)
@@ -146,13 +149,16 @@ def bench_items(model: Any, spec: dict[str, Any], run: Callable[[list[str], int]
                 rates.append(n / (time.perf_counter() - start))
         by_batch[str(batch_size)] = {
             "items_per_s": float(np.median(rates)),
-            **({"latency_ms": percentiles(latency)} if latency else {}),
+            "items_per_s_runs": rates,
+            **({"latency_ms": percentiles(latency), "latency_p95_ms_runs": p95s[spec["warmup"] :]} if latency else {}),
         }
     largest = by_batch[str(max(spec["batch_sizes"]))]
     max_seq = max(len(ids) for ids in model.tokenizer.encode_batch(texts, max_length=model.max_length)[0])
     single = by_batch.get("1", {}).get("latency_ms")
     return {
         "items_per_s": largest["items_per_s"],
+        "items_per_s_runs": largest["items_per_s_runs"],
+        **({"latency_p95_ms_runs": by_batch["1"]["latency_p95_ms_runs"]} if "1" in by_batch else {}),
         "batch_size": max(spec["batch_sizes"]),
         "max_seq_tokens": max_seq,
         **({"latency_ms_batch1": single} if single else {}),

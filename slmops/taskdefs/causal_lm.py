@@ -211,6 +211,8 @@ def bench(model: TextModel, spec: dict[str, Any]) -> dict[str, Any]:
             "ttft_ms": float(np.median(ttft)),
             "decode_tok_s": float(np.median(rates)),
             "token_latency_ms": percentiles(step_ms),
+            "ttft_ms_runs": ttft,  # every timed repeat: the benchmark stage records their spread
+            "decode_tok_s_runs": rates,
         }
     head = by_length.get(str(spec["headline_prompt_tokens"])) or next(iter(by_length.values()), {})
     longest = max((int(n) for n in by_length), default=0)
