@@ -25,7 +25,7 @@ def _config(dir: Path | None, **options: Any) -> Any:  # noqa: A002 - the option
     from slmops.stack import StackConfig
 
     settings = get_settings()
-    return StackConfig(dir=(dir or settings.stack_dir).absolute(), **options)
+    return StackConfig(dir=dir or settings.stack_dir, **options)
 
 
 def _show(result: Any, *, title: str) -> None:

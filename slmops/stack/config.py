@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 HOST = "127.0.0.1"  # every service binds loopback only: the stack is for this machine and its tunnels
 
@@ -20,6 +20,11 @@ class StackConfig(BaseModel):
     prefect_port: int = Field(default=0, ge=0, le=65535)
     startup_timeout_s: float = Field(default=180.0, gt=0, description="Per service, until its health check answers.")
     stop_timeout_s: float = Field(default=30.0, gt=0, description="Per service, after SIGTERM before SIGKILL.")
+
+    @field_validator("dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.absolute()  # services run in other working directories (PostgreSQL in its cluster's folder)
 
     def port(self, service: str) -> int:
         return int(getattr(self, f"{service}_port"))

@@ -112,11 +112,15 @@ def stop_tree(recorded: Recorded, *, sig: int = signal.SIGTERM, timeout_s: float
     except (psutil.NoSuchProcess, ProcessLookupError):
         return
     _signal(leader, sig, group=group)
+    for proc in procs[1:]:  # descendants that left the group (setsid) get the same signal one by one
+        with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
+            if not group or os.getpgid(proc.pid) != leader.pid:
+                _signal(proc, sig, group=False)
     left = _wait_gone(procs, timeout_s)
     if not left:
         return
     _signal(leader, signal.SIGKILL, group=group)
-    for proc in left:  # descendants that left the group (setsid) are killed one by one
+    for proc in left:
         _signal(proc, signal.SIGKILL, group=False)
     left = _wait_gone(left, 10.0)
     if left:

@@ -201,17 +201,21 @@ class Postgres(Service):
 
     def _reachable_root(self) -> Path:
         """The cluster's folder, created and owned by the account postgres runs as."""
+        if self.account is None:  # runs as the caller, who owns the state folder
+            self.config.postgres_root.mkdir(parents=True, exist_ok=True)
+            return self.config.postgres_root
+        user = self.account.name
         for root in (self.config.postgres_root, self._fallback_root()):
             root.mkdir(parents=True, exist_ok=True)
             root.chmod(0o700)
             self._own(root)
-            if self.account is None or self._account_can_write(root):
+            if self._account_can_write(root):
                 if root != self.config.postgres_root:
-                    logger.warning("%s cannot reach %s; its cluster lives in %s", self.account, self.config.dir, root)
+                    logger.info("the %s user cannot reach %s: the cluster lives in %s", user, self.config.dir, root)
                 return root
         raise StackError(
-            f"postgres: the user {self.account.name!r} can write neither {self.config.postgres_root} "  # type: ignore[union-attr]
-            f"nor {root}; pass a --dir that user can reach"
+            f"postgres: the user {user!r} can write neither {self.config.postgres_root} nor {root}; "
+            "pass a --dir that user can reach"
         )
 
     def _fallback_root(self) -> Path:
@@ -221,6 +225,18 @@ class Postgres(Service):
     def _account_can_write(self, path: Path) -> bool:
         probe = self._run(["test", "-w", str(path), "-a", "-x", str(path)])
         return probe.returncode == 0
+
+
+def require_drivers() -> None:
+    """Raise StackError unless the PostgreSQL drivers of the services (the ``stack`` extra) are installed."""
+    import importlib.util
+
+    missing = [name for name in ("psycopg", "asyncpg") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise StackError(
+            f"{' and '.join(missing)} not installed: the MLflow and Prefect servers need them to use PostgreSQL; "
+            "pip install 'slmops[stack]' (make setup installs it)"
+        )
 
 
 def _postgres_bin_dir() -> Path:

@@ -21,7 +21,7 @@ from slmops.artifacts import folder_lock, write_json_atomic
 from slmops.errors import StackError
 from slmops.stack.config import HOST, StackConfig
 from slmops.stack.process import Recorded, spawn, stop_tree
-from slmops.stack.services import SERVICES, MlflowServer, Postgres, PrefectServer, Service, http_ok
+from slmops.stack.services import SERVICES, MlflowServer, Postgres, PrefectServer, Service, http_ok, require_drivers
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,7 @@ def _ports(config: StackConfig, previous: dict[str, int]) -> dict[str, int]:
 
 
 def _services(config: StackConfig, ports: dict[str, int], password: str) -> list[Service]:
+    require_drivers()
     pg = ports["postgres"]
     return [
         Postgres(config, port=pg, password=password),
