@@ -92,7 +92,18 @@ def _port_free(port: int) -> bool:
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A free port below the kernel's ephemeral range: a port from ``bind(0)`` can be handed, between this check
+    and the service's bind, to an outgoing connection (a server's own connections to PostgreSQL among them)."""
+    try:
+        first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first_ephemeral = 32768  # Linux's default
+    low = 20000 if first_ephemeral > 21000 else 1024
+    for _ in range(200):
+        port = secrets.randbelow(first_ephemeral - low) + low
+        if _port_free(port):
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a crowded range: take any free port
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
 
@@ -156,14 +167,15 @@ def up(config: StackConfig) -> StackStatus:
             "services": {},
             "env": _client_env(services),
         }
-        started: list[tuple[Service, Recorded]] = []
         try:
             for service in services:
-                started.append((service, _start(service, config, state)))
+                _start(service, config, state)
             write_json_atomic(config.state_file, state)
         except BaseException:
-            for service, recorded in reversed(started):
-                _stop(service.name, recorded, type(service).stop_signal, config)
+            for service in reversed(services):  # the failing one too: it may be running, only unhealthy
+                recorded = _recorded(state, service.name)
+                if recorded is not None:
+                    _stop(service.name, recorded, type(service).stop_signal, config)
             state["services"] = {}
             write_json_atomic(config.state_file, state)
             raise

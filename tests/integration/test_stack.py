@@ -68,6 +68,22 @@ def running(pids: set[int]) -> set[int]:
     return alive
 
 
+def of_stack(stack_dir: Path) -> set[int]:
+    """Live processes started for the stack in ``stack_dir``, and their descendants: the services inherit the CLI's
+    environment, which names the folder (SLMOPS_STACK_DIR); PostgreSQL overwrites its environment with its process
+    titles, but its postmaster's command line names the cluster's folder (state.json's ``postgres_root``)."""
+    state = json.loads((stack_dir / "state.json").read_text())
+    cluster = f"-D {state['postgres_root']}/data"
+    roots = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("SLMOPS_STACK_DIR") == str(stack_dir) or cluster in " ".join(proc.cmdline()):
+                roots.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return running(tree(roots))
+
+
 @dataclass
 class Stack:
     dir: Path
@@ -120,6 +136,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
 class Registry:
     versions: dict[str, str | None]  # variant id -> registered version of its fp32 candidate
     folders: dict[str, Path]
+    variants: dict[str, Any]
     decisions: Any
 
 
@@ -132,7 +149,7 @@ def registry(stack: Stack, tiny_models, tmp_path_factory: pytest.TempPathFactory
     from tests.support.tiny import build_candidates, from_folder, write_configs
 
     home = tmp_path_factory.mktemp("stack-build")
-    versions, folders = {}, {}
+    versions, folders, variants = {}, {}, {}
     mp = pytest.MonkeyPatch()
     try:
         apply_env(mp, stack.client_env)
@@ -140,13 +157,14 @@ def registry(stack: Stack, tiny_models, tmp_path_factory: pytest.TempPathFactory
             variant = build_candidates(home / vid, vid, from_folder(*tiny_models[vid]), recipes=("fp32",))
             versions[vid] = register_candidates(variant, home / vid)["fp32"]
             folders[vid] = home / vid / "cand" / "fp32"
+            variants[vid] = variant
         write_configs(home / "configs", variants={vid: facts for vid, (_, facts) in tiny_models.items()})
         decisions = recommend(load_usecases(home / "configs" / "usecases.yaml"))
     finally:
         forget_mlflow_uris()
         mp.undo()
         get_settings.cache_clear()
-    return Registry(versions, folders, decisions)
+    return Registry(versions, folders, variants, decisions)
 
 
 @pytest.fixture()
@@ -239,6 +257,17 @@ def test_register_and_recommend_write_the_postgresql_registry(stack: Stack, regi
     assert any((stack.dir / "mlflow-artifacts").rglob("manifest.json"))  # artifacts went through the proxy to disk
 
 
+def test_registering_the_same_candidate_again_adds_no_version(stack: Stack, registry: Registry, on_stack) -> None:
+    from tests.support.registry import register_candidates
+
+    name = registered_model_name("causal-lm")
+    before = rest(stack.urls["mlflow"], "model-versions/search", filter=f"name='{name}'")["model_versions"]
+    again = register_candidates(registry.variants["tiny-llama"], registry.folders["tiny-llama"].parents[1])
+    after = rest(stack.urls["mlflow"], "model-versions/search", filter=f"name='{name}'")["model_versions"]
+    assert again["fp32"] == registry.versions["tiny-llama"]
+    assert [v["version"] for v in after] == [v["version"] for v in before] == [registry.versions["tiny-llama"]]
+
+
 def test_load_resolves_over_rest_and_generates(
     stack: Stack, registry: Registry, on_stack, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -299,11 +328,7 @@ def test_a_failed_start_stops_what_it_started_and_names_the_service(tmp_path: Pa
     assert "address already in use" in message  # the log's last lines say why
     state = json.loads((tmp_path / "broken" / "state.json").read_text())
     assert state["services"] == {}
-    marks = (str(tmp_path / "broken"), state["postgres_root"])  # the cluster may live outside the folder
-    leftovers = [
-        p.pid for p in psutil.process_iter(["cmdline"]) if any(m in " ".join(p.info["cmdline"] or []) for m in marks)
-    ]
-    assert running(set(leftovers)) == set()  # postgres -D <broken>/postgres/data is gone
+    assert of_stack(tmp_path / "broken") == set()  # postgres, started first, is gone
     status = stack_cli("status", "--json", env=env, timeout=60)
     assert status.returncode == 1
     assert {s["state"] for s in json.loads(status.stdout)["services"]} == {"stopped"}
@@ -312,13 +337,29 @@ def test_a_failed_start_stops_what_it_started_and_names_the_service(tmp_path: Pa
     assert not (tmp_path / "broken").exists() and not Path(state["postgres_root"]).exists()
 
 
+def test_a_service_past_its_time_limit_is_stopped_too(tmp_path: Path, stack: Stack) -> None:
+    """With one second per service some service is still starting when its time is up (the MLflow server alone
+    takes longer to import): `up` names it, and stops it as well as those before it."""
+    env = {**stack.env, "SLMOPS_STACK_DIR": str(tmp_path / "slow")}
+    failed = stack_cli("up", "--timeout", "1", env=env)
+    message = " ".join(failed.stderr.split())
+    assert failed.returncode == 1 and "did not answer its health check" in message, failed.stderr
+    named = [s for s in ("postgres", "mlflow", "prefect") if f"error: {s} did not answer" in message]
+    assert len(named) == 1 and str(tmp_path / "slow" / "logs" / f"{named[0]}.log") in message
+    assert json.loads((tmp_path / "slow" / "state.json").read_text())["services"] == {}
+    assert of_stack(tmp_path / "slow") == set()
+    assert stack_cli("down", "--purge", env=env, timeout=60).returncode == 0
+
+
 def test_down_stops_every_process(stack: Stack) -> None:
     """Last in the module: `down` leaves no process of the stack (the recorded pids nor any of their children)."""
     before = tree(stack.pids)
     assert set(stack.pids) <= before and len(before) > len(stack.pids)  # postgres has its backends at least
+    assert before <= of_stack(stack.dir)  # the check the failure tests rely on sees every process of a stack
     down = stack_cli("down", env=stack.env, timeout=300)
     assert down.returncode == 0, down.stderr
     assert running(before) == set()
+    assert of_stack(stack.dir) == set()
     status = stack_cli("status", "--json", env=stack.env, timeout=60)
     assert status.returncode == 1
     assert {s["state"] for s in json.loads(status.stdout)["services"]} == {"stopped"}

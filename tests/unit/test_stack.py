@@ -111,3 +111,11 @@ def test_ports_are_validated(tmp_path: Path) -> None:
 def test_a_relative_folder_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert StackConfig(dir=Path("here")).dir == tmp_path / "here"  # the services run in other working directories
+
+
+def test_free_ports_are_below_the_ephemeral_range() -> None:
+    """An outgoing connection can never take a chosen port before its service binds it."""
+    from slmops.stack.stack import _free_port
+
+    first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert all(1024 <= _free_port() < first for _ in range(20))
