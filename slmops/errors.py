@@ -89,6 +89,11 @@ class NoEligibleModelError(_PlainMessage, RegistryError, LookupError):
     """No registered model passes its gate and fits the use case's constraints."""
 
 
+class StackError(SlmopsError, RuntimeError):
+    """`slmops stack` could not start, stop or find a service (PostgreSQL, MLflow server, Prefect server); the
+    message names the service and its log file."""
+
+
 class GenerationParamsError(SlmopsError, ValueError):
     """A generation/embedding parameter is out of range; the message names it."""
 

@@ -134,6 +134,16 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="`slmops serve`: time limit of one request, queueing included (504 after it)."
     )
 
+    stack_dir: Path = Field(
+        default=Path(".slmops/stack"),
+        description="`slmops stack`: folder of the local services' state, logs, PostgreSQL data and MLflow artifacts.",
+    )
+    stack_timeout_s: float = Field(
+        default=180.0,
+        gt=0,
+        description="`slmops stack up`: seconds each service may take to answer its health check.",
+    )
+
     @field_validator("log_level")
     @classmethod
     def _upper(cls, value: str) -> str:

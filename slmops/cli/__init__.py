@@ -8,6 +8,7 @@ import typer
 
 from slmops.cli import catalog as catalog_cmds
 from slmops.cli import run as run_cmds
+from slmops.cli import stack as stack_cmds
 from slmops.cli import stages
 from slmops.cli.common import cli_errors, setup_logging
 from slmops.cli.doctor import doctor
@@ -34,6 +35,7 @@ app.command("embed")(run_cmds.embed)
 app.command("demo")(run_cmds.demo)
 app.command("serve")(run_cmds.serve)
 app.command("doctor")(doctor)
+app.add_typer(stack_cmds.app, name="stack")
 
 
 def main() -> None:

@@ -1,0 +1,338 @@
+"""The stack's services as data: how each one is prepared, started, checked for health and stopped.
+
+Start order is the order of :data:`SERVICES`; `down` stops them in reverse. The workers of the Prefect
+work pools (one ``build`` pool and one per device profile, issue 13) join as further :class:`Service`
+classes after :class:`PrefectServer`, with ``url`` None and a health check on their own process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, ClassVar
+
+from slmops.errors import StackError
+from slmops.stack.config import HOST, StackConfig
+from slmops.stack.process import Account
+
+logger = logging.getLogger(__name__)
+
+DB_USER = "slmops"
+DATABASES = ("mlflow", "prefect")
+# What a user's environment may hold that would point a service elsewhere than the stack assigns.
+_SCRUB = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class Service:
+    """One service of the stack, bound to ``HOST:port`` and writing to ``config.log(name)``."""
+
+    name: ClassVar[str]
+    health_path: ClassVar[str | None] = None  # GET it for 200; None: the service has its own healthy()
+    stop_signal: ClassVar[int] = signal.SIGTERM
+    account: Account | None = None  # run as another user (see Postgres)
+
+    def __init__(self, config: StackConfig, *, port: int, password: str) -> None:
+        self.config, self.port, self.password = config, port, password
+
+    @property
+    def url(self) -> str | None:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.config.log(self.name)
+
+    def database_url(self, driver: str, database: str, *, postgres_port: int) -> str:
+        return f"postgresql+{driver}://{DB_USER}:{self.password}@{HOST}:{postgres_port}/{database}"
+
+    def base_env(self) -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if k not in _SCRUB}
+
+    def prepare(self) -> None:
+        """One-time set-up before the first start (folders, a database cluster)."""
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        return self.base_env()
+
+    def cwd(self) -> Path:
+        return self.config.dir
+
+    def healthy(self) -> bool:
+        return http_ok(f"{self.url}{self.health_path}")
+
+    def ready(self) -> None:
+        """Work after the first healthy answer (creating databases)."""
+
+
+class Postgres(Service):
+    """A throwaway PostgreSQL cluster (``initdb``), TCP on loopback only, password auth, no Unix socket.
+
+    PostgreSQL refuses to run as root: as root it runs as the ``postgres`` user, and when that user cannot
+    reach the state folder (a parent with mode 0700, such as /root or pytest's temp root) the cluster lives
+    in ``<tmp>/slmops-stack-pg-<hash of the folder>`` instead.
+    """
+
+    name = "postgres"
+    stop_signal = signal.SIGINT  # "fast shutdown": SIGTERM would wait for the other services' pooled connections
+
+    def __init__(self, config: StackConfig, *, port: int, password: str) -> None:
+        super().__init__(config, port=port, password=password)
+        self.bin_dir = _postgres_bin_dir()
+        self.account = _postgres_account()
+        self.root = config.postgres_root
+
+    @property
+    def url(self) -> str | None:
+        return f"postgresql://{DB_USER}@{HOST}:{self.port}"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def prepare(self) -> None:
+        self.root = self._reachable_root()
+        if (self.data / "PG_VERSION").is_file():
+            return
+        if self.data.exists():
+            shutil.rmtree(self.data)  # a half-made cluster from an interrupted initdb
+        pwfile = self.root / "initdb.pw"
+        pwfile.write_text(self.password + "\n")
+        pwfile.chmod(0o600)
+        self._own(pwfile)
+        command = [
+            str(self.bin_dir / "initdb"),
+            "--pgdata",
+            str(self.data),
+            "--username",
+            DB_USER,
+            "--pwfile",
+            str(pwfile),
+            "--auth-host=scram-sha-256",
+            "--auth-local=scram-sha-256",
+            "--encoding=UTF8",
+            "--no-locale",
+        ]
+        logger.info("initdb %s", self.data)
+        try:
+            with self.log.open("ab") as out:
+                done = self._run(command, stdout=out, stderr=subprocess.STDOUT, cwd=self.root)
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if done.returncode != 0:
+            raise StackError(f"postgres: initdb failed with exit code {done.returncode}; see {self.log}")
+
+    def command(self) -> list[str]:
+        # -k '': no Unix socket, so nothing is written outside the data folder and only TCP on loopback listens
+        return [str(self.bin_dir / "postgres"), "-D", str(self.data), "-h", HOST, "-p", str(self.port), "-k", ""]
+
+    def cwd(self) -> Path:
+        return self.root
+
+    def env(self) -> dict[str, str]:
+        return {**self.base_env(), "LC_ALL": "C"}
+
+    def _connect(self, database: str = "postgres"):  # noqa: ANN202 - a psycopg connection
+        import psycopg
+
+        return psycopg.connect(
+            host=HOST,
+            port=self.port,
+            user=DB_USER,
+            password=self.password,
+            dbname=database,
+            connect_timeout=2,
+            autocommit=True,
+        )
+
+    def healthy(self) -> bool:
+        import psycopg
+
+        try:
+            with self._connect() as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
+
+    def ready(self) -> None:
+        with self._connect() as conn:
+            have = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+            for database in DATABASES:
+                if database not in have:
+                    conn.execute(f'CREATE DATABASE "{database}"')  # names are the constants above
+
+    # ------------------------------------------------------------------ running as the postgres user
+    def _run(self, command: list[str], **options: Any) -> subprocess.CompletedProcess[bytes]:
+        """``command`` run to its end as the cluster's account."""
+        account = self.account
+        return subprocess.run(
+            command,
+            check=False,
+            user=account.uid if account else None,
+            group=account.gid if account else None,
+            extra_groups=[] if account else None,
+            **options,
+        )
+
+    def _own(self, path: Path) -> None:
+        if self.account:
+            os.chown(path, self.account.uid, self.account.gid)
+
+    def _reachable_root(self) -> Path:
+        """The cluster's folder, created and owned by the account postgres runs as."""
+        if self.account is None:  # runs as the caller, who owns the state folder
+            self.config.postgres_root.mkdir(parents=True, exist_ok=True)
+            return self.config.postgres_root
+        user = self.account.name
+        for root in (self.config.postgres_root, self._fallback_root()):
+            root.mkdir(parents=True, exist_ok=True)
+            root.chmod(0o700)
+            self._own(root)
+            if self._account_can_write(root):
+                if root != self.config.postgres_root:
+                    logger.info("the %s user cannot reach %s: the cluster lives in %s", user, self.config.dir, root)
+                return root
+        raise StackError(
+            f"postgres: the user {user!r} can write neither {self.config.postgres_root} nor {root}; "
+            "pass a --dir that user can reach"
+        )
+
+    def _fallback_root(self) -> Path:
+        key = hashlib.sha256(str(self.config.dir.resolve()).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"slmops-stack-pg-{key}"
+
+    def _account_can_write(self, path: Path) -> bool:
+        probe = self._run(["test", "-w", str(path), "-a", "-x", str(path)])
+        return probe.returncode == 0
+
+
+def require_drivers() -> None:
+    """Raise StackError unless the PostgreSQL drivers of the services (the ``stack`` extra) are installed."""
+    import importlib.util
+
+    missing = [name for name in ("psycopg", "asyncpg") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise StackError(
+            f"{' and '.join(missing)} not installed: the MLflow and Prefect servers need them to use PostgreSQL; "
+            "pip install 'slmops[stack]' (make setup installs it)"
+        )
+
+
+def _postgres_bin_dir() -> Path:
+    """PostgreSQL's programs: the folder of ``pg_ctl`` on PATH (Debian links only some of them into /usr/bin)."""
+    missing = [name for name in ("initdb", "pg_ctl") if shutil.which(name) is None]
+    if missing:
+        raise StackError(
+            f"{' and '.join(missing)} not found on PATH; install PostgreSQL 15+ (Debian: apt-get install "
+            "postgresql) or put its bin folder (e.g. /usr/lib/postgresql/15/bin) on PATH"
+        )
+    return Path(shutil.which("pg_ctl") or "").resolve().parent
+
+
+def _postgres_account() -> Account | None:
+    """None as an ordinary user; as root, the ``postgres`` account (initdb and postgres refuse root)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam("postgres")
+    except KeyError:
+        raise StackError(
+            "running as root, and there is no 'postgres' user to run PostgreSQL as (it refuses root); "
+            "create one (useradd --system postgres) or run `slmops stack` as an ordinary user"
+        ) from None
+    return Account(entry.pw_name, entry.pw_uid, entry.pw_gid)
+
+
+class MlflowServer(Service):
+    """``mlflow server`` on the cluster's ``mlflow`` database, proxying artifacts (``mlflow-artifacts:/``)."""
+
+    name = "mlflow"
+    health_path = "/health"
+
+    def __init__(self, config: StackConfig, *, port: int, password: str, postgres_port: int) -> None:
+        super().__init__(config, port=port, password=password)
+        self.postgres_port = postgres_port
+
+    def prepare(self) -> None:
+        self.config.artifacts_dir.mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(self.config.artifacts_dir.resolve()),
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
+
+    def env(self) -> dict[str, str]:
+        return {
+            **self.base_env(),
+            # the store URI through mlflow's own variable, not argv: it holds the password, and argv is public (ps)
+            "MLFLOW_BACKEND_STORE_URI": self.database_url("psycopg", "mlflow", postgres_port=self.postgres_port),
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no job-runner processes: slmops runs no MLflow jobs
+        }
+
+
+class PrefectServer(Service):
+    """``prefect server start`` (API, UI and its services) on the cluster's ``prefect`` database."""
+
+    name = "prefect"
+    health_path = "/api/health"
+
+    def __init__(self, config: StackConfig, *, port: int, password: str, postgres_port: int) -> None:
+        super().__init__(config, port=port, password=password)
+        self.postgres_port = postgres_port
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api"
+
+    def prepare(self) -> None:
+        self.config.prefect_home.mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(self.port)]
+
+    def env(self) -> dict[str, str]:
+        return {
+            **self.base_env(),
+            "PREFECT_HOME": str(self.config.prefect_home.resolve()),
+            "PREFECT_API_DATABASE_CONNECTION_URL": self.database_url(
+                "asyncpg", "prefect", postgres_port=self.postgres_port
+            ),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+        }
+
+
+SERVICES: tuple[type[Service], ...] = (Postgres, MlflowServer, PrefectServer)
