@@ -9,7 +9,7 @@ from typing import Any
 
 from slmops import names
 from slmops.errors import NoEligibleModelError
-from slmops.recommend.pareto import plot_pareto
+from slmops.recommend.pareto import write_pareto
 from slmops.recommend.usecases import UseCase
 from slmops.register.store import ensure_experiment
 from slmops.results import Decision, RankedRow, Recommendations
@@ -27,19 +27,16 @@ def recommend(
 
     A use case with no eligible model keeps no alias and is reported with the reasons. The
     decisions and a Pareto plot per task go to an MLflow run named ``recommend`` (and, with
-    ``plots_dir``, to PNG files there).
+    ``plots_dir``, to PNG files there, beside the plot data ``dvc plots`` draws).
     """
     settings = settings or get_settings()
     client = connect(settings)
     decisions: dict[str, Decision] = {}
-    plots: dict[str, Path] = {}
+    rankings: dict[str, list[Candidate]] = {}  # use case -> its ranking, for the Pareto plots
     for name, uc in usecases.items():
         candidates = registered_candidates(client, uc.task)
         ranked = rank(candidates, uc, uc.objective)
-        if plots_dir is not None and uc.task not in plots:
-            path = plot_pareto(uc.task, ranked, plots_dir / f"pareto-{uc.task}.png")
-            if path is not None:
-                plots[uc.task] = path
+        rankings[name] = ranked
         metric = OBJECTIVES[uc.objective][0]
         table = [_row(c, metric) for c in ranked]
         try:
@@ -60,6 +57,9 @@ def recommend(
             chosen=winner.uri, alias_uri=f"models:/{winner.model_name}@{name}", why=why, candidates=table
         )
     result = Recommendations(usecases=decisions)
+    plots: dict[str, Path] = {}
+    if plots_dir is not None:
+        plots = write_pareto(usecases, rankings, decisions, plots_dir=plots_dir, artifacts=settings.artifacts_dir)
     _log_summary(client, settings, result, plots)
     return result
 
