@@ -13,7 +13,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from slmops import pipeline
+from slmops import dvcsync, pipeline
 from slmops.cli import report
 from slmops.errors import BuildError
 from slmops.project import Project
@@ -94,6 +94,8 @@ def build(variants: list[str] | None = None) -> Recommendations:
             if stage is benchmark:
                 benched.append(cast("dict[str, BenchReport]", result))
     decisions = recommend()
+    # the variants built here, recorded in dvc.lock: `dvc repro` after this flow finds them up to date
+    dvcsync.record_build(project, [v for v in selected if v not in failed], recommend=True)
     report.warn_skipped_profiles(benched)  # once per build, not once per candidate
     if failed:
         raise BuildError(

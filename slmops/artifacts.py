@@ -15,12 +15,11 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from slmops.errors import IntegrityError
 
@@ -39,7 +38,12 @@ class FileEntry(BaseModel):
 
 
 class Manifest(BaseModel):
-    """What a stage produced: provenance plus every file's size and sha256."""
+    """What a stage produced: provenance plus every file's size and sha256.
+
+    Only what the folder *is* goes in here, never how or when it was made (no timestamps, hosts,
+    absolute paths or retry counts): the same inputs give a byte-identical manifest, so DVC sees
+    a rebuilt folder as unchanged and the committed dvc.lock matches a fresh build.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -48,9 +52,16 @@ class Manifest(BaseModel):
     variant: str
     source: str
     revision: str | None = None
-    created: float = Field(default_factory=time.time)
     files: dict[str, FileEntry]
     info: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_legacy_created(cls, data: Any) -> Any:
+        """Older manifests stamped a ``created`` time (registered versions still carry one): read them, ignoring it."""
+        if isinstance(data, dict) and "created" in data:
+            data = {k: v for k, v in data.items() if k != "created"}
+        return data
 
     def digest(self) -> str:
         """A content digest of the folder: sha256 over the sorted (path, sha256) pairs."""

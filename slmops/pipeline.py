@@ -134,13 +134,16 @@ def benchmark(
 def register(project: Project, variant_id: str) -> RegistryRecord:
     """Log every candidate of the variant to MLflow; raises MissingResultError naming the stage to run first."""
     from slmops.register import register as run_register
+    from slmops.register.metrics import candidate_metrics, metrics_dir, write_metrics
 
     variant, sel = project.selected(variant_id)
     gate = read_result(project.gate_file(variant_id), GateReport, variant=variant_id)
     out = {}
+    compact = {}
     for name in sel.recipes:
         evaluation = gate.candidate(name, variant=variant_id)
         bench = read_result(project.bench_file(variant_id, name), BenchReport, variant=variant_id)
+        compact[name] = candidate_metrics(variant.task, evaluation, bench)
         registered = run_register(
             variant=variant,
             recipe=project.recipes[name],
@@ -158,6 +161,7 @@ def register(project: Project, variant_id: str) -> RegistryRecord:
             gate="passed" if evaluation.passed else "failed",
         )
     record = RegistryRecord(variant=variant_id, candidates=out)
+    write_metrics(metrics_dir(project.root, variant_id), compact)  # what `dvc metrics show` lists
     write_result(project.registry_file(variant_id), record)
     return record
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from slmops import names
 from slmops.recommend.moves import decide
-from slmops.recommend.pareto import plot_pareto
+from slmops.recommend.pareto import write_pareto
 from slmops.recommend.usecases import UseCase
 from slmops.register.store import build_tags, ensure_experiment
 from slmops.results import Decision, RankedRow, Recommendations
@@ -30,25 +30,25 @@ def recommend(
     by more than the noise (:func:`slmops.recommend.moves.decide`); each move is tagged on the new
     version (``slmops.alias_moved.<alias>``) and logged. A use case with no eligible model keeps no
     alias and is reported with the reasons. The inputs, decisions and a Pareto plot per task go to
-    an MLflow run named ``recommend`` (and, with ``plots_dir``, to PNG files there).
+    an MLflow run named ``recommend`` (and, with ``plots_dir``, to PNG files there, beside the plot
+    data ``dvc plots`` draws).
     """
     settings = settings or get_settings()
     client = connect(settings)
     decisions: dict[str, Decision] = {}
-    plots: dict[str, Path] = {}
     inputs: dict[str, Any] = {}  # use case -> what its decision was made from (logged with the run)
+    rankings: dict[str, list[Candidate]] = {}  # use case -> its ranking, for the Pareto plots
     for name, uc in usecases.items():
         candidates = registered_candidates(client, uc.task)
-        ranked = rank(candidates, uc, uc.objective)
-        if plots_dir is not None and uc.task not in plots:
-            path = plot_pareto(uc.task, ranked, plots_dir / f"pareto-{uc.task}.png")
-            if path is not None:
-                plots[uc.task] = path
         previous = _incumbent(client, uc.task, name)
-        ranked = rank(candidates, uc, uc.objective, incumbent=previous)  # again, sparing a noisy incumbent
+        ranked = rank(candidates, uc, uc.objective, incumbent=previous)  # sparing a noisy incumbent
+        rankings[name] = ranked
         decisions[name] = _apply(client, name, uc, ranked, previous)
         inputs[name] = _inputs(uc, previous, ranked)
     result = Recommendations(usecases=decisions)
+    plots: dict[str, Path] = {}
+    if plots_dir is not None:
+        plots = write_pareto(usecases, rankings, decisions, plots_dir=plots_dir, artifacts=settings.artifacts_dir)
     _log_summary(client, settings, result, plots, inputs=inputs)
     return result
 

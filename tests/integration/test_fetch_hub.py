@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from slmops.artifacts import read_manifest
+from slmops.artifacts import MANIFEST_NAME, read_manifest
 from slmops.catalog.schema import Variant
 from slmops.errors import FetchError, IntegrityError
 from slmops.fetch import FetchConfig, fetch
+from slmops.fetch.stage import run_record_path
 from slmops.settings import get_settings
 from tests.support.hubserver import HubServer, git_blob_sha1
 
@@ -106,10 +107,10 @@ def test_faults_are_recovered(
     server, tiny_models, isolated: Path, kind: str, arg: float, times: int, file: str
 ) -> None:
     server.state.inject(kind, f"/{REPO}/resolve/*/{file}", times=times, arg=arg)
-    manifest = _fetch(_variant(tiny_models), isolated / "out")
+    _fetch(_variant(tiny_models), isolated / "out")
     assert server.state.faults_injected == times
     if kind == "flip":  # huggingface_hub cannot notice this one; slmops' verification must
-        assert manifest["info"]["corrupt_refetched"] == times
+        assert json.loads(run_record_path(isolated / "out").read_text())["corrupt_refetched"] == times
     left = _corrupt_files(isolated / "out", server.folder)
     hit = {p.split("/resolve/", 1)[1].split("/", 1)[1] for f in server.state.faults for p in f.paths}
     FAULTS["recovered"] += sum(
@@ -167,8 +168,10 @@ def test_persistent_5xx_gives_up_with_a_clear_error(server, tiny_models, isolate
 def test_offline_uses_the_cache_or_names_what_is_missing(server, tiny_models, isolated: Path) -> None:
     online = _fetch(_variant(tiny_models), isolated / "a")
     offline = _fetch(_variant(tiny_models), isolated / "b", offline=True)
-    assert offline["revision"] == online["revision"] and offline["info"]["offline"] is True
-    assert {k: v["sha256"] for k, v in offline["files"].items()} == {k: v["sha256"] for k, v in online["files"].items()}
+    assert offline["revision"] == online["revision"] and offline["files"] == online["files"]
+    # the manifest says what was fetched, not how: byte-identical offline and online (DVC sees no change)
+    assert (isolated / "a" / MANIFEST_NAME).read_bytes() == (isolated / "b" / MANIFEST_NAME).read_bytes()
+    assert json.loads(run_record_path(isolated / "b").read_text())["offline"] is True
     missing = _variant(tiny_models, repo_id="tiny/never-fetched")
     with pytest.raises(FetchError, match="offline: tiny-llama.*tiny/never-fetched.*'main'"):
         _fetch(missing, isolated / "c", offline=True)
@@ -293,9 +296,9 @@ def test_server_down_past_huggingface_hubs_own_retries_is_retried(server, tiny_m
     """5xx on HEAD for longer than huggingface_hub's own retries (6 attempts, about 23 s): it raises
     LocalEntryNotFoundError, which slmops retries instead of reporting a missing file."""
     server.state.inject("status", f"/{REPO}/resolve/*/config.json", times=7, arg=503, method="HEAD")
-    manifest = _fetch(_variant(tiny_models), isolated / "out")
+    _fetch(_variant(tiny_models), isolated / "out")
     heads = [p for m, p, _ in server.state.requests if m == "HEAD" and p.endswith("/config.json")]
-    assert len(heads) >= 7 and manifest["info"]["retries"] >= 1
+    assert len(heads) >= 7 and json.loads(run_record_path(isolated / "out").read_text())["retries"] >= 1
     assert (isolated / "out" / "config.json").read_bytes() == (server.folder / "config.json").read_bytes()
 
 
