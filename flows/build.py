@@ -168,20 +168,23 @@ def _slmops_logs_in_flow_run() -> Iterator[None]:
 
     from slmops.settings import get_settings
 
-    log = logging.getLogger("slmops")
+    log, progress = logging.getLogger("slmops"), logging.getLogger("slmops.progress")
+    levels = log.level, progress.level
     if log.level == logging.NOTSET:  # a deployment's process: no slmops entry point configured the levels
         log.setLevel(get_settings().log_level)
-        logging.getLogger("slmops.progress").setLevel(min(logging.INFO, log.level))
-    if any(isinstance(h, APILogHandler) for h in log.handlers):
-        yield
-        return
-    handler = APILogHandler()
-    handler.addFilter(_InRun())
-    log.addHandler(handler)
+        progress.setLevel(min(logging.INFO, log.level))
+    handler = None
+    if not any(isinstance(h, APILogHandler) for h in log.handlers):
+        handler = APILogHandler()
+        handler.addFilter(_InRun())
+        log.addHandler(handler)
     try:
         yield
     finally:
-        log.removeHandler(handler)
+        if handler is not None:
+            log.removeHandler(handler)
+        log.setLevel(levels[0])
+        progress.setLevel(levels[1])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from slmops.artifacts import remove_stale_temps
 from slmops.runtime.ranking import Candidate
 from slmops.tasks import get_task
 
@@ -54,8 +56,9 @@ def plot_pareto(task: str, candidates: list[Candidate], out: Path) -> Path | Non
     ax.grid(alpha=0.3)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
+    remove_stale_temps(out)  # a plot a killed build was writing
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # beside the plots DVC shows, never picked up as one
+    fig.savefig(tmp, format="png")
     plt.close(fig)
     tmp.replace(out)
     return out
