@@ -11,7 +11,6 @@ and offline-uncached repos, and a remote-code allow-list at pinned shas.
 
 from __future__ import annotations
 
-import contextvars
 import fnmatch
 import hashlib
 import logging
@@ -19,8 +18,6 @@ import os
 import random
 import re
 import shutil
-import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,12 +29,12 @@ from slmops.artifacts import link_or_copy, sha256_file
 from slmops.catalog.schema import Variant
 from slmops.errors import FetchError, IntegrityError
 from slmops.fetch.config import FetchConfig
+from slmops.fetch.progress import DownloadProgress
 from slmops.fetch.sources import SOURCES, Fetched
 from slmops.quiet import logger_level
 from slmops.settings import Settings
 
 logger = logging.getLogger(__name__)
-progress_logger = logging.getLogger("slmops.progress")  # progress lines; see DownloadProgress
 T = TypeVar("T")
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
 RETRY_STATUS = (429, 500, 502, 503, 504)
@@ -303,13 +300,13 @@ def fetch_hub(variant: Variant, config: FetchConfig, out: Path, settings: Settin
     )
     files = plan_files(variant, tree, patterns)
     check_disk_space(files, _repo_cache(variant.repo_id, cache_dir))
-    with DownloadProgress(
-        variant.id, files, _repo_cache(variant.repo_id, cache_dir) / "blobs", every_s=settings.progress_every_s
-    ) as progress:
+    blobs = _repo_cache(variant.repo_id, cache_dir) / "blobs"
+    with DownloadProgress(variant.id, sum(f.size for f in files), every_s=settings.progress_every_s) as progress:
         for remote in files:
-            progress.current = remote
+            # huggingface_hub downloads into blobs/<etag>.incomplete; the etag is the published hash
+            progress.downloading(blobs / f"{remote.sha256 or remote.git_sha1}.incomplete", remote.size)
             path = _download_verified(hub, remote, sha, cache_dir, hf_hub_download)
-            progress.finished(remote)
+            progress.finished()
             link_or_copy(path, out / remote.path)
     _remember_ref(_repo_cache(variant.repo_id, cache_dir), revision, sha)
     if stats.retries or stats.corrupt_refetched:
@@ -325,79 +322,6 @@ def fetch_hub(variant: Variant, config: FetchConfig, out: Path, settings: Settin
         origin=f"{hub.endpoint}/{variant.repo_id}",
         info={"retries": stats.retries, "corrupt_refetched": stats.corrupt_refetched, "requested": revision},
     )
-
-
-class DownloadProgress:
-    """Progress of a fetch as a log line every ``every_s`` seconds, when stderr is not a terminal (CI, a log file,
-    a Prefect worker): "fetch x: 120/538 MB (22%) 9.1 MB/s". On a terminal, huggingface_hub's own bars show instead;
-    off one they are turned off for the download (they would print a line per refresh).
-
-    Bytes are read from huggingface_hub's ``blobs/<etag>.incomplete`` file of the file being downloaded. Lines go to
-    the ``slmops.progress`` logger (shown at INFO: the CLI enables it by default, as a progress bar would be).
-    """
-
-    def __init__(self, variant_id: str, files: list[RemoteFile], blobs: Path, *, every_s: float) -> None:
-        self.variant_id, self.blobs, self.every_s = variant_id, blobs, every_s
-        self.total = sum(f.size for f in files)
-        self.done = 0  # bytes of the files finished
-        self.current: RemoteFile | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._bars_were_on = False
-
-    def __enter__(self) -> DownloadProgress:
-        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
-
-        if sys.stderr.isatty():
-            return self
-        self._bars_were_on = not are_progress_bars_disabled()
-        disable_progress_bars()
-        # the thread logs inside the caller's context (a Prefect task run's, so the lines reach its log)
-        context = contextvars.copy_context()
-        self._thread = threading.Thread(
-            target=context.run, args=(self._run,), name=f"slmops-fetch-progress-{self.variant_id}", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        from huggingface_hub.utils import enable_progress_bars
-
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join()
-        if self._bars_were_on:
-            enable_progress_bars()
-
-    def finished(self, remote: RemoteFile) -> None:
-        self.done += remote.size
-        self.current = None
-
-    def bytes_now(self) -> int:
-        current = self.current
-        if current is None:
-            return self.done
-        try:
-            partial = (self.blobs / f"{current.sha256 or current.git_sha1}.incomplete").stat().st_size
-        except OSError:  # not started, or already moved into place
-            partial = 0
-        return self.done + min(partial, current.size)
-
-    def _run(self) -> None:
-        last_bytes, last_t = self.bytes_now(), time.monotonic()
-        while not self._stop.wait(self.every_s):
-            now_bytes, now_t = self.bytes_now(), time.monotonic()
-            rate = (now_bytes - last_bytes) / max(now_t - last_t, 1e-9)
-            progress_logger.info(
-                "fetch %s: %.0f/%.0f MB (%d%%) %.1f MB/s",
-                self.variant_id,
-                now_bytes / 1e6,
-                self.total / 1e6,
-                100 * now_bytes // max(self.total, 1),
-                rate / 1e6,
-            )
-            last_bytes, last_t = now_bytes, now_t
 
 
 def _download_verified(hub: HubSession, remote: RemoteFile, sha: str, cache_dir: Path, download: Callable) -> Path:

@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -36,7 +39,16 @@ def test_one_variant_one_recipe_build_publishes_artifacts_and_slmops_logs(prefec
     from flows.build import build
     from slmops.project import Project
 
+    artifacts = isolated / "artifacts"
+    refused: list[subprocess.CompletedProcess[str]] = []
+    watcher = threading.Thread(target=_stage_while_flow_runs, args=(artifacts, refused), daemon=True)
+    watcher.start()
     decisions = build(variants=["tiny-llama"], recipes=["wo-int8"])
+    watcher.join(timeout=60)
+    # the flow held the lock for its run: a stage of another build (dvc repro, a shell) refused meanwhile
+    assert len(refused) == 1 and refused[0].returncode == 1, refused
+    err = " ".join(refused[0].stderr.split())
+    assert f"error: slmops fetch tiny-bert: another build holds {artifacts.resolve()}: pid {os.getpid()} (" in err
     project = Project.load()
     built = sorted(p.name for p in (project.root / "candidates" / "tiny-llama").iterdir())
     assert built == ["fp32", "wo-int8"]  # the reference is kept; pipeline.yaml's wo-int4 is not built
@@ -64,6 +76,22 @@ def test_one_variant_one_recipe_build_publishes_artifacts_and_slmops_logs(prefec
     assert "fetched tiny-llama from" in messages and "quantized tiny-llama with wo-int8" in messages
     assert any(log.task_run_id is not None for log in slmops_logs)  # logged inside the tasks, attributed to them
     assert {"fetch[tiny-llama]", "quantize[tiny-llama]", "recommend"} <= names
+
+
+def _stage_while_flow_runs(artifacts: Path, out: list[subprocess.CompletedProcess[str]]) -> None:
+    """Once this process holds the build lock (the flow runs), run a stage command as another build would."""
+    from slmops.artifacts import _holders
+
+    for _ in range(3000):
+        if artifacts.is_dir() and os.getpid() in _holders(artifacts.resolve()):
+            break
+        time.sleep(0.1)
+    else:
+        return
+    env = {k: v for k, v in os.environ.items() if k != "SLMOPS_BUILD_LOCK_OWNER"}  # not a child of the build
+    env["SLMOPS_BUILD_LOCK_WAIT_S"] = "0"
+    cmd = [sys.executable, "-m", "slmops.cli", "fetch", "tiny-bert"]
+    out.append(subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120))
 
 
 def test_unknown_parameters_are_named_with_the_known_ones(prefect_env) -> None:
