@@ -78,10 +78,13 @@ class DownloadProgress:
         while not self._stop.wait(self.every_s):
             now_bytes, now_t = self.bytes_now(), time.monotonic()
             rate = (now_bytes - last_bytes) / max(now_t - last_t, 1e-9)
+            digits = 1 if self.total < 100e6 else 0  # "0.4/2.1 MB" for small downloads, "120/538 MB" for large
             progress_logger.info(
-                "fetch %s: %.0f/%.0f MB (%d%%) %.1f MB/s",
+                "fetch %s: %.*f/%.*f MB (%d%%) %.1f MB/s",
                 self.variant_id,
+                digits,
                 now_bytes / 1e6,
+                digits,
                 self.total / 1e6,
                 100 * now_bytes // max(self.total, 1),
                 rate / 1e6,

@@ -5,6 +5,7 @@ Prefect API (prefect_test_harness) and the tiny models on a loopback Hub."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -32,13 +33,17 @@ def prefect_env(tiny_models, isolated, monkeypatch: pytest.MonkeyPatch):
             yield hub
 
 
-def test_one_variant_one_recipe_build_publishes_artifacts_and_slmops_logs(prefect_env, isolated) -> None:
+def test_one_variant_one_recipe_build_publishes_artifacts_and_slmops_logs(prefect_env, isolated, monkeypatch) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, LogFilter, LogFilterFlowRunId
 
     from flows.build import build
     from slmops.project import Project
+    from slmops.settings import get_settings
 
+    prefect_env.state.inject("slow", "/tiny/tiny-llama/resolve/*/model.safetensors", arg=100_000)  # 400 kB: 4 s
+    monkeypatch.setenv("SLMOPS_PROGRESS_EVERY_S", "0.5")
+    get_settings.cache_clear()
     artifacts = isolated / "artifacts"
     refused: list[subprocess.CompletedProcess[str]] = []
     watcher = threading.Thread(target=_stage_while_flow_runs, args=(artifacts, refused), daemon=True)
@@ -75,6 +80,12 @@ def test_one_variant_one_recipe_build_publishes_artifacts_and_slmops_logs(prefec
     messages = " ".join(log.message for log in slmops_logs)
     assert "fetched tiny-llama from" in messages and "quantized tiny-llama with wo-int8" in messages
     assert any(log.task_run_id is not None for log in slmops_logs)  # logged inside the tasks, attributed to them
+    # the download's progress lines (stderr is not a terminal under pytest) reach the fetch task's log too
+    progress = [log for log in slmops_logs if log.name == "slmops.progress"]
+    assert progress and all(log.task_run_id is not None for log in progress)
+    assert re.match(r"fetch tiny-llama: \d+\.\d/0\.4 MB \(\d+%\) [\d.]+ MB/s$", progress[0].message), progress[
+        0
+    ].message
     assert {"fetch[tiny-llama]", "quantize[tiny-llama]", "recommend"} <= names
 
 
