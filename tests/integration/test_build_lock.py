@@ -62,7 +62,7 @@ def _wait_for_lock(artifacts: Path, proc: subprocess.Popen[str]) -> None:
     for _ in range(600):
         if artifacts.is_dir() and proc.pid in _holders(artifacts.resolve()):
             return
-        assert proc.poll() is None, proc.communicate()
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
         time.sleep(0.1)
     raise AssertionError("the first build never took the lock")
 
@@ -134,3 +134,40 @@ def test_a_fetch_killed_mid_download_leaves_a_state_the_next_completes(slow_hub,
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
     _assert_clean(artifacts)
+
+
+def test_a_stage_command_waits_for_a_running_flow_and_both_end_well(hub, tiny_models, isolated, monkeypatch) -> None:
+    """`python -m flows.build` (a real process, ephemeral Prefect API) and `slmops fetch` of another build."""
+    from tests.conftest import apply_env, tiny_env
+
+    apply_env(monkeypatch, tiny_env(isolated, tiny_models, hub.endpoint))
+    monkeypatch.delenv("SLMOPS_BUILD_LOCK_OWNER", raising=False)
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # a busy test machine
+    artifacts = isolated / "artifacts"
+    flow = subprocess.Popen(
+        [sys.executable, "-m", "flows.build", "tiny-bert", "--recipes", "fp32"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _wait_for_lock(artifacts, flow)
+    stage = subprocess.Popen(
+        [sys.executable, "-m", "slmops.cli", "fetch", "tiny-bert"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    flow_out, _ = flow.communicate(timeout=900)
+    _, stage_err = stage.communicate(timeout=300)
+    assert flow.returncode == 0, flow_out
+    assert stage.returncode == 0, stage_err
+    stage_err = _flat(stage_err)
+    assert (
+        f"slmops fetch tiny-bert: waiting for build pid {flow.pid} (python -m flows.build tiny-bert --recipes fp32, started"
+        in stage_err
+    )
+    assert "the other build ended; starting" in stage_err
+    for folder in ("fetch/tiny-bert", "export/tiny-bert", "candidates/tiny-bert/fp32"):
+        read_manifest(artifacts / folder, verify=True)
+    assert sorted(p.name for p in (artifacts / "candidates" / "tiny-bert").iterdir()) == ["fp32"]
+    assert [p for p in artifacts.rglob(".*")] == []  # no temp folder, temp file or lock file anywhere
