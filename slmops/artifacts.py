@@ -13,15 +13,19 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from slmops.errors import IntegrityError
+from slmops.errors import BuildLockError, IntegrityError
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +102,8 @@ def sha256_file(path: Path) -> str:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` through a temp file in the same folder and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, sort_keys=True, default=str)
@@ -164,7 +169,8 @@ def atomic_folder(dest: Path) -> Iterator[Path]:
     """Yield a temp folder beside ``dest``; on success it replaces ``dest`` in one rename, on error it is removed."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    remove_stale_temps(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".partial", dir=dest.parent))
     try:
         yield tmp
         old = None
@@ -177,6 +183,39 @@ def atomic_folder(dest: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_stale_temps(dest: Path) -> list[Path]:
+    """Delete what a killed writer of ``dest`` left beside it: its temp files and folders (``.<name>.<pid>.*.tmp``,
+    ``.partial``, ``.old``) whose process is gone. A live writer's are kept. Returns the deleted paths."""
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return []
+    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.(\d+)\.(?:.*\.(?:tmp|partial)|old)$")
+    removed = []
+    for entry in dest.parent.iterdir():
+        m = pattern.match(entry.name)
+        if m is None or _alive(int(m[1])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+        logger.info("removed %s, left by a killed build (pid %s)", entry, m[1])
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -213,3 +252,150 @@ def folder_lock(folder: Path, *, what: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+# The build lock. One build at a time per artifacts folder: the flow holds it for its whole run, each pipeline
+# stage command (so each `dvc repro` stage) for its own run. It is a flock on the folder itself, so no lock file
+# exists to be left behind; the kernel releases it when the holder exits, however it exits.
+_held_lock = threading.Lock()
+_held: dict[Path, int] = {}  # resolved folder -> depth: re-entrant for every thread of this process
+OWNER_ENV = "SLMOPS_BUILD_LOCK_OWNER"  # read back through Settings.build_lock_owner
+_POLL_S = 0.2
+
+
+@contextlib.contextmanager
+def build_lock(folder: Path, *, what: str, wait_s: float | None = None, owner: int | None = None) -> Iterator[None]:
+    """Hold the project-wide build lock on the artifacts ``folder`` for the block (``what``: "slmops export x").
+
+    Re-entrant: nested calls in this process (the flow's tasks, in other threads) and calls in the child processes
+    of the holder (``owner``, from ``Settings.build_lock_owner``) run inside the build that holds it. Another
+    process logs "waiting for build <pid> (<command>, started <time>) holding <folder>" and waits up to ``wait_s``
+    seconds (None: until the lock is free). Raises BuildLockError naming the holder when the wait runs out.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = folder.resolve()
+    with _held_lock:
+        if key in _held:
+            _held[key] += 1
+            reentered = True
+        else:
+            reentered = False
+    if reentered:
+        try:
+            yield
+        finally:
+            with _held_lock:
+                _held[key] -= 1
+        return
+    if owner is not None and owner != os.getpid() and _is_ancestor(owner) and owner in _holders(key):
+        logger.debug("%s runs inside build %d, which holds %s", what, owner, key)
+        yield
+        return
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        _acquire(fd, key, what=what, wait_s=wait_s)
+        with _held_lock:
+            _held[key] = 1
+            previous = os.environ.get(OWNER_ENV)
+            os.environ[OWNER_ENV] = str(os.getpid())  # inherited by the build's child processes
+        try:
+            yield
+        finally:
+            with _held_lock:
+                del _held[key]
+                if previous is None:
+                    os.environ.pop(OWNER_ENV, None)
+                else:
+                    os.environ[OWNER_ENV] = previous
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _acquire(fd: int, folder: Path, *, what: str, wait_s: float | None) -> None:
+    import fcntl
+
+    deadline = None if wait_s is None else time.monotonic() + wait_s
+    warned = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if warned:
+                logger.warning("%s: the other build ended; starting", what)
+            return
+        except BlockingIOError:
+            pass
+        holder = describe_holder(folder)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise BuildLockError(
+                f"{what}: another build holds {folder}: {holder}. Run again when it has ended, or set "
+                f"SLMOPS_BUILD_LOCK_WAIT_S to wait for it (waited {wait_s:g} s)"
+            )
+        if not warned:
+            limit = "until it ends" if wait_s is None else f"up to {wait_s:g} s (SLMOPS_BUILD_LOCK_WAIT_S)"
+            logger.warning("%s: waiting for build %s holding %s, %s", what, holder, folder, limit)
+            warned = True
+        time.sleep(_POLL_S if deadline is None else max(0.0, min(_POLL_S, deadline - time.monotonic())))
+
+
+def describe_holder(folder: Path) -> str:
+    """Who holds the build lock on ``folder``: "pid 123 (python -m flows.build, started 2026-11-30 15:03:11)"."""
+    pids = _holders(Path(folder).resolve())
+    if not pids:
+        return "of another process"
+    pid = pids[0]
+    return f"pid {pid} ({_command(pid)}, started {_started(pid)})"
+
+
+def _holders(folder: Path) -> list[int]:
+    """The pids holding a flock on ``folder`` (Linux /proc/locks; empty where unavailable)."""
+    try:
+        inode = os.stat(folder).st_ino
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return []
+    pids = []
+    for line in lines:
+        fields = line.split()
+        if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":  # "->": a waiter, not a holder
+            continue
+        if fields[5].rsplit(":", 1)[-1] == str(inode) and fields[4].isdigit():
+            pids.append(int(fields[4]))
+    return pids
+
+
+def _command(pid: int) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return "command unknown"
+    words = [os.path.basename(argv[0].decode(errors="replace"))] + [a.decode(errors="replace") for a in argv[1:]]
+    text = " ".join(words)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _started(pid: int) -> str:
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(
+            int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return "at an unknown time"
+    started = boot + ticks / os.sysconf("SC_CLK_TCK")
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
+
+
+def _is_ancestor(pid: int) -> bool:
+    """Whether ``pid`` is this process's parent, grandparent, ... (Linux /proc; elsewhere the parent only)."""
+    current = os.getppid()
+    for _ in range(64):
+        if current == pid:
+            return True
+        if current <= 1 or sys.platform != "linux":
+            return False
+        try:
+            current = int(Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False

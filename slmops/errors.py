@@ -77,6 +77,11 @@ class BenchmarkError(SlmopsError, RuntimeError):
     """A benchmark subprocess failed or returned no result."""
 
 
+class BuildLockError(SlmopsError, TimeoutError):
+    """Another build holds the project's build lock and did not end within ``SLMOPS_BUILD_LOCK_WAIT_S``; the
+    message names that build (pid, command, start time) and the locked folder."""
+
+
 class BuildError(SlmopsError, RuntimeError):
     """A build ended with failed variants; the message names each one, the stage that failed and why."""
 

@@ -1,15 +1,20 @@
 """The pipeline stages as functions of a :class:`~slmops.project.Project` and a variant id.
 
 The CLI (and so DVC) and the Prefect flow call exactly these, so both build the same thing.
+Each stage holds the project's build lock (:func:`build_lock`) while it runs, so a second build
+waits for the first or fails with a clear message instead of overwriting its files.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from slmops import artifacts
 from slmops.artifacts import MANIFEST_NAME
 from slmops.errors import MissingResultError
 from slmops.project import Project
@@ -24,8 +29,36 @@ from slmops.results import (
 )
 
 logger = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
 
 
+@contextlib.contextmanager
+def build_lock(project: Project, *, what: str) -> Iterator[None]:
+    """Hold the build lock on the project's artifacts folder (see :func:`slmops.artifacts.build_lock`).
+
+    Re-entrant within the process and its children; waits ``SLMOPS_BUILD_LOCK_WAIT_S`` at most for another
+    build, then raises BuildLockError naming it.
+    """
+    settings = project.settings
+    with artifacts.build_lock(
+        project.root, what=what, wait_s=settings.build_lock_wait_s, owner=settings.build_lock_owner
+    ):
+        yield
+
+
+def _locked(fn: F) -> F:
+    """Run the stage ``fn(project, [variant], ...)`` under the build lock."""
+
+    @functools.wraps(fn)
+    def wrapper(project: Project, *args: Any, **kwargs: Any) -> Any:
+        what = " ".join(["slmops", {"benchmark": "bench"}.get(fn.__name__, fn.__name__), *map(str, args[:1])])
+        with build_lock(project, what=what):
+            return fn(project, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature F promises
+
+
+@_locked
 def fetch(
     project: Project,
     variant_id: str,
@@ -55,6 +88,7 @@ def fetch(
     }
 
 
+@_locked
 def export(project: Project, variant_id: str) -> dict[str, Any]:
     from slmops.export import export as run_export
 
@@ -71,6 +105,7 @@ def export(project: Project, variant_id: str) -> dict[str, Any]:
     return {"variant": variant_id, "files": len(manifest.files), "max_abs_diff": checked}
 
 
+@_locked
 def quantize(project: Project, variant_id: str, *, on_done: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Build every selected recipe's candidate of the variant; ``on_done(recipe)`` after each."""
     from slmops.quantize import quantize as run_quantize
@@ -93,6 +128,7 @@ def quantize(project: Project, variant_id: str, *, on_done: Callable[[str], None
     return {"variant": variant_id, "candidates": done}
 
 
+@_locked
 def evaluate(project: Project, variant_id: str) -> GateReport:
     from slmops.evaluate import evaluate as run_evaluate
 
@@ -109,6 +145,7 @@ def evaluate(project: Project, variant_id: str) -> GateReport:
     )
 
 
+@_locked
 def benchmark(
     project: Project, variant_id: str, *, on_done: Callable[[str], None] | None = None
 ) -> dict[str, BenchReport]:
@@ -131,6 +168,7 @@ def benchmark(
     return results
 
 
+@_locked
 def register(project: Project, variant_id: str) -> RegistryRecord:
     """Log every candidate of the variant to MLflow; raises MissingResultError naming the stage to run first."""
     from slmops.register import register as run_register
@@ -166,6 +204,7 @@ def register(project: Project, variant_id: str) -> RegistryRecord:
     return record
 
 
+@_locked
 def recommend(project: Project) -> Recommendations:
     from slmops.recommend import recommend as run_recommend
 

@@ -7,6 +7,7 @@ built, never at import.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -163,6 +164,51 @@ class Project:
                 f"variant {variant_id!r} is not in the pipeline selection ({', '.join(self.config.selection)}); "
                 f"add it to {self.settings.config_dir / 'pipeline.yaml'}"
             ) from None
+
+    def narrowed(self, *, variants: Sequence[str] | None = None, recipes: Sequence[str] | None = None) -> Project:
+        """This project building only ``variants`` with only ``recipes`` (a one-off build: pipeline.yaml unchanged).
+
+        A variant outside the selection is fetched from the Hub. ``recipes`` replaces each variant's recipes
+        (the reference recipe is always kept; a recipe is used for the variants whose task it supports).
+        Raises ConfigError naming an unknown variant or recipe and the known ones.
+        """
+        cfg = self.config
+        selection = dict(cfg.selection)
+        chosen = list(dict.fromkeys(variants or selection))
+        for vid in chosen:
+            if vid not in selection and vid not in self.catalog.variants:
+                raise ConfigError(
+                    f"unknown variant {vid!r}: it is neither selected in {self.settings.config_dir / 'pipeline.yaml'} "
+                    f"({', '.join(selection)}) nor in the catalog; run `slmops catalog list` for the ids"
+                )
+        unknown = [r for r in recipes or () if r not in self.recipes]
+        if unknown:
+            raise ConfigError(
+                f"unknown recipe {unknown[0]!r}; defined in {self.settings.config_dir / 'recipes.yaml'}: "
+                f"{', '.join(self.recipes)}"
+            )
+        narrowed: dict[str, Selection] = {}
+        for vid in chosen:
+            sel = selection.get(vid) or Selection(recipes=[cfg.reference_recipe])
+            if recipes:
+                task = self.catalog.get(vid).task
+                fits = [r for r in recipes if self.recipes[r].supports(task, cfg.device)]
+                sel = sel.model_copy(update={"recipes": list(dict.fromkeys([cfg.reference_recipe, *fits]))})
+            narrowed[vid] = sel
+        if recipes:
+            used = {r for sel in narrowed.values() for r in sel.recipes}
+            unused = [r for r in recipes if r not in used]
+            if unused:
+                recipe = self.recipes[unused[0]]
+                raise ConfigError(
+                    f"recipe {recipe.name!r} supports {recipe.tasks} on {recipe.devices}, which none of the variants "
+                    f"{', '.join(chosen)} is; pick other recipes or variants"
+                )
+        project = Project(self.settings)
+        project.__dict__.update({k: v for k, v in self.__dict__.items() if k != "config"})  # the parsed configs
+        project.__dict__["config"] = cfg.model_copy(update={"selection": narrowed})
+        project.validate()
+        return project
 
     # -- artifact layout -----------------------------------------------------------------------
     @property

@@ -96,6 +96,23 @@ class Settings(BaseSettings):
         description="Groups the MLflow runs of one build (tag slmops.build_id); default: the Prefect flow run id, "
         "else one id per process.",
     )
+    build_lock_wait_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="Seconds a build (the flow, or a pipeline stage command under `dvc repro`) waits for another "
+        "build's lock on the artifacts folder before it fails; default: until that build ends; 0: fail at once.",
+    )
+    build_lock_owner: int | None = Field(
+        default=None,
+        description="Set by slmops, not by hand: the pid of the build holding the lock, for its child processes "
+        "(their stages then run inside that build instead of waiting for it).",
+    )
+    progress_every_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds between progress lines of a long download (`slmops fetch`) when stderr is not a "
+        "terminal; a terminal shows huggingface_hub's progress bars instead.",
+    )
     log_level: str = Field(default="WARNING", description="Level of slmops' own loggers in the CLI (-v: INFO).")
     api_key: str | None = Field(
         default=None,

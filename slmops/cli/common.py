@@ -45,6 +45,8 @@ def setup_logging(verbose: int) -> None:
         level="WARNING", handlers=[RichHandler(console=err_console, show_path=False)], format="%(message)s", force=True
     )
     logging.getLogger("slmops").setLevel(level)
+    # progress lines of long work (slmops.fetch.progress: downloads off a terminal) stand in for a bar: shown by default
+    logging.getLogger("slmops.progress").setLevel(min(logging.INFO, logging.getLogger("slmops").level))
 
 
 def project() -> Any:

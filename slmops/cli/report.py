@@ -172,3 +172,80 @@ def warn_skipped_profiles(bench_results: Iterable[dict[str, BenchReport]]) -> No
     """Warn once, for the whole build, about each benchmark profile that did not run (its reports record why)."""
     for profile, reason in skipped_profiles(bench_results).items():
         logger.warning("benchmark profile %s skipped: %s", profile, reason)
+
+
+# -- what a build shows in the Prefect UI (flows.build publishes these as artifacts) ----------------------------
+def _cell(value: Any) -> str:
+    """A markdown table cell: numbers to 4 significant digits, lists joined, pipes and newlines escaped."""
+    if value is None:
+        text = "-"
+    elif isinstance(value, bool):
+        text = "yes" if value else "no"
+    elif isinstance(value, float):
+        text = f"{value:.4g}"
+    elif isinstance(value, (list, tuple)):
+        text = "; ".join(_cell(v) for v in value) or "-"
+    elif isinstance(value, dict):
+        text = ", ".join(f"{k}={_cell(v)}" for k, v in value.items()) or "-"
+    elif hasattr(value, "model_dump"):
+        text = _cell(value.model_dump(mode="json"))
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "_none_"
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def recommendations_markdown(decisions: Recommendations) -> str:
+    """Every use case's decision: each field of the Decision (whatever fields it has), then its ranked candidates."""
+    parts = ["# Recommendations"]
+    for usecase, decision in decisions.usecases.items():
+        fields = decision.model_dump(mode="json")
+        tables = {k: v for k, v in fields.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)}
+        parts.append(f"## {usecase}")
+        parts.append(_markdown_table([{"field": k, "value": v} for k, v in fields.items() if k not in tables]))
+        for name, rows in tables.items():
+            parts.append(f"**{name}**\n\n{_markdown_table(rows)}")
+    return "\n\n".join(parts) + "\n"
+
+
+def gates_markdown(gates: dict[str, GateReport]) -> str:
+    """The quality gate of every candidate of every built variant: passed, metrics, reasons."""
+    rows = [
+        {
+            "variant": variant,
+            "candidate": name,
+            "passed": c.passed,
+            "reference": report.reference,
+            **{k: v for k, v in c.metrics.items()},
+            "reasons": c.reasons,
+        }
+        for variant, report in gates.items()
+        for name, c in report.candidates.items()
+    ]
+    return "# Quality gates\n\n" + _markdown_table(rows) + "\n"
+
+
+def bench_rows(benched: dict[str, dict[str, BenchReport]]) -> list[dict[str, Any]]:
+    """One row per benchmarked candidate: its headline numbers (the first device profile that ran)."""
+    keys = ("ttft_ms", "decode_tok_s", "items_per_s", "load_s", "peak_rss_mb", "size_mb")
+    rows = []
+    for variant, reports in benched.items():
+        for recipe, r in reports.items():
+            values = r.model_dump()
+            rows.append(
+                {
+                    "variant": variant,
+                    "candidate": recipe,
+                    "profile": r.headline_profile or "not run",
+                    **{k: round(values[k], 3) if isinstance(values.get(k), float) else values.get(k) for k in keys},
+                }
+            )
+    return rows

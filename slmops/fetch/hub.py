@@ -29,6 +29,7 @@ from slmops.artifacts import link_or_copy, sha256_file
 from slmops.catalog.schema import Variant
 from slmops.errors import FetchError, IntegrityError
 from slmops.fetch.config import FetchConfig
+from slmops.fetch.progress import DownloadProgress
 from slmops.fetch.sources import SOURCES, Fetched
 from slmops.quiet import logger_level
 from slmops.settings import Settings
@@ -299,9 +300,14 @@ def fetch_hub(variant: Variant, config: FetchConfig, out: Path, settings: Settin
     )
     files = plan_files(variant, tree, patterns)
     check_disk_space(files, _repo_cache(variant.repo_id, cache_dir))
-    for remote in files:
-        path = _download_verified(hub, remote, sha, cache_dir, hf_hub_download)
-        link_or_copy(path, out / remote.path)
+    blobs = _repo_cache(variant.repo_id, cache_dir) / "blobs"
+    with DownloadProgress(variant.id, sum(f.size for f in files), every_s=settings.progress_every_s) as progress:
+        for remote in files:
+            # huggingface_hub downloads into blobs/<etag>.incomplete; the etag is the published hash
+            progress.downloading(blobs / f"{remote.sha256 or remote.git_sha1}.incomplete", remote.size)
+            path = _download_verified(hub, remote, sha, cache_dir, hf_hub_download)
+            progress.finished()
+            link_or_copy(path, out / remote.path)
     _remember_ref(_repo_cache(variant.repo_id, cache_dir), revision, sha)
     if stats.retries or stats.corrupt_refetched:
         logger.warning(

@@ -16,12 +16,13 @@ the gate and benchmark results under the artifacts folder). Each point gets a st
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slmops import names
-from slmops.artifacts import write_json_atomic
+from slmops.artifacts import remove_stale_temps, write_json_atomic
 from slmops.errors import MissingResultError
 from slmops.runtime.ranking import Candidate
 from slmops.tasks import get_task
@@ -260,8 +261,9 @@ def plot_pareto(task: str, points: list[ParetoPoint], out: Path) -> Path | None:
     ax.legend(fontsize=7, loc="best", markerscale=0.6)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
+    remove_stale_temps(out)  # a plot a killed build was writing
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # beside the plots DVC shows, never picked up as one
+    fig.savefig(tmp, format="png")
     plt.close(fig)
     tmp.replace(out)
     return out

@@ -50,7 +50,7 @@ class Fault:
 
     kinds: ``drop`` (close the connection after ``arg`` body bytes), ``flip`` (invert the byte
     at offset ``arg``), ``status`` (answer HTTP ``arg``: 500, 503, 429 ...), ``stall`` (send
-    nothing for ``arg`` seconds, then the body).
+    nothing for ``arg`` seconds, then the body), ``slow`` (send the body at ``arg`` bytes per second).
     """
 
     kind: str
@@ -239,6 +239,13 @@ def make_handler(state: HubState) -> type[BaseHTTPRequestHandler]:
             elif fault is not None and fault.kind == "flip":
                 at = min(int(fault.arg), len(body) - 1)
                 body = body[:at] + bytes([body[at] ^ 0xFF]) + body[at + 1 :]
+            elif fault is not None and fault.kind == "slow":
+                step = max(1, int(fault.arg / 20))  # 20 writes per second
+                for at in range(0, len(body), step):
+                    self.wfile.write(body[at : at + step])
+                    self.wfile.flush()
+                    time.sleep(0.05)
+                return
             elif fault is not None and fault.kind == "drop":
                 self.wfile.write(body[: int(fault.arg)])
                 self.wfile.flush()
