@@ -118,7 +118,8 @@ def register(
     try:
         run_name = f"{recipe.name} · {variant.id} · {device}"  # the recipe first: what a cut-off column still shows
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-            mlflow.set_tags({**tags, **build_tags(settings), names.TAG_NOTE: _note(variant, recipe, evaluation)})
+            build = build_tags(settings)
+            mlflow.set_tags({**tags, **build, names.TAG_NOTE: _note(variant, recipe, evaluation)})
             mlflow.log_params(_params(variant, recipe, manifest, device, benchmark))
             mlflow.log_metrics(_flat_metrics(evaluation, benchmark, estimate_mb))
             mlflow.log_dict(evaluation.model_dump(mode="json"), names.GATE_ARTIFACT)
@@ -127,7 +128,13 @@ def register(
             if not evaluation.passed:
                 logger.info("%s/%s failed its gate: logged, not registered", variant.id, recipe.name)
                 return Registered(run.info.run_id, None, None, reused=False)
-            note = _version_note(_note(variant, recipe, evaluation), card, experiment_id, run.info.run_id, run_name)
+            note = _version_note(
+                _note(variant, recipe, evaluation),
+                card,
+                experiment_id,
+                run.info.run_id,
+                f"{run_name}, build {build[names.TAG_BUILD_ID]}",
+            )
             if existing is not None:
                 client.set_model_version_tag(model_name, existing, names.TAG_LATEST_RUN, run.info.run_id)
                 client.update_model_version(model_name, existing, description=note)

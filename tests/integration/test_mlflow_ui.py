@@ -90,6 +90,7 @@ def test_experiment_runs_and_versions_for_comparison(llama, isolated: Path, monk
         assert mv.run_id == by_build[("build-1", recipe)]  # MLflow's Source Run: the first build
         assert mv.tags[names.TAG_LATEST_RUN] == deciding  # the run recommend ranks by
         assert f"#/experiments/{experiment.experiment_id}/runs/{deciding})" in mv.description
+        assert ", build build-2](" in mv.description
         assert mv.description.startswith(f"Recipe `{recipe}` on tiny-llama")
         assert "context 256 tokens" in mv.description  # from the model card
 
