@@ -154,3 +154,31 @@ def _build_in_copy(a: Path, b: Path, llama: Any, monkeypatch: pytest.MonkeyPatch
         assert ref is not None and str(b.resolve()) in ref.source and str(a.resolve()) not in ref.source, ref
         folder = Path(ref.source.removeprefix("file://"))
         assert folder.is_dir() and any(folder.rglob("model.onnx")), folder
+
+
+def test_a_moved_store_is_re_rooted_once_and_only_under_its_own_folder(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from slmops.runtime.localstore import relocate
+    from tests.support.mlflowserver import forget_mlflow_uris
+
+    old, new = tmp_path / "a" / "mlruns", tmp_path / "b" / "mlruns"
+    old.mkdir(parents=True)
+    client = MlflowClient(f"sqlite:///{old / 'mlflow.db'}")
+    experiment_id = client.create_experiment(names.EXPERIMENT, artifact_location=(old / "artifacts").as_uri())
+    run = client.create_run(experiment_id)
+    sibling = (tmp_path / "a" / "mlruns-other" / "x").as_uri()  # shares the prefix "…/a/mlruns", not the folder
+    other_id = client.create_experiment("other", artifact_location=sibling)
+    forget_mlflow_uris()
+    del client
+    old.parent.rename(tmp_path / "b")
+
+    artifact_root = (new / "artifacts").as_uri()
+    db = new / "mlflow.db"
+    assert relocate(db, artifact_root, experiment=names.EXPERIMENT) == 2  # the experiment and its run
+    assert relocate(db, artifact_root, experiment=names.EXPERIMENT) == 0  # already where it lies
+    client = MlflowClient(f"sqlite:///{db}")
+    assert client.get_experiment(experiment_id).artifact_location == artifact_root
+    assert client.get_run(run.info.run_id).info.artifact_uri.startswith(artifact_root + "/")
+    assert client.get_experiment(other_id).artifact_location == sibling
+    assert relocate(tmp_path / "none.db", artifact_root, experiment=names.EXPERIMENT) == 0
