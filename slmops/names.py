@@ -77,6 +77,32 @@ TAG_BUSY = "slmops.busy"  # run tag: why the machine counted as busy during the 
 # (also for a dropped alias): "from v1 (x tok/s) to v3 (y tok/s): +z% > margin m"
 TAG_ALIAS_MOVED_PREFIX = "slmops.alias_moved."
 
+# the experiment as the MLflow UI shows it
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # the UI's experiment type (MLflow 3.0-3.16 pick the default tab by it)
+EXPERIMENT_KIND = "custom_model_development"  # "Machine learning": the runs view, not GenAI traces
+TAG_NOTE = "mlflow.note.content"  # run/experiment description (markdown) in the UI
+TAG_SAVED_VIEW_PREFIX = "mlflow.sharedViewState."  # + view id: a saved view of the runs table (MLflow >= 3.17 UI)
+COMPARE_VIEW = "slmops-compare"  # id of the saved view ensure_experiment writes
+COMPARE_VIEW_NAME = "slmops: compare candidates"
+UI_WORKFLOW = "machine_learning"  # the 3.17 UI's ?workflowType=: its global GenAI/Model training switch
+# the runs-table columns of that view: the numbers a comparison needs first (the UI's "<type>.`<name>`" keys)
+COMPARE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("metrics", "bench.decode_tok_s"),
+    ("metrics", "bench.items_per_s"),
+    ("metrics", "bench.ttft_ms"),
+    ("metrics", "bench.peak_rss_mb"),
+    ("metrics", "bench.size_mb"),
+    ("metrics", "quality.ppl_ratio"),
+    ("metrics", "quality.cosine_mean"),
+    ("tags", TAG_GATE),
+    ("params", "bits"),
+    ("params", "granularity"),
+    ("tags", TAG_VERSION),
+    ("tags", TAG_BUILD_ID),
+    ("attributes", "Models"),
+)
+COMPARE_SORT = ("metrics", "bench.decode_tok_s")
+
 RUN_KIND_RECOMMEND = "recommend"
 RECOMMEND_ARTIFACT = "recommendations.json"
 RECOMMEND_INPUTS_ARTIFACT = "recommend_inputs.json"  # use cases, incumbents and the metrics each candidate had

@@ -16,8 +16,9 @@ from slmops.catalog.estimate import estimate_memory
 from slmops.catalog.schema import Variant
 from slmops.errors import RegistryError
 from slmops.quantize.recipes import Recipe
-from slmops.register.store import build_tags, ensure_experiment
+from slmops.register.store import build_tags, ensure_experiment, run_url
 from slmops.results import BenchReport, CandidateGate
+from slmops.runtime.card import ModelCard, read_model_card
 from slmops.runtime.registry import connect
 from slmops.settings import Settings, get_settings
 from slmops.tasks import get_task
@@ -124,36 +125,18 @@ def register(
         names.TAG_DIGEST: digest,
         names.TAG_CAPABILITIES: ",".join(variant.capabilities),
     }
-    from slmops.runtime.card import read_model_card
-
-    graph = read_model_card(folder).graph.split("-")[0]  # "genai-decoder" -> "genai"
+    card = read_model_card(folder)
+    graph = card.graph.split("-")[0]  # "genai-decoder" -> "genai"
     estimate_mb = _estimate_for(variant, recipe, benchmark, graph if graph in ("optimum", "genai") else "optimum")
     existing = _find_version(client, model_name, digest, device)
     try:
         run_name = f"{recipe.name} · {variant.id} · {device}"  # the recipe first: what a cut-off column still shows
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-            mlflow.set_tags({**tags, **build_tags(settings), "mlflow.note.content": _note(variant, recipe, evaluation)})
+            build = build_tags(settings)
+            mlflow.set_tags({**tags, **build, names.TAG_NOTE: _note(variant, recipe, evaluation)})
+            mlflow.log_params(_params(variant, recipe, manifest, device, benchmark))
             if benchmark.machine is not None and benchmark.machine.busy:
                 mlflow.set_tag(names.TAG_BUSY, "; ".join(benchmark.machine.busy_reasons))
-            mlflow.log_params(
-                {
-                    "variant": variant.id,
-                    "family": variant.family,
-                    "repo_id": variant.repo_id,
-                    "revision": manifest.revision or "unpinned",
-                    "source": manifest.source,
-                    "task": variant.task,
-                    "params": variant.params,
-                    "recipe": recipe.name,
-                    "method": recipe.method,
-                    "precision": recipe.precision,
-                    "bits": recipe.weight_bits,
-                    "granularity": recipe.granularity,
-                    "device": device,
-                    "bench_profile": benchmark.headline_profile,
-                    "threads": (benchmark.context or {}).get("threads"),
-                }
-            )
             mlflow.log_metrics(_flat_metrics(evaluation, benchmark, estimate_mb))
             mlflow.log_dict(evaluation.model_dump(mode="json"), names.GATE_ARTIFACT)
             mlflow.log_dict(benchmark.model_dump(mode="json"), names.BENCH_ARTIFACT)
@@ -161,8 +144,16 @@ def register(
             if not evaluation.passed:
                 logger.info("%s/%s failed its gate: logged, not registered", variant.id, recipe.name)
                 return Registered(run.info.run_id, None, None, reused=False)
+            note = _version_note(
+                _note(variant, recipe, evaluation),
+                card,
+                experiment_id,
+                run.info.run_id,
+                f"{run_name}, build {build[names.TAG_BUILD_ID]}",
+            )
             if existing is not None:
                 client.set_model_version_tag(model_name, existing, names.TAG_LATEST_RUN, run.info.run_id)
+                client.update_model_version(model_name, existing, description=note)
                 mlflow.set_tag(names.TAG_VERSION, existing)
                 return Registered(run.info.run_id, model_name, existing, reused=True)
             with warnings.catch_warnings():
@@ -171,7 +162,7 @@ def register(
                 info = _log_model(model_name, variant, folder, tags, candidate=manifest, evaluation=evaluation)
             version = str(info.registered_model_version)
             client.update_registered_model(model_name, description=_model_description(variant.task))
-            client.update_model_version(model_name, version, description=_note(variant, recipe, evaluation))
+            client.update_model_version(model_name, version, description=note)
 
             for key, value in {**tags, names.TAG_LATEST_RUN: run.info.run_id}.items():
                 client.set_model_version_tag(model_name, version, key, value)
@@ -184,6 +175,39 @@ def register(
         ) from exc
     logger.info("registered %s/%s as %s version %s", variant.id, recipe.name, model_name, version)
     return Registered(run.info.run_id, model_name, version, reused=False)
+
+
+def _params(variant: Variant, recipe: Recipe, manifest: Manifest, device: str, bench: BenchReport) -> dict[str, Any]:
+    """The run's params: what the candidate is and how it was measured (nothing unknown is logged as "None")."""
+    params = {
+        "variant": variant.id,
+        "family": variant.family,
+        "repo_id": variant.repo_id,
+        "revision": manifest.revision or "unpinned",
+        "source": manifest.source,
+        "task": variant.task,
+        "params": variant.params,
+        "recipe": recipe.name,
+        "method": recipe.method,
+        "precision": recipe.precision,
+        "bits": recipe.weight_bits,
+        "granularity": recipe.granularity,
+        "device": device,
+        "bench_profile": bench.headline_profile,
+        "threads": (bench.context or {}).get("threads"),
+    }
+    return {key: value for key, value in params.items() if value is not None}
+
+
+def _version_note(note: str, card: ModelCard, experiment_id: str, run_id: str, run_name: str) -> str:
+    """A version's description: its gate note, the model card's facts, and a link to the run its numbers come from
+    (the one `slmops recommend` ranks by; the version's Source Run stays the build that first registered it)."""
+    return (
+        f"{note}\n\nModel card: {card.task}, {card.graph} graph, {card.precision}, context {card.context_length} "
+        f"tokens.\n\nNumbers: run [{run_name}]({run_url(experiment_id, run_id)}) (tag `{names.TAG_LATEST_RUN}`), "
+        "the latest build of this candidate and the one `slmops recommend` ranks by; the Source Run is the build "
+        "that first registered it."
+    )
 
 
 def _estimate_for(variant: Variant, recipe: Recipe, bench: BenchReport, graph: str) -> float:
@@ -270,4 +294,4 @@ def _model_description(task: str) -> str:
 
 def _note(variant: Variant, recipe: Recipe, evaluation: CandidateGate) -> str:
     verdict = "passed" if evaluation.passed else "FAILED: " + "; ".join(evaluation.reasons)
-    return f"{variant.id} ({variant.repo_id}) with recipe `{recipe.name}` ({recipe.description}). Gate {verdict}."
+    return f"Recipe `{recipe.name}` on {variant.id} ({variant.repo_id}): {recipe.description} Gate {verdict}."

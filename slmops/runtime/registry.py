@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from slmops.errors import RegistryError
-from slmops.names import TAG_DIGEST, TAG_GATE, TAG_RECIPE, TAG_VARIANT
+from slmops.names import EXPERIMENT, TAG_DIGEST, TAG_GATE, TAG_RECIPE, TAG_VARIANT
 from slmops.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -211,6 +211,19 @@ class RestRegistryReader:
 
 
 # ----------------------------------------------------------------------------------------- mlflow
+def follow_local_store(settings: Settings) -> None:
+    """Re-root the default local store's recorded paths if the project was copied or moved (runtime.localstore)."""
+    from slmops.runtime.localstore import relocate
+
+    try:
+        relocate(settings.mlruns_dir / "mlflow.db", settings.resolved_artifact_root(), experiment=EXPERIMENT)
+    except sqlite3.Error as exc:
+        raise RegistryError(
+            f"the local MLflow store {settings.mlruns_dir / 'mlflow.db'} was copied or moved, and re-rooting its "
+            f"artifact paths failed: {exc}; make the folder writable or set SLMOPS_MLRUNS_DIR to a writable copy"
+        ) from exc
+
+
 def connect(settings: Settings) -> Any:
     """Point mlflow at the configured store (creating the local one under mlruns/ if needed); return a client."""
     import mlflow
@@ -221,6 +234,7 @@ def connect(settings: Settings) -> Any:
     uri = settings.resolved_tracking_uri()
     if not settings.tracking_uri:
         settings.mlruns_dir.mkdir(parents=True, exist_ok=True)
+        follow_local_store(settings)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     with mlflow_store_init_quiet():  # the client opens the store, creating a fresh SQLite one's tables
@@ -292,6 +306,8 @@ def _raise_unless_not_found(exc: Any, where: str) -> None:
 def registry_reader(settings: Settings, *, light: bool = True) -> RegistryReader:
     """The cheapest reader for the configured store; mlflow's client when no light reader fits (or ``light=False``)."""
     uri = settings.resolved_tracking_uri()
+    if not settings.tracking_uri:
+        follow_local_store(settings)
     if light:
         try:
             if uri.startswith("sqlite:///") and "?" not in uri:
