@@ -122,6 +122,11 @@ def alias_moved_tag(alias: str) -> str:
     return f"{TAG_ALIAS_MOVED_PREFIX}{alias}"
 
 
+def alias_run_tag(alias: str) -> str:
+    """Version tag: the id of the run whose numbers moved ``alias`` to this version (its deciding benchmark)."""
+    return f"slmops.alias_run.{alias}"
+
+
 def spread_metric(metric: str) -> str:
     """The metric holding the repeat spread of ``metric`` (``bench.decode_tok_s`` -> ``bench.decode_tok_s.spread``)."""
     return f"{metric}.spread"

@@ -88,6 +88,9 @@ def _apply(client: Any, name: str, uc: UseCase, ranked: list[Candidate], previou
     if verdict.moved:
         client.set_registered_model_alias(winner.model_name, name, winner.version)
         client.set_model_version_tag(winner.model_name, winner.version, names.alias_moved_tag(name), reason)
+        deciding_run = winner.tags.get(names.TAG_LATEST_RUN)  # the run whose metrics were ranked just now
+        if deciding_run:
+            client.set_model_version_tag(winner.model_name, winner.version, names.alias_run_tag(name), deciding_run)
     if winner is next(c for c in ranked if not c.rejected):
         why = (
             f"{winner.label} (v{winner.version}) has the best {metric} = {winner.metrics[metric]:.1f} "

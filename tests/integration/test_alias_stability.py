@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from slmops.names import alias_moved_tag
+from slmops.names import alias_moved_tag, alias_run_tag
 
 QUIET = {"load_before": 0.2, "load_after": 0.3, "steal_pct": 0.0, "other_cpu_pct": 2.0, "worker_cpu_s": 3.0}
 BUSY = {
@@ -128,11 +128,15 @@ def test_a_win_beyond_the_margin_moves_the_alias_and_records_why(candidates) -> 
     assert (decision.moved, decision.reason, _alias()) == (True, reason, fp32)
     assert decision.previous == f"models:/slmops-causal-lm/{int8}"
     assert _moved_tags(fp32) == {alias_moved_tag("chat"): reason}
+    # the version names the run whose numbers moved the alias: the second build's fp32 run (130 tok/s)
+    client = connect(get_settings())
+    tags = client.get_model_version("slmops-causal-lm", fp32).tags
+    deciding = client.get_run(tags[alias_run_tag("chat")])
+    assert deciding.info.run_id == tags["slmops.latest_run"] and deciding.data.metrics["bench.decode_tok_s"] == 130
     moves = history()
     assert [m["reason"] for m in moves] == [reason, moves[1]["reason"]] and moves[1]["reason"].startswith("set to")
 
     # the recommend run holds its inputs and decisions, and lists the chosen model as its output
-    client = connect(get_settings())
     run = client.get_run(moves[0]["run_id"])
     assert run.data.tags[alias_moved_tag("chat")] == reason
     assert run.data.params["chat.margin"] == "0.1" and run.data.params["chat.incumbent"] == int8
