@@ -5,9 +5,9 @@
 
 For each candidate folder it prints:
 
-* **texts equal**: greedy completions of N prompts decoded alone (one row per graph call, as a lone request
-  is) against the same prompts decoded together (``generate_batch``: several rows per call, as under
-  concurrent load in ``slmops serve``), and the mean number of tokens before the first difference;
+* **texts equal**: greedy completions of N chat prompts decoded alone (one row per graph call, as a lone
+  request is) against the same prompts decoded together (several rows per call, as under concurrent load
+  in ``slmops serve``), and, over the completions that differ, the mean index of the first differing token;
 * **logits M=1 vs M>=2**: the largest absolute logit difference between one row decoded alone and the same
   row decoded beside copies of itself (2 rows), over the first decode steps; and between 2 and 8 rows;
 * **PPL decode M=1 / M=2**: perplexity of the evaluation text decoded token by token (teacher forcing) as a
@@ -58,7 +58,7 @@ def first_difference(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
-def texts_agreement(model, prompts: list[str], tokens: int, batch: int) -> tuple[int, float]:
+def texts_agreement(model, prompts: list[str], tokens: int, batch: int) -> tuple[int, float | None]:
     from slmops.runtime.batch import generate_token_batch
     from slmops.runtime.params import GenerationParams
 
@@ -69,7 +69,8 @@ def texts_agreement(model, prompts: list[str], tokens: int, batch: int) -> tuple
     for start in range(0, len(rows), batch):
         together += generate_token_batch(model, rows[start : start + batch], params)
     same = sum(a == b for a, b in zip(alone, together, strict=True))
-    return same, float(np.mean([first_difference(a, b) for a, b in zip(alone, together, strict=True)]))
+    splits = [first_difference(a, b) for a, b in zip(alone, together, strict=True) if a != b]
+    return same, float(np.mean(splits)) if splits else None
 
 
 def decode_logits(model, ids: list[int], copies: int, steps: int) -> list[np.ndarray]:
@@ -122,7 +123,7 @@ def measure(folder: Path, args: argparse.Namespace) -> dict[str, float | str]:
     return {
         "candidate": f"{folder.parent.name}/{folder.name}",
         "texts equal": f"{same}/{min(args.prompts, len(PROMPTS))}",
-        "tokens to 1st diff": round(prefix, 1),
+        "differ from token": "-" if prefix is None else round(prefix, 1),
         "logits M1 vs M2": max_difference(one, two),
         "logits M2 vs M8": max_difference(two, eight),
         "PPL prompt": prompt_ppl(model, eval_ids),
