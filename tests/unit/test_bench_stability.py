@@ -127,3 +127,18 @@ def test_only_the_incumbent_is_spared_a_latency_miss_within_noise() -> None:
     assert by_version["2"].rejected == ["bench.ttft_ms 1600 ms > 1500 ms"]
     far = [_cand("1", "a", 100, **{**slow, "bench.ttft_ms": 1700.0})]
     assert rank(far, Constraints(task="causal-lm", max_latency_ms=1500), "decode_speed", incumbent="1")[0].rejected
+
+
+def test_a_latency_miss_on_a_busy_machine_rejects_no_candidate() -> None:
+    """A first build on a busy machine (every TTFT over the limit) still sets the alias, flagged in its reason."""
+    busy_slow = {"bench.ttft_ms": 1900.0}
+    cands = [_cand("1", "a", 13, busy=True, **busy_slow), _cand("2", "b", 9, busy=True, **busy_slow)]
+    ranked = rank(cands, Constraints(task="causal-lm", max_latency_ms=1500), "decode_speed")
+    assert [c.rejected for c in ranked] == [[], []]
+    assert ranked[0].notes == [
+        "bench.ttft_ms 1900 ms > 1500 ms tolerated: measured on a busy machine, which only makes it slower"
+    ]
+    first = decide(ranked, incumbent=None, objective="decode_speed", margin=0.1)
+    assert first.moved and first.target is ranked[0] and "busy machine" in first.reason
+    quiet_slow = [_cand("3", "c", 50, **busy_slow)]  # measured quiet: the miss is real
+    assert rank(quiet_slow, Constraints(task="causal-lm", max_latency_ms=1500), "decode_speed")[0].rejected
