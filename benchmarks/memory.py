@@ -204,7 +204,7 @@ def print_table(rows: dict[str, dict], spec: dict) -> None:
         f"\nResident memory (MB) by step: prompt {spec['prompt_tokens']} tokens, {spec['new_tokens']} new, "
         f"greedy, {THREADS} threads; delta = RSS added by the step, peak = VmHWM after it"
     )
-    head = f"{'step':14}" + "".join(f"{n[:24]:>26}" for n in names)
+    head = f"{'step':14}" + "".join(f"{n[-25:]:>26}" for n in names)
     print(head + "\n" + f"{'':14}" + "".join(f"{'delta  peak  anon  file':>26}" for _ in names))
     print("-" * len(head))
     for i, step in enumerate(("python", "imports", "session", "tokenizer", "prompt pass", "decode")):
@@ -267,9 +267,9 @@ def main() -> int:
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="slmops-memory-") as tmp:
         for folder in folders:
-            label = f"slmops {folder.name}"
+            label = f"{folder.parent.name[:16]} {folder.name}"
             print(f"measuring {label}", file=sys.stderr, flush=True)
-            rows[label] = measure_folder(folder, args, Path(tmp) / folder.name)
+            rows[label] = measure_folder(folder, args, Path(tmp) / label.replace(" ", "-"))
     if args.llama and importlib.util.find_spec("llama_cpp") is not None:
         print("measuring llama.cpp", file=sys.stderr, flush=True)
         steps = run_child("llamacpp", {**spec, "gguf": str(gguf_path()), "tokenizer_folder": str(folders[0])})
