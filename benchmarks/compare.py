@@ -7,6 +7,8 @@ Decoder rows (SmolLM2-135M-Instruct, same prompt token ids, greedy, 2 threads):
   (fp32 export and the wo-int8 candidate), llama.cpp (llama-cpp-python) on the shipped GGUF.
 Encoder rows (all-MiniLM-L6-v2): slmops on each candidate and torch fp32, with cosine to torch.
 
+slmops rows open the candidates as ``slmops.load`` does: through onnxruntime's optimized-graph cache
+(artifacts/compare/optimized, weights in a memory-mapped file), written by one warm-up process per candidate.
 Each row reports TTFT, decode tok/s, peak RSS (VmHWM of its own process), size on disk and
 load time, plus PPL on the shipped evaluation text where the peer exposes logits. Ratios
 are to llama.cpp (decoders) and torch (encoders) measured in the same run. Prints a table
@@ -25,12 +27,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import quiet
+
 if TYPE_CHECKING:
     import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DECODER, ENCODER = "smollm2-135m-instruct", "all-minilm-l6-v2"
 THREADS = 2
+# onnxruntime's optimized graphs, weights in a mapped file, as slmops.load caches them (warmed before the rounds)
+OPTIMIZED = ROOT / "artifacts" / "compare" / "optimized"
 
 
 # ----------------------------------------------------------------------------- helpers (child side)
@@ -100,13 +106,15 @@ def _time_decode(first_token, next_token, prompt: list[int], new_tokens: int, re
 def peer_slmops(spec: dict) -> dict:
     from slmops.runtime.open import open_folder
     from slmops.runtime.params import GenerationParams
-    from slmops.taskdefs.base import decoder_scores
+    from slmops.taskdefs.causal_lm import outputs as decoder_scores
 
     folder = ROOT / "artifacts" / "candidates" / DECODER / spec["recipe"]
     graph = __import__("json").loads((folder / "slmops-model.json").read_text())["graph"]
     t0 = time.perf_counter()
-    model = open_folder(folder, threads=THREADS, verify=False)
+    model = open_folder(folder, threads=THREADS, verify=False, optimized_dir=OPTIMIZED)  # as slmops.load opens it
     load_s = time.perf_counter() - t0
+    if spec.get("warm_only"):
+        return {"load_s": load_s}
     params = GenerationParams(max_tokens=spec["new_tokens"], temperature=0.0, ignore_eos=True)
     ttft, rates = [], []
     for run in range(4):
@@ -324,8 +332,10 @@ def peer_encoder(spec: dict) -> dict:
 
         folder = ROOT / "artifacts" / "candidates" / ENCODER / spec["recipe"]
         t0 = time.perf_counter()
-        model = open_folder(folder, threads=THREADS, verify=False)
+        model = open_folder(folder, threads=THREADS, verify=False, optimized_dir=OPTIMIZED)
         load_s = time.perf_counter() - t0
+        if spec.get("warm_only"):
+            return {"load_s": load_s}
         embed = model.embed
         size = _size_mb(folder)
     rates = []
@@ -354,7 +364,16 @@ PEERS = {
 
 
 # ----------------------------------------------------------------------------- parent side
-def run_peer(name: str, spec: dict) -> dict:
+def run_peer(name: str, spec: dict, *, before: quiet.Snapshot | None = None) -> dict:
+    """One row in a fresh process; with ``before`` (the machine just before it), the machine around the row."""
+    window = quiet.Window()
+    result = _run_peer(name, spec)
+    if before is not None:
+        result["machine"] = {"before": before.as_dict(), "after": window.close().as_dict()}
+    return result
+
+
+def _run_peer(name: str, spec: dict) -> dict:
     proc = subprocess.run(
         [sys.executable, __file__, "--peer", name, "--spec", json.dumps(spec)],
         capture_output=True,
@@ -377,6 +396,16 @@ def main() -> int:
         "--rounds", type=int, default=3, help="every decoder peer runs once per round (medians reported)"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    cpus = os.cpu_count() or 1
+    parser.add_argument(
+        "--max-load", type=float, default=0.5 * cpus, help="1-min load average above which a row starts busy"
+    )
+    parser.add_argument(
+        "--max-busy", type=float, default=20.0, help="others' CPU %% before a row above which it is busy"
+    )
+    parser.add_argument("--max-steal", type=float, default=5.0, help="CPU steal %% above which a row is busy")
+    parser.add_argument("--settle-s", type=float, default=30.0, help="longest wait for a quiet machine before a row")
+    parser.add_argument("--retries", type=int, default=2, help="times a busy round is run again")
     args = parser.parse_args()
     if args.peer:
         result = PEERS[args.peer](json.loads(args.spec))
@@ -398,14 +427,32 @@ def main() -> int:
     # Rounds: every peer once per round, in the same order, each in a fresh process; PPL in round 1 only.
     # Speed on this machine drifts by tens of percent between minutes, so ratios are taken within a
     # round (same minute) and their median across rounds is reported.
+    for r in recipes:  # the first open optimizes the graph and caches it; the rounds open the cached one
+        run_peer("slmops", {**spec, "recipe": r, "warm_only": True})
+    limits = quiet.Limits(args.max_load, args.max_busy, args.max_steal)
     runs: dict[str, list[dict]] = {label: [] for label, _, _ in peers}
+    busy_rounds: list[bool] = []
     for r in range(args.rounds):
-        for label, peer, extra in peers:
-            print(f"round {r + 1}/{args.rounds}: {label}", file=sys.stderr, flush=True)
-            runs[label].append(run_peer(peer, {**spec, **extra, "ppl": r == 0}))
+        for attempt in range(args.retries + 1):
+            results, reasons = {}, []
+            for label, peer, extra in peers:
+                print(f"round {r + 1}/{args.rounds} (try {attempt + 1}): {label}", file=sys.stderr, flush=True)
+                before = quiet.wait_for_quiet(limits, max_wait_s=args.settle_s)
+                if why := limits.why_busy(before):
+                    reasons.append(f"{label}: {why}")
+                results[label] = run_peer(peer, {**spec, **extra, "ppl": r == 0}, before=before)
+            if not reasons:
+                break
+            print(f"round {r + 1} ran on a busy machine ({'; '.join(reasons)})", file=sys.stderr, flush=True)
+        for label, result in results.items():
+            result["busy"] = reasons
+            runs[label].append(result)
+        busy_rounds.append(bool(reasons))
+    # medians over the quiet rounds; over all of them (and the header says so) when none was quiet
+    keep = [i for i, busy in enumerate(busy_rounds) if not busy] or list(range(args.rounds))
     rows = {}
     for label, results in runs.items():
-        row = _aggregate(results, runs.get("llama.cpp Q4_1"))
+        row = _aggregate(results, runs.get("llama.cpp Q4_1"), keep)
         graph = row.pop("graph", None)
         rows[f"{label} ({graph.split('-')[0]})" if graph else label] = row
     if not have_llama:
@@ -413,40 +460,75 @@ def main() -> int:
             "error": ["llama-cpp-python is not installed: `make bench-deps` builds it (about 13 min)"]
         }
     base = rows["llama.cpp Q4_1"]
-    enc_rows = {"torch fp32": run_peer("encoder", {"runtime": "torch"})}
-    for recipe in sorted(p.name for p in (ROOT / "artifacts" / "candidates" / ENCODER).iterdir() if p.is_dir()):
-        enc_rows[f"slmops {recipe}"] = run_peer("encoder", {"runtime": "slmops", "recipe": recipe})
-    _print_tables(rows, base, enc_rows, {**spec, "rounds": args.rounds})
+    enc_specs = [("torch fp32", {"runtime": "torch"})] + [
+        (f"slmops {recipe}", {"runtime": "slmops", "recipe": recipe})
+        for recipe in sorted(p.name for p in (ROOT / "artifacts" / "candidates" / ENCODER).iterdir() if p.is_dir())
+    ]
+    for _, enc in enc_specs[1:]:  # cache the slmops graphs first, as for the decoders
+        run_peer("encoder", {**enc, "warm_only": True})
+    enc_rows = {
+        label: run_peer("encoder", enc, before=quiet.wait_for_quiet(limits, max_wait_s=args.settle_s))
+        for label, enc in enc_specs
+    }
+    header = machine_header(runs, busy_rounds)
+    _print_tables(rows, base, enc_rows, {**spec, "rounds": args.rounds, "machine": header})
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.json"
     for r in enc_rows.values():
         r.pop("vectors", None)
-    out.write_text(json.dumps({"spec": spec, "threads": THREADS, "decoder": rows, "encoder": enc_rows}, indent=2))
+    out.write_text(
+        json.dumps(
+            {"spec": spec, "threads": THREADS, "machine": header, "decoder": rows, "encoder": enc_rows}, indent=2
+        )
+    )
     print(f"\nwritten {out.relative_to(ROOT)}")
     return 0
 
 
-def _aggregate(results: list[dict], base: list[dict] | None) -> dict:
-    """Median of each number over the rounds; PPL from round 1; decode ratio to llama.cpp per round, then median."""
+def _aggregate(results: list[dict], base: list[dict] | None, keep: list[int]) -> dict:
+    """Median of each number over the rounds in ``keep``; PPL from round 1; decode ratio to llama.cpp per round,
+    then median. Every round's numbers stay in the row (``*_rounds``) with its machine state."""
     import numpy as np
 
-    ok = [r for r in results if "error" not in r]
+    kept = [results[i] for i in keep]
+    ok = [r for r in kept if "error" not in r]
     if not ok:
-        return results[-1]
+        return kept[-1]
     row = dict(ok[0])
+    row["ppl"] = results[0].get("ppl")
     for key in ("ttft_ms", "decode_tok_s", "peak_rss_mb", "load_s", "generate_tok_s"):
         if key in ok[0]:
             row[key] = float(np.median([r[key] for r in ok]))
     row["decode_tok_s_rounds"] = [r.get("decode_tok_s") for r in results]
+    row["machine_rounds"] = [r.get("machine") for r in results]
+    row["busy_rounds"] = [r.get("busy") for r in results]
     if base:
         ratios = [
-            r["decode_tok_s"] / b["decode_tok_s"]
-            for r, b in zip(results, base, strict=False)
-            if "error" not in r and "error" not in b
+            results[i]["decode_tok_s"] / base[i]["decode_tok_s"]
+            for i in keep
+            if "error" not in results[i] and "error" not in base[i]
         ]
         if ratios:
             row["vs_llama"], row["vs_llama_rounds"] = float(np.median(ratios)), ratios
     return row
+
+
+def machine_header(runs: dict[str, list[dict]], busy_rounds: list[bool]) -> str:
+    """One line: how quiet the machine was around the rows (load averages, CPU busy and steal shares)."""
+    states = [r["machine"] for results in runs.values() for r in results if r.get("machine")]
+    if not states:
+        return "machine: not recorded"
+    before = [m["before"] for m in states]
+    after = [m["after"] for m in states]
+    busy = sum(busy_rounds)
+    kept = "left out of the medians" if busy < len(busy_rounds) else "NONE QUIET: medians over busy rounds"
+    return (
+        f"machine: {os.cpu_count()} CPUs; 1-min load before rows {min(b['load1'] for b in before):.2f}-"
+        f"{max(b['load1'] for b in before):.2f}, after {min(a['load1'] for a in after):.2f}-"
+        f"{max(a['load1'] for a in after):.2f}; others' CPU before rows up to {max(b['busy_pct'] for b in before):.0f}%; "
+        f"steal up to {max(m['steal_pct'] for m in before + after):.1f}%; busy rounds {busy} of {len(busy_rounds)}"
+        + (f" ({kept})" if busy else "")
+    )
 
 
 def _print_tables(rows: dict, base: dict, enc_rows: dict, spec: dict) -> None:
@@ -460,7 +542,7 @@ def _print_tables(rows: dict, base: dict, enc_rows: dict, spec: dict) -> None:
 
     print(
         f"\nSmolLM2-135M-Instruct: prompt {spec['prompt_tokens']} tokens, {spec['new_tokens']} new, greedy, {THREADS} threads, "
-        f"medians of {spec['rounds']} interleaved rounds"
+        f"medians of {spec['rounds']} interleaved rounds\n{spec['machine']}"
     )
     head = f"{'runtime':28} {'TTFT ms':>8} {'tok/s':>7} {'vs llama (range)':>18} {'RSS MB':>7} {'size MB':>8} {'load s':>7} {'PPL':>7}"
     print(head + "\n" + "-" * len(head))

@@ -1,6 +1,6 @@
 """Human-readable sizes, memory estimates and device compatibility (the seed's utilities).
 
-The estimate is weights + KV cache + runtime overhead. Bytes per weight and
+The estimate is weights + KV cache + activations + runtime and tokenizer overhead. Bytes per weight and
 which devices run which precision are data (``PRECISIONS``), not branches.
 """
 
@@ -25,39 +25,51 @@ class PrecisionSpec:
     embedding_bytes: float  # bytes per embedding weight (weight-only quantizers leave Gather fp32)
     kv_bytes: int  # bytes per KV-cache element
     devices: tuple[str, ...]
-    decoder_prepacked: bool = False  # MatMulNBits keeps a prepacked copy of its weights beside the initializer
-    encoder_prepacked: bool = False  # MLAS prepacks fp32 GEMM weights of the encoder graphs (measured: ~2x)
+    decoder_prepacked: bool = False  # MatMulNBits prepacks its weights (GRAPH_LAYOUTS' prepack_factor applies)
 
 
 # Weight-only MatMulNBits with block 32 stores one fp32 scale per block (+4/32 byte) and, asymmetric,
 # a packed zero point; embeddings stay fp32. Quantized decoders use MatMulNBits (prepacked at load);
 # quantized encoders use dynamic int8 (MatMulInteger, no extra copy).
 PRECISIONS: dict[str, PrecisionSpec] = {
-    "fp32": PrecisionSpec(4.0, 4.0, 4, ("cpu", "cuda"), encoder_prepacked=True),
+    "fp32": PrecisionSpec(4.0, 4.0, 4, ("cpu", "cuda")),
     "fp16": PrecisionSpec(2.0, 2.0, 2, ("cuda",)),
     "int8": PrecisionSpec(1.0 + 4 / 32 + 1 / 32, 4.0, 4, ("cpu", "cuda"), decoder_prepacked=True),
     "int4": PrecisionSpec(0.5 + 4 / 32 + 0.5 / 32, 4.0, 4, ("cpu", "cuda"), decoder_prepacked=True),
 }
 
 
-# Calibrated against the benchmark (peak RSS, VmHWM) of SmolLM2-135M-Instruct (fp32/int8/int4) and
-# all-MiniLM-L6-v2 (fp32/dynamic int8) on onnxruntime 1.32, 2 threads: every estimate within 10%
-# (tests/unit/test_estimate.py holds the measurements).
+# Calibrated with benchmarks/memory.py (peak RSS, VmHWM) on SmolLM2-135M-Instruct's genai candidates
+# (fp32, wo-int8, gguf-q4) and all-MiniLM-L6-v2 (fp32, dyn-int8-pc), onnxruntime 1.32, 2 threads, opened as
+# slmops.load opens them (the optimized-graph cache, weights in a memory-mapped external file): every
+# estimate within 10% (tests/unit/test_estimate.py holds the measurements).
 @dataclass(frozen=True)
 class GraphLayout:
     """How an exporter lays out a decoder's weights, as onnxruntime ends up holding them."""
 
     tied_lm_head_fp32_copy: bool  # a tied lm_head becomes its own fp32 initializer, never quantized
-    prepack_factor: float  # resident copies of MatMulNBits weights (initializer + prepacked), measured
+    prepack_factor: float  # resident copies of MatMul(NBits) weights: the prepacked copy replaces the mapped file
+    chunked_prefill: bool  # the runtime feeds the prompt PREFILL_CHUNK tokens per call (logits of a chunk only)
 
 
 # optimum: lm_head = MatMul(x, Transpose(embed)), folded to an fp32 copy that the quantizers skip.
 # genai (onnxruntime-genai builder, shared_embeddings=false): lm_head is a separate weight, quantized.
+# (optimum's factors follow the same mapping; its graphs were last measured before the mapped cache.)
 GRAPH_LAYOUTS: dict[str, GraphLayout] = {
-    "optimum": GraphLayout(tied_lm_head_fp32_copy=True, prepack_factor=2.0),
-    "genai": GraphLayout(tied_lm_head_fp32_copy=False, prepack_factor=1.55),
+    "optimum": GraphLayout(tied_lm_head_fp32_copy=True, prepack_factor=1.0, chunked_prefill=False),
+    "genai": GraphLayout(tied_lm_head_fp32_copy=False, prepack_factor=1.0, chunked_prefill=True),
 }
 ARENA_FACTOR = 1.5  # onnxruntime's arena grows by doubling: activations cost ~1.5x their size
+# The embedding table stays in the mapped file; a request touches (and keeps resident) about this share of
+# it: rows it gathers plus the pages the kernel maps around each fault (measured: 22-24 MB of SmolLM2's 108).
+EMBEDDING_RESIDENT = 0.22
+# A decoder's first request, whatever its length, per vocabulary entry: onnxruntime's per-run buffers and the
+# mapped weights it touches, beyond the logits (SmolLM2's 49152 entries: about 38 MB, 43 MB at a 1-token prompt;
+# the tiny test Llama's: next to nothing). Calibrated, like the rest, on the measurements in test_estimate.py.
+DECODER_FIRST_RUN_BYTES_PER_ENTRY = 800
+# HF tokenizers in memory, per vocabulary entry: byte-level BPE (vocab + merges; SmolLM2's 49152: 36 MB) and
+# WordPiece (MiniLM's 30522: 10 MB)
+TOKENIZER_BYTES_PER_ENTRY = {"bpe": 720, "wordpiece": 330}
 
 
 @dataclass(frozen=True)
@@ -67,7 +79,7 @@ class MemoryEstimate:
     weights: int
     kv_cache: int
     activations: int
-    overhead: int
+    overhead: int  # the runtime's (RUNTIME_OVERHEAD_BYTES) and the tokenizer's
 
     @property
     def total(self) -> int:
@@ -93,12 +105,15 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """Estimate peak memory for ``batch`` sequences of ``context_length`` tokens at ``precision``.
 
-    Decoders: weights (a tied lm_head becomes its own fp32 copy in the ONNX graph; MatMulNBits
-    weights are held twice, initializer + prepacked) + fp32 KV cache + the prefill of
-    ``prompt_tokens`` (default: min(context, 512)), whose logits cover every position.
-    Encoders: weights + activations of one batch. ``graph`` is the exporter's layout
-    (``GRAPH_LAYOUTS``). Raises ConfigError on out-of-range values.
+    Decoders: weights (each MatMul weight once, as its prepacked copy; a tied lm_head becomes its own fp32
+    copy in optimum's graph; the embedding table mapped, partly resident) + fp32 KV cache + the prefill of
+    ``prompt_tokens`` (default: min(context, 512)), whose logits cover a chunk of PREFILL_CHUNK positions
+    (genai graphs) or every position (optimum). Encoders: weights + activations of one batch. Overhead:
+    the runtime's plus the tokenizer's. ``graph`` is the exporter's layout (``GRAPH_LAYOUTS``).
+    Raises ConfigError on out-of-range values.
     """
+    from slmops.runtime.decoder import PREFILL_CHUNK
+
     spec = precision_spec(precision)
     try:
         layout = GRAPH_LAYOUTS[graph]
@@ -112,23 +127,26 @@ def estimate_memory(
     embed = variant.vocab_size * variant.hidden_size
     other = max(variant.params - embed, 0)
     decoder = get_task(variant.task).generative
-    if decoder:
-        copies = layout.prepack_factor if spec.decoder_prepacked else 1.0
-    else:
-        copies = 2.0 if spec.encoder_prepacked else 1.0
-    weights = embed * spec.embedding_bytes + other * spec.weight_bytes * copies
+    copies = layout.prepack_factor if decoder and spec.decoder_prepacked else 1.0
+    weights = embed * spec.embedding_bytes * EMBEDDING_RESIDENT + other * spec.weight_bytes * copies
     if decoder and variant.tie_word_embeddings:
         weights += embed * 4 if layout.tied_lm_head_fp32_copy else embed * spec.weight_bytes * copies
     h, heads = variant.hidden_size, variant.attention_heads
     if decoder:
         p = min(prompt_tokens or min(ctx, 512), ctx)
+        c = min(p, PREFILL_CHUNK) if layout.chunked_prefill and batch == 1 else p  # positions per graph call
         kv = 2 * variant.layers * variant.kv_heads * variant.head_dim * ctx * batch * spec.kv_bytes
-        activations = batch * (p * variant.vocab_size * 4 + p * h * 4 * 16 + heads * p * p * 4)
+        activations = batch * (c * variant.vocab_size * 4 + c * h * 4 * 8 + heads * c * p * 4)
     else:
         kv = 0
-        activations = batch * ctx * (h * 4 * 12 + heads * ctx * 4)
+        activations = batch * ctx * (h * 4 * 4 + heads * ctx * 4)
+    tokenizer = variant.vocab_size * TOKENIZER_BYTES_PER_ENTRY["bpe" if decoder else "wordpiece"]
     return MemoryEstimate(
-        weights=int(weights), kv_cache=kv, activations=int(activations * ARENA_FACTOR), overhead=RUNTIME_OVERHEAD_BYTES
+        weights=int(weights),
+        kv_cache=kv,
+        activations=int(activations * ARENA_FACTOR)
+        + (DECODER_FIRST_RUN_BYTES_PER_ENTRY * variant.vocab_size if decoder else 0),
+        overhead=RUNTIME_OVERHEAD_BYTES + tokenizer,
     )
 
 

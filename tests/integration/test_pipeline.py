@@ -210,6 +210,7 @@ def test_unload_and_memory_bounded_pool(built) -> None:
     from slmops import load
     from slmops.errors import ModelLoadError
     from slmops.runtime import ModelPool
+    from slmops.runtime.base import RUNTIME_OVERHEAD_BYTES
 
     project, _, _ = built
     chat = load("chat-test")
@@ -219,7 +220,7 @@ def test_unload_and_memory_bounded_pool(built) -> None:
         chat.generate("hi", max_tokens=2)
     folders = {r: str(project.candidate_dir("tiny-llama", r)) for r in ("fp32", "wo-int8")}
     sizes = {r: load(f).footprint_bytes for r, f in folders.items()}
-    overhead = 96  # MiB, RUNTIME_OVERHEAD_BYTES
+    overhead = RUNTIME_OVERHEAD_BYTES / 2**20
     pool = ModelPool(max_memory_mb=overhead + (max(sizes.values()) * 1.5) / 2**20)  # room for one, not both
     a = pool.get(folders["fp32"])
     assert pool.get(folders["fp32"]) is a and pool.loaded() == [folders["fp32"]]

@@ -1,0 +1,59 @@
+"""benchmarks/compare.py's quiet-machine bookkeeping: /proc sampling, busy rounds left out of the medians."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def harness():
+    sys.path.insert(0, str(BENCHMARKS))  # the benchmarks are scripts: compare.py imports quiet.py beside it
+    try:
+        import compare
+        import quiet
+
+        yield compare, quiet
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="reads Linux /proc")
+def test_sample_reads_proc(harness) -> None:
+    _, quiet = harness
+    total0, idle0, steal0 = quiet.cpu_times()
+    snap = quiet.sample(0.2)
+    total1, idle1, steal1 = quiet.cpu_times()
+    assert total1 > total0 and idle1 >= idle0 and steal1 >= steal0
+    assert 0 <= snap.busy_pct <= 100 and 0 <= snap.steal_pct <= 100 and snap.load1 >= 0
+
+
+def test_limits_name_the_busy_value(harness) -> None:
+    _, quiet = harness
+    limits = quiet.Limits(max_load=1.0, max_busy_pct=20, max_steal_pct=5)
+    assert limits.why_busy(quiet.Snapshot(0.3, 0.2, 0.1, busy_pct=3, steal_pct=0)) is None
+    assert "1.50" in limits.why_busy(quiet.Snapshot(1.5, 1, 1, busy_pct=3, steal_pct=0))
+    assert "45%" in limits.why_busy(quiet.Snapshot(0.3, 1, 1, busy_pct=45, steal_pct=0))
+    assert "steal 9.0%" in limits.why_busy(quiet.Snapshot(0.3, 1, 1, busy_pct=3, steal_pct=9))
+
+
+def _round(tok_s: float, load: float) -> dict:
+    state = {"load1": load, "load5": load, "load15": load, "busy_pct": 1.0, "steal_pct": 0.0}
+    return {"decode_tok_s": tok_s, "ttft_ms": 100.0, "ppl": None, "machine": {"before": state, "after": state}}
+
+
+def test_busy_rounds_are_left_out_of_the_medians(harness) -> None:
+    compare, _ = harness
+    ours = [_round(100, 0.2), _round(40, 3.0), _round(110, 0.3)]
+    ours[0]["ppl"] = 14.5
+    llama = [_round(100, 0.2), _round(90, 3.0), _round(100, 0.3)]
+    row = compare._aggregate(ours, llama, keep=[0, 2])
+    assert row["decode_tok_s"] == 105 and row["vs_llama_rounds"] == [1.0, 1.1] and row["ppl"] == 14.5
+    assert row["decode_tok_s_rounds"] == [100, 40, 110]  # every round stays recorded
+    header = compare.machine_header({"a": ours, "b": llama}, [False, True, False])
+    assert "load before rows 0.20-3.00" in header and "busy rounds 1 of 3 (left out of the medians)" in header
+    assert "NONE QUIET" in compare.machine_header({"a": ours}, [True, True, True])
