@@ -3,7 +3,7 @@
 Used by compare.py. The 1-minute load average trails by a minute and counts the harness's own previous
 row, so a row is also judged by what the other processes did in a short sample just before it
 (``/proc/stat``: the share of CPU time that was not idle while this process slept) and by the steal a
-hypervisor took. slmops/benchmark/machine.py (branch ``stable``) parses /proc/stat too: unify at merge.
+hypervisor took. /proc/stat is read by slmops/benchmark/machine.py, as the bench stage does.
 """
 
 from __future__ import annotations
@@ -11,18 +11,16 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
+
+from slmops.benchmark.machine import read_cpu_times
 
 
-def cpu_times() -> tuple[int, int, int]:
-    """(total, idle incl. iowait, steal) jiffies of all CPUs since boot; zeros where /proc/stat is absent."""
-    try:
-        first = Path("/proc/stat").read_text().splitlines()[0].split()
-    except (OSError, IndexError):
-        return 0, 0, 0
-    # cpu user nice system idle iowait irq softirq steal guest guest_nice (guest time is inside user)
-    values = [int(v) for v in first[1:9]]
-    return sum(values), values[3] + values[4], values[7] if len(values) > 7 else 0
+def cpu_times() -> tuple[float, float, float]:
+    """(total, idle incl. iowait, steal) CPU seconds of all CPUs since boot; zeros where /proc/stat is absent."""
+    times = read_cpu_times()
+    if times is None:
+        return 0.0, 0.0, 0.0
+    return times.total, times.total - times.busy - times.steal, times.steal
 
 
 def load_average() -> tuple[float, float, float]:
@@ -53,8 +51,8 @@ def sample(seconds: float = 1.0) -> Snapshot:
     return _between((total0, idle0, steal0), cpu_times())
 
 
-def _between(before: tuple[int, int, int], after: tuple[int, int, int]) -> Snapshot:
-    total = max(after[0] - before[0], 1)
+def _between(before: tuple[float, float, float], after: tuple[float, float, float]) -> Snapshot:
+    total = max(after[0] - before[0], 1e-9)
     busy = 100 * (total - (after[1] - before[1])) / total
     steal = 100 * (after[2] - before[2]) / total
     return Snapshot(*load_average(), busy_pct=round(busy, 1), steal_pct=round(steal, 1))
