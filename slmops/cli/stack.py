@@ -11,7 +11,8 @@ from rich.table import Table
 from slmops.cli.common import cli_errors, console, print_json
 
 app = typer.Typer(
-    help="A local PostgreSQL, MLflow tracking server and Prefect server on 127.0.0.1, started and stopped as one.",
+    help="A local PostgreSQL, MLflow tracking server, Prefect server and one Prefect worker per work pool on "
+    "127.0.0.1, started and stopped as one.",
     no_args_is_help=True,
 )
 
@@ -36,6 +37,8 @@ def _show(result: Any, *, title: str) -> None:
         colour = {"running": "green", "unhealthy": "yellow"}.get(s.state, "red")
         table.add_row(s.name, f"[{colour}]{s.state}[/]", s.url or "", str(s.pid or ""), str(s.log))
     console.print(table)
+    for pool, why in result.pools_without_worker.items():
+        console.print(f"no worker for work pool {pool}: {why}", highlight=False, soft_wrap=True)
     if result.env:
         console.print("Point clients at the stack:", highlight=False)
         for key, value in result.env.items():

@@ -27,7 +27,8 @@ class StackConfig(BaseModel):
         return value.absolute()  # services run in other working directories (PostgreSQL in its cluster's folder)
 
     def port(self, service: str) -> int:
-        return int(getattr(self, f"{service}_port"))
+        """The configured port of a server (0: any free one); workers always take a free one."""
+        return int(getattr(self, f"{service}_port", 0))
 
     # ------------------------------------------------------------------ layout of the state folder
     @property
