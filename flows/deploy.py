@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, cast
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
 from flows.build import build
-from flows.distributed import VARIANT_DEPLOYMENT, build_distributed, build_variant
+from flows.distributed import VARIANT_DEPLOYMENT, bench_registered, build_distributed, build_variant
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -45,13 +45,14 @@ def deployment(
 
 
 def distributed_deployments(
-    *, name: str = "nightly", cron: str | None = "0 3 * * *", on_overlap: str = "enqueue"
+    profiles: list[str], *, name: str = "nightly", cron: str | None = "0 3 * * *", on_overlap: str = "enqueue"
 ) -> list[RunnerDeployment]:
-    """The distributed build (pool ``slmops``: schedule, concurrency limit 1) and its per-variant deployment
-    (pool ``build``). Both are imported by module path, so a worker runs them from its own empty folder."""
+    """The distributed build (pool ``slmops``: schedule, concurrency limit 1), its per-variant deployment (pool
+    ``build``) and one benchmark deployment per device profile (pool ``bench-<profile>``). All are imported by
+    module path, so a worker runs them from its own empty folder."""
     from prefect.types.entrypoint import EntrypointType
 
-    from slmops.stack.pools import BUILD_POOL, CONTROL_POOL
+    from slmops.stack.pools import BUILD_POOL, CONTROL_POOL, bench_pool
 
     made = build_distributed.to_deployment(
         name=name,
@@ -71,7 +72,17 @@ def distributed_deployments(
         work_pool_name=BUILD_POOL,
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
-    return [cast("RunnerDeployment", made), cast("RunnerDeployment", per_variant)]
+    benches = [
+        bench_registered.to_deployment(
+            name=profile,
+            tags=["slmops", "distributed", "benchmark"],
+            description=f"Measure a registered version on device profile {profile!r}, one at a time (pool limit 1).",
+            work_pool_name=bench_pool(profile),
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        )
+        for profile in profiles
+    ]
+    return [cast("RunnerDeployment", d) for d in (made, per_variant, *benches)]
 
 
 def declare_distributed(*, name: str = "nightly", cron: str | None = None, on_overlap: str | None = None) -> list[str]:
@@ -86,7 +97,9 @@ def declare_distributed(*, name: str = "nightly", cron: str | None = None, on_ov
     deploy = project.config.deploy
     with get_client(sync_client=True) as api:
         pools.ensure_pools(api, pools.declared_pools(project.device_profiles))
-    made = distributed_deployments(name=name, cron=cron or deploy.cron, on_overlap=on_overlap or deploy.on_overlap)
+    made = distributed_deployments(
+        list(project.device_profiles), name=name, cron=cron or deploy.cron, on_overlap=on_overlap or deploy.on_overlap
+    )
     return [str(d.apply()) for d in made]
 
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from prefect import flow
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.client.orchestration import get_client
-from prefect.deployments.flow_runs import arun_deployment
+from prefect.deployments.flow_runs import arun_deployment, run_deployment
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.build import STAGES, _project, _slmops_logs_in_flow_run, recommend
@@ -29,27 +29,59 @@ from slmops.project import Project
 from slmops.results import Recommendations
 from slmops.stack import pools
 
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+
 logger = logging.getLogger("slmops.flows")
 
 BUILD_FLOW = "slmops-build-distributed"
 VARIANT_FLOW = "slmops-build-variant"
 VARIANT_DEPLOYMENT = "variant"
+BENCH_FLOW = "slmops-bench"  # one deployment per device profile, named after it, on the profile's pool
 
 
 @flow(name=VARIANT_FLOW, flow_run_name="build[{variant}]", task_runner=ThreadPoolTaskRunner(max_workers=1))  # type: ignore[arg-type]  # as flows.build
-def build_variant(variant: str, recipes: list[str] | None = None) -> dict[str, Any]:
-    """Fetch, export, quantize, gate, benchmark and register one variant in this worker's own folders.
+def build_variant(variant: str, recipes: list[str] | None = None, devices: list[str] | None = None) -> dict[str, Any]:
+    """Fetch, export, quantize, gate, benchmark and register one variant in this worker's own folders, then have
+    each device's benchmark worker measure every registered candidate (pulled from the registry).
 
     Args:
         variant: The variant id, e.g. "smollm2-135m-instruct".
         recipes: Recipes instead of pipeline.yaml's (the reference recipe is always added).
+        devices: Device profiles whose benchmark pools have a worker; each measures the registered candidates.
     """
     project = _project(variant, recipes)  # fails on a bad variant or recipe before any work
     with _slmops_logs_in_flow_run(), pipeline.build_lock(project, what=f"build flow {variant} on a worker"):
-        result: Any = None
+        record: Any = None
         for stage in STAGES:
-            result = stage(variant, recipes)
-    return dict(result.model_dump(mode="json"))  # the RegistryRecord of the register stage
+            record = stage(variant, recipes)
+    failed = []
+    for recipe, candidate in record.candidates.items():
+        if candidate.version is None:
+            continue  # failed its gate: logged, never registered, so never benchmarked on a device
+        for profile in devices or []:
+            parameters = {"model": candidate.model, "version": candidate.version, "profile": profile}
+            run = cast("FlowRun", run_deployment(f"{BENCH_FLOW}/{profile}", parameters=parameters, as_subflow=True))
+            if not (run.state and run.state.is_completed()):
+                failed.append(f"{recipe} on {profile}: run {run.name} ended {run.state.name if run.state else '?'}")
+    if failed:
+        raise BuildError(f"{variant}: device benchmarks failed: {'; '.join(failed)}")
+    return dict(record.model_dump(mode="json"))  # the RegistryRecord of the register stage
+
+
+@flow(name=BENCH_FLOW, flow_run_name="bench[{profile}] {model} v{version}")
+def bench_registered(model: str, version: str, profile: str) -> dict[str, Any]:
+    """Measure a registered model version on this worker's device profile and log the numbers to its run.
+
+    Args:
+        model: The registered model, e.g. "slmops-causal-lm".
+        version: Its version number.
+        profile: The device profile (configs/devices.yaml) this worker's pool serves.
+    """
+    project = Project.load()
+    with _slmops_logs_in_flow_run():
+        report = pipeline.device_benchmark(project, model, version, profile)
+    return {"profile": profile, "skipped": report.skipped().get(profile), "decode_tok_s": report.decode_tok_s}
 
 
 def worker_reasons(profiles: list[str]) -> tuple[str | None, dict[str, str]]:
@@ -78,11 +110,12 @@ async def build_distributed(variants: list[str] | None = None, recipes: list[str
         raise BuildError(f"cannot build {', '.join(selected)}: {no_builder}")
     for profile, why in not_measured.items():
         logger.warning("device profile %s is not measured: %s", profile, why)
+    measured = [p for p in project.config.benchmark.profiles if p not in not_measured]
     runs = await asyncio.gather(
         *(
             arun_deployment(
                 f"{VARIANT_FLOW}/{VARIANT_DEPLOYMENT}",
-                parameters={"variant": variant, "recipes": recipes},
+                parameters={"variant": variant, "recipes": recipes, "devices": measured},
                 as_subflow=True,
             )
             for variant in selected

@@ -103,7 +103,7 @@ def test_a_build_run_fans_out_to_the_build_worker_and_reports_the_unmeasured_dev
     from mlflow.tracking import MlflowClient
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterName
 
-    from slmops.names import registered_model_name
+    from slmops.names import device_bench_tag, device_metric, registered_model_name
 
     env = distributed.client_env
     declared = subprocess.run(
@@ -148,8 +148,23 @@ def test_a_build_run_fans_out_to_the_build_worker_and_reports_the_unmeasured_dev
     assert (worker_home / "artifacts" / "candidates" / "tiny-llama" / "fp32").is_dir()
     assert not (distributed.home / "artifacts").exists()
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
-    versions = client.search_model_versions(f"name='{registered_model_name('causal-lm')}'")
+    model = registered_model_name("causal-lm")
+    versions = client.search_model_versions(f"name='{model}'")
     assert len(versions) == 1 and versions[0].run_id  # registered through the PostgreSQL-backed server
+    # the cpu-1t benchmark worker pulled the version into its own cache, verified it and logged to the same run
+    run = client.get_run(versions[0].run_id)
+    assert run.data.tags[device_bench_tag("cpu-1t")] == "measured"
+    assert run.data.metrics[device_metric("decode_tok_s", "cpu-1t")] > 0
+    assert run.data.metrics[device_metric("peak_rss_mb", "cpu-1t")] > 0
+    assert device_bench_tag("cuda") not in run.data.tags  # its pool has no worker: nothing ran, nothing logged
+    pulled = distributed.dir / "workers" / "bench-cpu-1t" / "cache" / "models" / model / versions[0].version
+    assert (pulled / "MLmodel").is_file()
+    assert not (distributed.dir / "workers" / "bench-cpu-1t" / "artifacts" / "candidates").exists()
+    with prefect_client(distributed) as api:
+        bench = api.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"bench[cpu-1t] {model} v1"]))
+        )
+    assert len(bench) == 1 and bench[0].work_pool_name == "bench-cpu-1t" and bench[0].state.is_completed()
 
 
 def test_down_stops_the_workers_and_their_flow_runs(distributed: Distributed) -> None:
