@@ -52,11 +52,17 @@ def up_cmd(
     postgres_port: Annotated[int, typer.Option(help="PostgreSQL's port; 0: a free one.")] = 0,
     mlflow_port: Annotated[int, typer.Option(help="The MLflow server's port; 0: a free one.")] = 0,
     prefect_port: Annotated[int, typer.Option(help="The Prefect server's port; 0: a free one.")] = 0,
+    build_workers: Annotated[
+        int, typer.Option(min=0, help="Workers of the build pool (each builds one variant at a time).")
+    ] = 1,
     timeout: Annotated[
         float | None, typer.Option(help="Seconds per service until healthy; default: SLMOPS_STACK_TIMEOUT_S.")
     ] = None,
 ) -> None:
     """Start the stack (or say it is already up), wait for each service's health, print the URLs to export.
+
+    Also creates the Prefect work pools (slmops, build, bench-<profile>) and starts one worker per pool whose
+    device this machine has (--build-workers for the build pool); a pool without one is listed with why.
 
     Ports chosen once are reused by the next `up`. A service that fails stops what this command started.
     """
@@ -68,6 +74,7 @@ def up_cmd(
         postgres_port=postgres_port,
         mlflow_port=mlflow_port,
         prefect_port=prefect_port,
+        build_workers=build_workers,
         startup_timeout_s=timeout or get_settings().stack_timeout_s,
     )
     result = up(config)

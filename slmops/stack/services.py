@@ -355,15 +355,22 @@ class Worker(Service):
     health_path = "/health"
 
     def __init__(
-        self, config: StackConfig, *, port: int, password: str, pool: pools.Pool, client_env: dict[str, str]
+        self,
+        config: StackConfig,
+        *,
+        port: int,
+        password: str,
+        pool: pools.Pool,
+        client_env: dict[str, str],
+        index: int = 0,
     ) -> None:
         super().__init__(config, port=port, password=password)
         self.pool, self.client_env = pool, client_env
-        self.name = worker_name(pool.name)
+        self.name = worker_name(pool.name, index)
 
     @property
     def home(self) -> Path:
-        return self.config.dir / "workers" / self.pool.name
+        return self.config.dir / "workers" / self.name.removeprefix(WORKER_PREFIX)
 
     def prepare(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -404,8 +411,9 @@ class Worker(Service):
 WORKER_PREFIX = "worker-"
 
 
-def worker_name(pool: str) -> str:
-    return f"{WORKER_PREFIX}{pool}"
+def worker_name(pool: str, index: int = 0) -> str:
+    """``worker-<pool>`` for a pool's first worker, ``worker-<pool>-<n>`` for its n-th."""
+    return f"{WORKER_PREFIX}{pool}" + (f"-{index + 1}" if index else "")
 
 
 def local_worker_pools(declared: list[pools.Pool]) -> tuple[list[pools.Pool], dict[str, str]]:

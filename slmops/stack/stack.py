@@ -150,7 +150,9 @@ def _services(config: StackConfig, previous: dict[str, int], password: str) -> t
     without a worker here with the reason."""
     require_drivers()
     served, skipped = local_worker_pools(pools.declared_pools(load_device_profiles()))
-    workers = [worker_name(pool.name) for pool in served]
+    count = {pools.BUILD_POOL: config.build_workers}
+    started = [(pool, i) for pool in served for i in range(count.get(pool.name, 1))]
+    workers = [worker_name(pool.name, i) for pool, i in started]
     ports = _ports(config, previous, [cls.name for cls in SERVICES] + workers)
     pg = ports["postgres"]
     services: list[Service] = [
@@ -159,9 +161,9 @@ def _services(config: StackConfig, previous: dict[str, int], password: str) -> t
         PrefectServer(config, port=ports["prefect"], password=password, postgres_port=pg),
     ]
     env = _client_env(services)
-    for pool in served:  # after the server they poll; PrefectServer.ready() created their pools
-        name = worker_name(pool.name)
-        services.append(Worker(config, port=ports[name], password=password, pool=pool, client_env=env))
+    for pool, i in started:  # after the server they poll; PrefectServer.ready() created their pools
+        port = ports[worker_name(pool.name, i)]
+        services.append(Worker(config, port=port, password=password, pool=pool, client_env=env, index=i))
     return services, skipped
 
 
