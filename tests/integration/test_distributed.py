@@ -93,6 +93,27 @@ def test_up_declares_the_pools_and_starts_one_online_worker_per_served_pool(dist
     assert Path(distributed.service("worker-build")["log"]).is_file()
 
 
+def build_tiny_llama(distributed: Distributed) -> None:
+    """One run of the build deployment for tiny-llama's fp32, from another process, waited for (bounded)."""
+    trigger = (
+        "from prefect.deployments import run_deployment\n"
+        "run = run_deployment('slmops-build-distributed/nightly', parameters={'variants': ['tiny-llama'], "
+        f"'recipes': ['fp32']}}, timeout={RUN_TIMEOUT_S})\n"
+        "print(run.id, run.state.type.value)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", trigger],
+        env=distributed.client_env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S + 60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    state = done.stdout.split()[-1]
+    logs = {p: Path(distributed.service(f"worker-{p}")["log"]).read_text(errors="replace") for p in ("slmops", "build")}
+    assert state == "COMPLETED", f"{done.stdout}\n{logs['slmops'][-3000:]}\n{logs['build'][-3000:]}"
+
+
 def psutil_cmdline(pid: int) -> list[str]:
     import psutil
 
@@ -120,19 +141,7 @@ def test_a_build_run_fans_out_to_the_build_worker_and_reports_the_unmeasured_dev
     assert [s.schedule.cron for s in build.schedules] == ["0 3 * * *"]  # pipeline.yaml's deploy.cron
     assert build.entrypoint == "flows.distributed.build_distributed" and build.pull_steps in (None, [])
 
-    trigger = (
-        "from prefect.deployments import run_deployment\n"
-        "run = run_deployment('slmops-build-distributed/nightly', parameters={'variants': ['tiny-llama'], "
-        f"'recipes': ['fp32']}}, timeout={RUN_TIMEOUT_S})\n"
-        "print(run.id, run.state.type.value)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", trigger], env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S + 60
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    run_id, state = done.stdout.split()[-2:]
-    logs = {p: Path(distributed.service(f"worker-{p}")["log"]).read_text(errors="replace") for p in ("slmops", "build")}
-    assert state == "COMPLETED", f"{done.stdout}\n{logs['slmops'][-3000:]}\n{logs['build'][-3000:]}"
+    build_tiny_llama(distributed)
     with prefect_client(distributed) as api:
         child = api.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["build[tiny-llama]"])))
         table = api.read_artifacts(
@@ -165,6 +174,32 @@ def test_a_build_run_fans_out_to_the_build_worker_and_reports_the_unmeasured_dev
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"bench[cpu-1t] {model} v1"]))
         )
     assert len(bench) == 1 and bench[0].work_pool_name == "bench-cpu-1t" and bench[0].state.is_completed()
+
+
+def test_the_alias_loads_over_http_and_a_second_identical_run_registers_nothing(
+    distributed: Distributed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from slmops import load
+    from slmops.names import registered_model_name
+    from tests.conftest import apply_env
+    from tests.support.mlflowserver import forget_mlflow_uris
+
+    client = MlflowClient(tracking_uri=distributed.client_env["MLFLOW_TRACKING_URI"])
+    model = registered_model_name("causal-lm")
+    before = sorted((v.version, v.run_id) for v in client.search_model_versions(f"name='{model}'"))
+    assert client.get_registered_model(model).aliases == {"chat-test": before[0][0]}  # set by the build's recommend
+    apply_env(monkeypatch, {**distributed.client_env, "SLMOPS_CACHE_DIR": str(distributed.home / "client-cache")})
+    try:
+        text = load("chat-test").generate("The sun", max_tokens=4, seed=1)
+    finally:
+        forget_mlflow_uris()
+    assert isinstance(text, str) and text  # resolved over REST, downloaded through the artifact proxy
+    build_tiny_llama(distributed)
+    after = sorted((v.version, v.run_id) for v in client.search_model_versions(f"name='{model}'"))
+    assert after == before  # the same candidate digest: the version is reused, not registered again
+    assert client.get_registered_model(model).aliases == {"chat-test": before[0][0]}
 
 
 def test_down_stops_the_workers_and_their_flow_runs(distributed: Distributed) -> None:
