@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,11 +59,13 @@ def main() -> None:
                     "from prefect.deployments import run_deployment\n"
                     "run = run_deployment('slmops-build-distributed/nightly', parameters={'variants': "
                     f"['tiny-llama', 'tiny-bert'], 'recipes': {recipes!r}}}, timeout=1800)\n"
+                    "print(repr(run.state.message), file=__import__('sys').stderr)\n"
                     "print(run.state.type.value, (run.end_time - run.start_time).total_seconds())\n"
                 )
                 load_before = os.getloadavg()
                 start = time.monotonic()
-                out = _run([sys.executable, "-c", trigger], client, 2000).stdout.split()
+                done = _run([sys.executable, "-c", trigger], client, 2000)
+                out = done.stdout.split()
                 wall = time.monotonic() - start
                 rows.append(
                     {
@@ -72,11 +75,15 @@ def main() -> None:
                         "wall_s": round(wall, 1),
                         "load_before": [round(x, 2) for x in load_before],
                         "load_after": [round(x, 2) for x in os.getloadavg()],
+                        "message": done.stderr.strip().splitlines()[-1][:500] if done.stderr.strip() else "",
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)
             finally:
+                subprocess.run([*cli, "down"], env=env, capture_output=True, timeout=300, check=False)
+                shutil.copytree(home / "stack" / "logs", root / f"logs-{n}-workers", dirs_exist_ok=True)
                 subprocess.run([*cli, "down", "--purge"], env=env, capture_output=True, timeout=300, check=False)
+    print(f"logs: {root}/logs-<n>-workers")
     print(json.dumps({"cpus": os.cpu_count(), "recipes": recipes, "rows": rows}, indent=2))
 
 

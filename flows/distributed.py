@@ -111,11 +111,16 @@ async def build_distributed(variants: list[str] | None = None, recipes: list[str
     for profile, why in not_measured.items():
         logger.warning("device profile %s is not measured: %s", profile, why)
     measured = [p for p in project.config.benchmark.profiles if p not in not_measured]
+
+    def fits(variant: str) -> list[str] | None:
+        return list(project.config.selection[variant].recipes) if recipes else None
+
     runs = await asyncio.gather(
         *(
             arun_deployment(
                 f"{VARIANT_FLOW}/{VARIANT_DEPLOYMENT}",
-                parameters={"variant": variant, "recipes": recipes, "devices": measured},
+                # the recipes that apply to this variant (a one-variant narrowing refuses a recipe for another task)
+                parameters={"variant": variant, "recipes": fits(variant), "devices": measured},
                 as_subflow=True,
             )
             for variant in selected
