@@ -110,6 +110,21 @@ GATE_ARTIFACT = "gate.json"
 BENCH_ARTIFACT = "benchmark.json"
 MANIFEST_ARTIFACT = "manifest.json"
 MODEL_ARTIFACT_PATH = "model"  # the pyfunc model's name inside its run
+TAG_DEVICE_BENCH_PREFIX = "slmops.bench."  # + profile, run tag: "measured", or why the device's numbers are missing
+
+
+def device_bench_tag(profile: str) -> str:
+    """The run tag saying whether device ``profile`` measured the run's candidate (distributed builds)."""
+    return f"{TAG_DEVICE_BENCH_PREFIX}{profile}"
+
+
+def device_metric(metric: str, profile: str) -> str:
+    """A headline benchmark metric as measured on device ``profile`` by its benchmark worker."""
+    return f"bench.{profile}.{metric}"
+
+
+def device_bench_artifact(profile: str) -> str:
+    return f"benchmark-{profile}.json"
 
 
 def registered_model_name(task: str) -> str:

@@ -205,6 +205,22 @@ def register(project: Project, variant_id: str) -> RegistryRecord:
 
 
 @_locked
+def device_benchmark(project: Project, model: str, version: str, profile: str) -> BenchReport:
+    """Benchmark a registered version on one device profile (a benchmark worker); see slmops.benchmark.device."""
+    from slmops.benchmark.device import bench_version
+
+    return bench_version(
+        model,
+        version,
+        profile,
+        config=project.config.benchmark,
+        profiles=project.device_profiles,
+        settings=project.settings,
+        out=project.root / "device-bench" / model / version / f"{profile}.json",
+    )
+
+
+@_locked
 def recommend(project: Project) -> Recommendations:
     from slmops.recommend import recommend as run_recommend
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,6 +37,19 @@ class Selection(BaseModel):
     exporter: str | None = None  # None: the catalog's exporter for the variant, else optimum
 
 
+class DeployConfig(BaseModel):
+    """``deploy:`` in configs/pipeline.yaml: when the build deployment runs and what an overlapping run does."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cron: str | None = Field(
+        default="0 3 * * *", description="Schedule of the build deployment (cron, UTC); null: none."
+    )
+    on_overlap: Literal["enqueue", "cancel"] = Field(
+        default="enqueue", description="A run that overlaps another waits for it (enqueue) or is cancelled."
+    )
+
+
 class PipelineConfig(BaseModel):
     """configs/pipeline.yaml."""
 
@@ -47,6 +60,7 @@ class PipelineConfig(BaseModel):
     selection: dict[str, Selection] = Field(min_length=1)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
     export_validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
 
 
 class RemoteCode(BaseModel):

@@ -11,7 +11,8 @@ from rich.table import Table
 from slmops.cli.common import cli_errors, console, print_json
 
 app = typer.Typer(
-    help="A local PostgreSQL, MLflow tracking server and Prefect server on 127.0.0.1, started and stopped as one.",
+    help="A local PostgreSQL, MLflow tracking server, Prefect server and one Prefect worker per work pool on "
+    "127.0.0.1, started and stopped as one.",
     no_args_is_help=True,
 )
 
@@ -36,6 +37,8 @@ def _show(result: Any, *, title: str) -> None:
         colour = {"running": "green", "unhealthy": "yellow"}.get(s.state, "red")
         table.add_row(s.name, f"[{colour}]{s.state}[/]", s.url or "", str(s.pid or ""), str(s.log))
     console.print(table)
+    for pool, why in result.pools_without_worker.items():
+        console.print(f"no worker for work pool {pool}: {why}", highlight=False, soft_wrap=True)
     if result.env:
         console.print("Point clients at the stack:", highlight=False)
         for key, value in result.env.items():
@@ -49,11 +52,17 @@ def up_cmd(
     postgres_port: Annotated[int, typer.Option(help="PostgreSQL's port; 0: a free one.")] = 0,
     mlflow_port: Annotated[int, typer.Option(help="The MLflow server's port; 0: a free one.")] = 0,
     prefect_port: Annotated[int, typer.Option(help="The Prefect server's port; 0: a free one.")] = 0,
+    build_workers: Annotated[
+        int, typer.Option(min=0, help="Workers of the build pool (each builds one variant at a time).")
+    ] = 1,
     timeout: Annotated[
         float | None, typer.Option(help="Seconds per service until healthy; default: SLMOPS_STACK_TIMEOUT_S.")
     ] = None,
 ) -> None:
     """Start the stack (or say it is already up), wait for each service's health, print the URLs to export.
+
+    Also creates the Prefect work pools (slmops, build, bench-<profile>) and starts one worker per pool whose
+    device this machine has (--build-workers for the build pool); a pool without one is listed with why.
 
     Ports chosen once are reused by the next `up`. A service that fails stops what this command started.
     """
@@ -65,6 +74,7 @@ def up_cmd(
         postgres_port=postgres_port,
         mlflow_port=mlflow_port,
         prefect_port=prefect_port,
+        build_workers=build_workers,
         startup_timeout_s=timeout or get_settings().stack_timeout_s,
     )
     result = up(config)

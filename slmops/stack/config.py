@@ -18,6 +18,7 @@ class StackConfig(BaseModel):
     postgres_port: int = Field(default=0, ge=0, le=65535)
     mlflow_port: int = Field(default=0, ge=0, le=65535)
     prefect_port: int = Field(default=0, ge=0, le=65535)
+    build_workers: int = Field(default=1, ge=0, le=64, description="Workers of the build pool on this machine.")
     startup_timeout_s: float = Field(default=180.0, gt=0, description="Per service, until its health check answers.")
     stop_timeout_s: float = Field(default=30.0, gt=0, description="Per service, after SIGTERM before SIGKILL.")
 
@@ -27,7 +28,8 @@ class StackConfig(BaseModel):
         return value.absolute()  # services run in other working directories (PostgreSQL in its cluster's folder)
 
     def port(self, service: str) -> int:
-        return int(getattr(self, f"{service}_port"))
+        """The configured port of a server (0: any free one); workers always take a free one."""
+        return int(getattr(self, f"{service}_port", 0))
 
     # ------------------------------------------------------------------ layout of the state folder
     @property

@@ -1,8 +1,7 @@
 """The stack's services as data: how each one is prepared, started, checked for health and stopped.
 
-Start order is the order of :data:`SERVICES`; `down` stops them in reverse. The workers of the Prefect
-work pools (one ``build`` pool and one per device profile, issue 13) join as further :class:`Service`
-classes after :class:`PrefectServer`, with ``url`` None and a health check on their own process.
+Start order is the order of :data:`SERVICES`, then one :class:`Worker` per Prefect work pool
+(slmops.stack.pools); `down` stops them in reverse.
 """
 
 from __future__ import annotations
@@ -21,7 +20,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any, ClassVar
 
+from slmops.benchmark.config import load_device_profiles
 from slmops.errors import StackError
+from slmops.stack import pools
 from slmops.stack.config import HOST, StackConfig
 from slmops.stack.process import Account
 
@@ -44,7 +45,7 @@ def http_ok(url: str) -> bool:
 class Service:
     """One service of the stack, bound to ``HOST:port`` and writing to ``config.log(name)``."""
 
-    name: ClassVar[str]
+    name: str
     health_path: ClassVar[str | None] = None  # GET it for 200; None: the service has its own healthy()
     stop_signal: ClassVar[int] = signal.SIGTERM
     account: Account | None = None  # run as another user (see Postgres)
@@ -320,6 +321,15 @@ class PrefectServer(Service):
     def prepare(self) -> None:
         self.config.prefect_home.mkdir(parents=True, exist_ok=True)
 
+    def ready(self) -> None:
+        """Create the work pools (their concurrency limits) before any worker polls one."""
+        with pools.client(self.api_url) as api:
+            pools.ensure_pools(api, self.config_pools)
+
+    @property
+    def config_pools(self) -> list[pools.Pool]:
+        return pools.declared_pools(load_device_profiles())
+
     def command(self) -> list[str]:
         return [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(self.port)]
 
@@ -333,6 +343,92 @@ class PrefectServer(Service):
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "DO_NOT_TRACK": "1",
         }
+
+
+class Worker(Service):
+    """``prefect worker start --pool <pool>`` (type process) in its own empty folder, with a health endpoint.
+
+    Its flow runs see only the stack's URLs, the configs and the code: their artifacts, caches and Hub
+    downloads go under the worker's own folder, so a worker needs no folder of another one.
+    """
+
+    health_path = "/health"
+
+    def __init__(
+        self,
+        config: StackConfig,
+        *,
+        port: int,
+        password: str,
+        pool: pools.Pool,
+        client_env: dict[str, str],
+        index: int = 0,
+    ) -> None:
+        super().__init__(config, port=port, password=password)
+        self.pool, self.client_env = pool, client_env
+        self.name = worker_name(pool.name, index)
+
+    @property
+    def home(self) -> Path:
+        return self.config.dir / "workers" / self.name.removeprefix(WORKER_PREFIX)
+
+    def prepare(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> list[str]:
+        command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", self.pool.name]
+        command += ["--type", pools.POOL_TYPE, "--name", f"{self.pool.name}@{HOST}:{self.port}", "--with-healthcheck"]
+        if self.pool.worker_limit is not None:
+            command += ["--limit", str(self.pool.worker_limit)]
+        return command
+
+    def env(self) -> dict[str, str]:
+        from slmops.settings import get_settings
+
+        env = self.base_env()
+        code = Path(__file__).resolve().parents[2]  # the checkout holding slmops/ and flows/ (the deployments' code)
+        path = [str(code)] if (code / "flows").is_dir() else []
+        return {
+            **env,
+            **self.client_env,
+            "PYTHONPATH": os.pathsep.join([*path, *filter(None, [env.get("PYTHONPATH")])]),
+            "SLMOPS_CONFIG_DIR": str(get_settings().config_dir.resolve()),
+            "SLMOPS_ARTIFACTS_DIR": str(self.home / "artifacts"),
+            "SLMOPS_MLRUNS_DIR": str(self.home / "mlruns"),  # unused with MLFLOW_TRACKING_URI; never a shared one
+            "SLMOPS_CACHE_DIR": str(self.home / "cache"),
+            "HF_HOME": str(self.home / "hf"),
+            "PREFECT_HOME": str(self.home / "prefect"),
+            "PREFECT_WORKER_WEBSERVER_HOST": HOST,
+            "PREFECT_WORKER_WEBSERVER_PORT": str(self.port),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+        }
+
+    def cwd(self) -> Path:
+        return self.home
+
+
+WORKER_PREFIX = "worker-"
+
+
+def worker_name(pool: str, index: int = 0) -> str:
+    """``worker-<pool>`` for a pool's first worker, ``worker-<pool>-<n>`` for its n-th."""
+    return f"{WORKER_PREFIX}{pool}" + (f"-{index + 1}" if index else "")
+
+
+def local_worker_pools(declared: list[pools.Pool]) -> tuple[list[pools.Pool], dict[str, str]]:
+    """The pools this machine can serve, and why each other one gets no worker here (a device it lacks)."""
+    from slmops.benchmark.harness import unavailable_reason
+
+    profiles = load_device_profiles()
+    served, skipped = [], {}
+    for pool in declared:
+        reason = unavailable_reason(profiles[pool.profile]) if pool.profile else None
+        if reason is None:
+            served.append(pool)
+        else:
+            skipped[pool.name] = reason
+    return served, skipped
 
 
 SERVICES: tuple[type[Service], ...] = (Postgres, MlflowServer, PrefectServer)

@@ -18,10 +18,23 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from slmops.artifacts import folder_lock, write_json_atomic
+from slmops.benchmark.config import load_device_profiles
 from slmops.errors import StackError
+from slmops.stack import pools
 from slmops.stack.config import HOST, StackConfig
 from slmops.stack.process import Recorded, spawn, stop_tree
-from slmops.stack.services import SERVICES, MlflowServer, Postgres, PrefectServer, Service, http_ok, require_drivers
+from slmops.stack.services import (
+    SERVICES,
+    MlflowServer,
+    Postgres,
+    PrefectServer,
+    Service,
+    Worker,
+    http_ok,
+    local_worker_pools,
+    require_drivers,
+    worker_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +58,7 @@ class StackStatus(BaseModel):
     dir: Path
     services: list[ServiceStatus]
     env: dict[str, str]
+    pools_without_worker: dict[str, str] = {}  # work pool -> why `up` started no worker for it on this machine
     already_up: bool = False
 
     @property
@@ -65,6 +79,12 @@ def _read_state(config: StackConfig) -> dict[str, Any]:
     if state.get("version") != STATE_VERSION:
         raise StackError(f"{config.state_file} has state version {state.get('version')!r}, not {STATE_VERSION}")
     return dict(state)
+
+
+def _order(state: dict[str, Any]) -> list[str]:
+    """The recorded services, first started first."""
+    recorded = state.get("services", {})
+    return [name for name in state.get("order", list(recorded)) if name in recorded]
 
 
 def _recorded(state: dict[str, Any], name: str) -> Recorded | None:
@@ -108,32 +128,43 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _ports(config: StackConfig, previous: dict[str, int]) -> dict[str, int]:
+def _ports(config: StackConfig, previous: dict[str, int], names: list[str]) -> dict[str, int]:
     """Configured ports as given (a busy one fails at start, naming the service); else the last `up`'s, if free."""
     ports: dict[str, int] = {}
-    for cls in SERVICES:
-        configured, last = config.port(cls.name), previous.get(cls.name, 0)
+    for name in names:
+        configured, last = config.port(name), previous.get(name, 0)
         if configured:
-            ports[cls.name] = configured
+            ports[name] = configured
         elif last and last not in ports.values() and _port_free(last):
-            ports[cls.name] = last
+            ports[name] = last
         else:
             port = _free_port()
             while port in ports.values():
                 port = _free_port()
-            ports[cls.name] = port
+            ports[name] = port
     return ports
 
 
-def _services(config: StackConfig, ports: dict[str, int], password: str) -> list[Service]:
+def _services(config: StackConfig, previous: dict[str, int], password: str) -> tuple[list[Service], dict[str, str]]:
+    """The services in start order (servers, then one worker per pool this machine can serve), and the pools left
+    without a worker here with the reason."""
     require_drivers()
+    served, skipped = local_worker_pools(pools.declared_pools(load_device_profiles()))
+    count = {pools.BUILD_POOL: config.build_workers}
+    started = [(pool, i) for pool in served for i in range(count.get(pool.name, 1))]
+    workers = [worker_name(pool.name, i) for pool, i in started]
+    ports = _ports(config, previous, [cls.name for cls in SERVICES] + workers)
     pg = ports["postgres"]
-    return [
+    services: list[Service] = [
         Postgres(config, port=pg, password=password),
         MlflowServer(config, port=ports["mlflow"], password=password, postgres_port=pg),
         PrefectServer(config, port=ports["prefect"], password=password, postgres_port=pg),
-        # the Prefect workers of issue 13's work pools start here, after the server they poll
     ]
+    env = _client_env(services)
+    for pool, i in started:  # after the server they poll; PrefectServer.ready() created their pools
+        port = ports[worker_name(pool.name, i)]
+        services.append(Worker(config, port=port, password=password, pool=pool, client_env=env, index=i))
+    return services, skipped
 
 
 def _client_env(services: list[Service]) -> dict[str, str]:
@@ -145,7 +176,8 @@ def _client_env(services: list[Service]) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------------------- up
 def up(config: StackConfig) -> StackStatus:
-    """Start PostgreSQL, the MLflow server and the Prefect server, each waited for (bounded) until healthy.
+    """Start PostgreSQL, the MLflow server, the Prefect server (creating the work pools) and one worker per pool
+    this machine can serve, each waited for (bounded) until healthy.
 
     Already running: returns the status with ``already_up``. A service that exits or stays unhealthy
     past ``startup_timeout_s`` stops every service this call started, then raises StackError naming
@@ -160,12 +192,14 @@ def up(config: StackConfig) -> StackStatus:
             logger.warning("part of the stack in %s is down; restarting all of it", config.dir)
             _down(config)
         previous = _read_state(config).get("ports", {})
-        services = _services(config, _ports(config, previous), _password(config))
+        services, skipped = _services(config, previous, _password(config))
         state: dict[str, Any] = {
             "version": STATE_VERSION,
             "ports": {s.name: s.port for s in services},
             "services": {},
             "env": _client_env(services),
+            "pools_without_worker": skipped,
+            "order": [s.name for s in services],  # the start order (state.json's mappings are written sorted)
         }
         try:
             for service in services:
@@ -260,10 +294,10 @@ def down(config: StackConfig, *, purge: bool = False) -> StackStatus:
 def _down(config: StackConfig) -> dict[str, Any]:
     state = _read_state(config)
     signals = {cls.name: cls.stop_signal for cls in SERVICES}
-    for cls in reversed(SERVICES):
-        recorded = _recorded(state, cls.name)
+    for name in reversed(_order(state)):
+        recorded = _recorded(state, name)
         if recorded is not None:
-            _stop(cls.name, recorded, signals[cls.name], config)
+            _stop(name, recorded, signals.get(name, Worker.stop_signal), config)
     if state:
         state["services"] = {}
         write_json_atomic(config.state_file, state)
@@ -285,17 +319,20 @@ def status(config: StackConfig) -> StackStatus:
 def _status(config: StackConfig) -> StackStatus:
     state = _read_state(config) if config.dir.is_dir() else {}
     rows = []
-    for cls in SERVICES:
-        entry = state.get("services", {}).get(cls.name)
-        recorded = _recorded(state, cls.name)
+    classes: dict[str, type[Service]] = {cls.name: cls for cls in SERVICES}
+    workers = [name for name in _order(state) if name not in classes]
+    for name in [*classes, *workers]:
+        cls = classes.get(name, Worker)
+        entry = state.get("services", {}).get(name)
+        recorded = _recorded(state, name)
         if recorded is None:
-            rows.append(ServiceStatus(name=cls.name, state="stopped", log=config.log(cls.name)))
+            rows.append(ServiceStatus(name=name, state="stopped", log=config.log(name)))
             continue
         alive = recorded.alive()
-        healthy = alive and _probe(cls, entry["url"], state.get("ports", {}).get(cls.name, 0))
+        healthy = alive and _probe(cls, entry["url"], state.get("ports", {}).get(name, 0))
         rows.append(
             ServiceStatus(
-                name=cls.name,
+                name=name,
                 state="running" if healthy else "unhealthy" if alive else "exited",
                 url=entry["url"],
                 pid=recorded.pid,
@@ -303,7 +340,12 @@ def _status(config: StackConfig) -> StackStatus:
             )
         )
     running = bool(state.get("services")) and all(r.state == "running" for r in rows)
-    return StackStatus(dir=config.dir, services=rows, env=state.get("env", {}) if running else {})
+    return StackStatus(
+        dir=config.dir,
+        services=rows,
+        env=state.get("env", {}) if running else {},
+        pools_without_worker=state.get("pools_without_worker", {}),
+    )
 
 
 def _probe(cls: type[Service], url: str, port: int) -> bool:

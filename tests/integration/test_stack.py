@@ -193,10 +193,16 @@ def test_up_prints_the_urls_and_status_reports_each_service(stack: Stack) -> Non
     }
     for key, value in stack.status["env"].items():
         assert f"export {key}={value}" in stack.up.stdout
+    import onnxruntime
+
+    # then one Prefect worker per work pool this machine serves (configs/devices.yaml; bench-cuda only with a GPU)
+    cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    workers = ["slmops", "build", "bench-cpu-1t", "bench-cpu-2t", *(["bench-cuda"] if cuda else [])]
     assert [(s["name"], s["state"]) for s in stack.status["services"]] == [
         ("postgres", "running"),
         ("mlflow", "running"),
         ("prefect", "running"),
+        *((f"worker-{pool}", "running") for pool in workers),
     ]
     assert all(Path(s["log"]).is_file() for s in stack.status["services"])
     assert (stack.dir / "env.sh").read_text() == "".join(f"export {k}={v}\n" for k, v in stack.status["env"].items())

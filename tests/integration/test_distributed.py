@@ -1,0 +1,212 @@
+"""The build on Prefect work pools and workers, live: `slmops stack up` over the tiny models' configs starts one
+worker per pool, `python -m flows.deploy --distributed` declares the pools and deployments, a run of the build
+deployment fans out one run per variant to the build worker (in its own folder, registering through the stack's
+MLflow server) and reports the device without a worker as not measured; `slmops stack down` stops the workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import UNSET, tiny_env
+from tests.integration.test_stack import of_stack, running, stack_cli, tree
+
+MISSING = [name for name in ("initdb", "pg_ctl") if shutil.which(name) is None]
+pytestmark = pytest.mark.skipif(
+    bool(MISSING), reason=f"{' and '.join(MISSING)} (PostgreSQL) not on PATH: `slmops stack` needs them"
+)
+RUN_TIMEOUT_S = 600  # a tiny build is done in about a minute; a busy machine gets ten
+
+
+@dataclass
+class Distributed:
+    dir: Path
+    env: dict[str, str]  # the CLI's: tiny configs, the loopback Hub, SLMOPS_STACK_DIR
+    status: dict[str, Any]
+    home: Path
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        return {**self.env, **self.status["env"]}
+
+    def service(self, name: str) -> dict[str, Any]:
+        return next(s for s in self.status["services"] if s["name"] == name)
+
+
+@pytest.fixture(scope="module")
+def distributed(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distributed]:
+    from tests.support.hubserver import HubServer
+
+    home = tmp_path_factory.mktemp("distributed")
+    with HubServer() as hub:
+        for vid, (folder, _) in tiny_models.items():
+            hub.state.publish_folder(f"tiny/{vid}", folder)
+        env = {k: v for k, v in os.environ.items() if k not in UNSET} | tiny_env(home, tiny_models, hub.endpoint)
+        env |= {"SLMOPS_STACK_DIR": str(home / "stack"), "SLMOPS_LOG_LEVEL": "INFO"}
+        up = stack_cli("up", env=env)
+        try:
+            assert up.returncode == 0, up.stdout + up.stderr
+            status = stack_cli("status", "--json", env=env, timeout=60)
+            assert status.returncode == 0, status.stdout + status.stderr
+            yield Distributed(home / "stack", env, json.loads(status.stdout), home)
+        finally:
+            stack_cli("down", "--purge", env=env, timeout=300)
+
+
+def prefect_client(distributed: Distributed):  # noqa: ANN201 - a SyncPrefectClient
+    from prefect.client.orchestration import SyncPrefectClient
+
+    return SyncPrefectClient(distributed.status["env"]["PREFECT_API_URL"])
+
+
+def test_up_declares_the_pools_and_starts_one_online_worker_per_served_pool(distributed: Distributed) -> None:
+    from prefect.client.schemas.objects import WorkerStatus
+
+    from slmops.stack import pools
+
+    served = ["slmops", "build", "bench-cpu-1t", "bench-cpu-2t"]  # configs/devices.yaml's CPU profiles
+    workers = [s for s in distributed.status["services"] if s["name"].startswith("worker-")]
+    assert [w["name"] for w in workers] == [f"worker-{p}" for p in served]
+    assert all(w["state"] == "running" and w["url"].startswith("http://127.0.0.1:") for w in workers)
+    no_cuda = distributed.status["pools_without_worker"]
+    assert list(no_cuda) == ["bench-cuda"] and "CUDAExecutionProvider is not available" in no_cuda["bench-cuda"]
+    with prefect_client(distributed) as api:
+        limits = {p: api.read_work_pool(p).concurrency_limit for p in [*served, "bench-cuda"]}
+        online = {p: [w.status for w in api.read_workers_for_work_pool(p)] for p in served}
+        cuda = pools.missing_worker(api, "bench-cuda")
+        assert pools.missing_worker(api, "build") is None
+    # one build at a time, and never two benchmarks on one device; build workers each take one run at a time
+    assert limits == {"slmops": 1, "build": None, "bench-cpu-1t": 1, "bench-cpu-2t": 1, "bench-cuda": 1}
+    assert all(statuses == [WorkerStatus.ONLINE] for statuses in online.values()), online
+    assert cuda is not None and "no worker online in work pool 'bench-cuda'" in cuda
+    command = " ".join(psutil_cmdline(distributed.service("worker-build")["pid"]))
+    assert "worker start --pool build --type process" in command and "--limit 1" in command
+    assert Path(distributed.service("worker-build")["log"]).is_file()
+
+
+def build_tiny_llama(distributed: Distributed) -> None:
+    """One run of the build deployment for tiny-llama's fp32, from another process, waited for (bounded)."""
+    trigger = (
+        "from prefect.deployments import run_deployment\n"
+        "run = run_deployment('slmops-build-distributed/nightly', parameters={'variants': ['tiny-llama'], "
+        f"'recipes': ['fp32']}}, timeout={RUN_TIMEOUT_S})\n"
+        "print(run.id, run.state.type.value)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", trigger],
+        env=distributed.client_env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S + 60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    state = done.stdout.split()[-1]
+    logs = {p: Path(distributed.service(f"worker-{p}")["log"]).read_text(errors="replace") for p in ("slmops", "build")}
+    assert state == "COMPLETED", f"{done.stdout}\n{logs['slmops'][-3000:]}\n{logs['build'][-3000:]}"
+
+
+def psutil_cmdline(pid: int) -> list[str]:
+    import psutil
+
+    return list(psutil.Process(pid).cmdline())
+
+
+def test_a_build_run_fans_out_to_the_build_worker_and_reports_the_unmeasured_device(distributed: Distributed) -> None:
+    from mlflow.tracking import MlflowClient
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterName
+
+    from slmops.names import device_bench_tag, device_metric, registered_model_name
+
+    env = distributed.client_env
+    declared = subprocess.run(
+        [sys.executable, "-m", "flows.deploy", "--distributed"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert declared.returncode == 0, declared.stdout + declared.stderr
+    with prefect_client(distributed) as api:
+        build = api.read_deployment_by_name("slmops-build-distributed/nightly")
+        variant = api.read_deployment_by_name("slmops-build-variant/variant")
+    assert (build.work_pool_name, variant.work_pool_name) == ("slmops", "build")
+    assert build.concurrency_limit == 1 or (
+        build.global_concurrency_limit and build.global_concurrency_limit.limit == 1
+    )
+    assert [s.schedule.cron for s in build.schedules] == ["0 3 * * *"]  # pipeline.yaml's deploy.cron
+    assert build.entrypoint == "flows.distributed.build_distributed" and build.pull_steps in (None, [])
+
+    build_tiny_llama(distributed)
+    with prefect_client(distributed) as api:
+        child = api.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["build[tiny-llama]"])))
+        table = api.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["slmops-distributed-build"]))
+        )
+    assert len(child) == 1 and child[0].state is not None and child[0].state.is_completed()
+    assert str(child[0].parent_task_run_id) and child[0].work_pool_name == "build"
+    rows = {row["variant"]: row["outcome"] for row in json.loads(str(table[0].data))}
+    assert rows["tiny-llama"] == "built" and rows["device cpu-1t"] == "worker online"
+    assert rows["device cuda"].startswith("not measured: no worker online in work pool 'bench-cuda'")
+    # the build worker built in its own folder; nothing was written where the CLI's environment points
+    worker_home = distributed.dir / "workers" / "build"
+    assert (worker_home / "artifacts" / "candidates" / "tiny-llama" / "fp32").is_dir()
+    assert not (distributed.home / "artifacts").exists()
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    model = registered_model_name("causal-lm")
+    versions = client.search_model_versions(f"name='{model}'")
+    assert len(versions) == 1 and versions[0].run_id  # registered through the PostgreSQL-backed server
+    # the cpu-1t benchmark worker pulled the version into its own cache, verified it and logged to the same run
+    run = client.get_run(versions[0].run_id)
+    assert run.data.tags[device_bench_tag("cpu-1t")] == "measured"
+    assert run.data.metrics[device_metric("decode_tok_s", "cpu-1t")] > 0
+    assert run.data.metrics[device_metric("peak_rss_mb", "cpu-1t")] > 0
+    assert device_bench_tag("cuda") not in run.data.tags  # its pool has no worker: nothing ran, nothing logged
+    pulled = distributed.dir / "workers" / "bench-cpu-1t" / "cache" / "models" / model / versions[0].version
+    assert (pulled / "MLmodel").is_file()
+    assert not (distributed.dir / "workers" / "bench-cpu-1t" / "artifacts" / "candidates").exists()
+    with prefect_client(distributed) as api:
+        bench = api.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"bench[cpu-1t] {model} v1"]))
+        )
+    assert len(bench) == 1 and bench[0].work_pool_name == "bench-cpu-1t" and bench[0].state.is_completed()
+
+
+def test_the_alias_loads_over_http_and_a_second_identical_run_registers_nothing(
+    distributed: Distributed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from slmops import load
+    from slmops.names import registered_model_name
+    from tests.conftest import apply_env
+    from tests.support.mlflowserver import forget_mlflow_uris
+
+    client = MlflowClient(tracking_uri=distributed.client_env["MLFLOW_TRACKING_URI"])
+    model = registered_model_name("causal-lm")
+    before = sorted((v.version, v.run_id) for v in client.search_model_versions(f"name='{model}'"))
+    assert client.get_registered_model(model).aliases == {"chat-test": before[0][0]}  # set by the build's recommend
+    apply_env(monkeypatch, {**distributed.client_env, "SLMOPS_CACHE_DIR": str(distributed.home / "client-cache")})
+    try:
+        text = load("chat-test").generate("The sun", max_tokens=4, seed=1)
+    finally:
+        forget_mlflow_uris()
+    assert isinstance(text, str) and text  # resolved over REST, downloaded through the artifact proxy
+    build_tiny_llama(distributed)
+    after = sorted((v.version, v.run_id) for v in client.search_model_versions(f"name='{model}'"))
+    assert after == before  # the same candidate digest: the version is reused, not registered again
+    assert client.get_registered_model(model).aliases == {"chat-test": before[0][0]}
+
+
+def test_down_stops_the_workers_and_their_flow_runs(distributed: Distributed) -> None:
+    """Last in the module: `down` leaves no process of the stack, workers and their children included."""
+    pids = [s["pid"] for s in distributed.status["services"]]
+    before = tree(pids)
+    down = stack_cli("down", env=distributed.env, timeout=300)
+    assert down.returncode == 0, down.stderr
+    assert running(before) == set()
+    assert of_stack(distributed.dir) == set()
