@@ -23,6 +23,7 @@ import pytest
 from slmops.names import TAG_DIGEST, registered_model_name
 from slmops.settings import get_settings
 from tests.conftest import UNSET, apply_env, isolated_env
+from tests.support.process import running
 
 MISSING = [name for name in ("initdb", "pg_ctl") if shutil.which(name) is None]
 pytestmark = pytest.mark.skipif(
@@ -54,18 +55,6 @@ def tree(pids: list[int]) -> set[int]:
         except psutil.NoSuchProcess:
             continue
     return found
-
-
-def running(pids: set[int]) -> set[int]:
-    """The pids that are live processes (a zombie waiting for init to reap it has stopped)."""
-    alive = set()
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.add(pid)
-        except psutil.NoSuchProcess:
-            continue
-    return alive
 
 
 def of_stack(stack_dir: Path) -> set[int]:

@@ -87,3 +87,17 @@ class ServerProcess:
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.is_file() else ""
+
+
+def running(pids: set[int]) -> set[int]:
+    """The pids that are live processes (a zombie waiting for init to reap it has stopped)."""
+    import psutil
+
+    alive = set()
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.add(pid)
+        except psutil.NoSuchProcess:
+            continue
+    return alive

@@ -17,6 +17,7 @@ from slmops.cli import app
 from slmops.errors import StackError
 from slmops.stack import StackConfig, down, status, up
 from slmops.stack.process import Recorded, spawn
+from tests.support.process import running
 
 
 def _record(config: StackConfig, name: str, command: list[str]) -> Recorded:
@@ -38,17 +39,6 @@ def _tree_when_ready(pid: int, size: int) -> set[int]:
     raise AssertionError(f"pid {pid} never had {size} processes")
 
 
-def _running(pids: set[int]) -> set[int]:
-    alive = set()
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.add(pid)
-        except psutil.NoSuchProcess:
-            continue
-    return alive
-
-
 def test_status_of_a_stack_never_started(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["stack", "status", "--json", "--dir", str(tmp_path / "none")])
     assert result.exit_code == 1
@@ -63,7 +53,7 @@ def test_down_stops_the_group_and_children_that_left_it(tmp_path: Path) -> None:
     tree = _tree_when_ready(recorded.pid, 3)
     assert status(config).services[2].state == "unhealthy"  # alive, but no URL answers
     result = down(config)
-    assert _running(tree) == set()
+    assert running(tree) == set()
     assert [s.state for s in result.services] == ["stopped"] * 3
     assert json.loads(config.state_file.read_text())["services"] == {}
 
@@ -73,7 +63,7 @@ def test_a_service_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
     recorded = _record(config, "mlflow", ["sh", "-c", "trap '' TERM; sleep 300 & wait"])
     tree = _tree_when_ready(recorded.pid, 2)
     down(config)
-    assert _running(tree) == set()
+    assert running(tree) == set()
 
 
 def test_an_exited_service_and_a_reused_pid_count_as_exited(tmp_path: Path) -> None:
