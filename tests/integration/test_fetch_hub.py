@@ -347,4 +347,5 @@ def test_a_file_missing_from_the_commit_is_named_as_such(server, tiny_models, is
 
 def test_fetch_leaves_no_lock_or_partial_files(server, tiny_models, isolated: Path) -> None:
     _fetch(_variant(tiny_models), isolated / "fetch" / "tiny-llama")
-    assert sorted(p.name for p in (isolated / "fetch").iterdir()) == ["tiny-llama"]
+    # the folder and the record of how the fetch ran (kept outside the folder DVC hashes); no lock or temp file
+    assert sorted(p.name for p in (isolated / "fetch").iterdir()) == ["tiny-llama", "tiny-llama.fetch-run.json"]
