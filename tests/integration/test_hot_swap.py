@@ -46,9 +46,8 @@ def registry(tiny_registry, tmp_path_factory) -> dict[str, Any]:
 
     env = tiny_registry[0]
     root = tmp_path_factory.mktemp("swap-registry")
-    mlruns = root / "mlruns"
-    mlruns.mkdir()
-    shutil.copy(os.path.join(env["SLMOPS_MLRUNS_DIR"], "mlflow.db"), mlruns / "mlflow.db")
+    mlruns = root / "mlruns"  # a copy of the whole store: slmops re-roots a copied store's paths into it
+    shutil.copytree(env["SLMOPS_MLRUNS_DIR"], mlruns)
     name = registered_model_name("causal-lm")
     mp = pytest.MonkeyPatch()
     try:
