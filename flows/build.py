@@ -160,9 +160,24 @@ class _InRun(logging.Filter):
         return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
+class _ConsoleLevel(logging.Filter):
+    """On the console's handlers during a flow run: ``slmops`` records below the console's level are dropped
+    (the slmops logger is opened to INFO for the flow-run log); progress lines stay, as the CLI shows them."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("slmops") or record.name.startswith("slmops.progress"):
+            return True
+        return record.levelno >= self.level
+
+
 @contextlib.contextmanager
 def _slmops_logs_in_flow_run() -> Iterator[None]:
-    """Send the ``slmops`` loggers' records to the flow-run log for the run (at SLMOPS_LOG_LEVEL; progress at INFO).
+    """Send the ``slmops`` loggers' INFO records to the flow-run log for the run; the console keeps its level
+    (SLMOPS_LOG_LEVEL, or -v), with progress lines at INFO.
 
     Same as PREFECT_LOGGING_EXTRA_LOGGERS=slmops, without having to set it before Prefect is imported; when it
     is set, Prefect's handler is already there and nothing is added.
@@ -173,17 +188,23 @@ def _slmops_logs_in_flow_run() -> Iterator[None]:
 
     log, progress = logging.getLogger("slmops"), logging.getLogger("slmops.progress")
     levels = log.level, progress.level
-    if log.level == logging.NOTSET:  # a deployment's process: no slmops entry point configured the levels
-        log.setLevel(get_settings().log_level)
-        progress.setLevel(min(logging.INFO, log.level))
+    console = log.level if log.level != logging.NOTSET else logging.getLevelName(get_settings().log_level)
+    log.setLevel(min(console, logging.INFO))
+    progress.setLevel(logging.INFO)
     handler = None
     if not any(isinstance(h, APILogHandler) for h in log.handlers):
         handler = APILogHandler()
         handler.addFilter(_InRun())
         log.addHandler(handler)
+    console_filter = _ConsoleLevel(console)
+    console_handlers = [h for h in logging.getLogger().handlers if not isinstance(h, APILogHandler)]
+    for h in console_handlers:
+        h.addFilter(console_filter)
     try:
         yield
     finally:
+        for h in console_handlers:
+            h.removeFilter(console_filter)
         if handler is not None:
             log.removeHandler(handler)
         log.setLevel(levels[0])
