@@ -38,9 +38,8 @@ def failed_version(tiny_registry, tmp_path_factory) -> tuple[str, str]:
     from slmops.settings import Settings, get_settings
 
     env = tiny_registry[0]
-    mlruns = tmp_path_factory.mktemp("served-registry") / "mlruns"
-    mlruns.mkdir()
-    shutil.copy(os.path.join(env["SLMOPS_MLRUNS_DIR"], "mlflow.db"), mlruns / "mlflow.db")
+    mlruns = tmp_path_factory.mktemp("served-registry") / "mlruns"  # a copy of the whole store: slmops re-roots
+    shutil.copytree(env["SLMOPS_MLRUNS_DIR"], mlruns)  # a copied store's paths into it, where its artifacts must be
     mp = pytest.MonkeyPatch()
     try:
         apply_env(mp, {**env, "SLMOPS_MLRUNS_DIR": str(mlruns)})
