@@ -41,6 +41,17 @@ def relocate(db: Path, artifact_root: str, *, experiment: str) -> int:
         old = _recorded(con, experiment)
         if old is None or old == artifact_root or not (old.endswith(ARTIFACTS) and artifact_root.endswith(ARTIFACTS)):
             return 0
+        if not Path(_path(artifact_root)).is_dir() and Path(_path(old)).is_dir():
+            # the database alone was copied: its artifacts are only in the old folder, so the paths stay
+            logger.warning(
+                "the MLflow store %s records artifacts under %s and has none beside it (%s): it was copied "
+                "without them, so its paths are kept and new runs still write there; copy the whole %s folder",
+                db,
+                _path(old),
+                _path(artifact_root),
+                db.parent.name,
+            )
+            return 0
         con.execute("BEGIN IMMEDIATE")  # one writer; another process may have relocated it meanwhile
         old = _recorded(con, experiment)
         if old is None or old == artifact_root or not old.endswith(ARTIFACTS):

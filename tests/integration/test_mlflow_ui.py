@@ -182,3 +182,25 @@ def test_a_moved_store_is_re_rooted_once_and_only_under_its_own_folder(tmp_path:
     assert client.get_run(run.info.run_id).info.artifact_uri.startswith(artifact_root + "/")
     assert client.get_experiment(other_id).artifact_location == sibling
     assert relocate(tmp_path / "none.db", artifact_root, experiment=names.EXPERIMENT) == 0
+
+
+def test_a_database_copied_without_its_artifacts_keeps_its_paths(tmp_path: Path) -> None:
+    """Only mlflow.db copied: re-rooting would point every version at artifacts that are not there."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from slmops.runtime.localstore import relocate
+    from tests.support.mlflowserver import forget_mlflow_uris
+
+    old, new = tmp_path / "a" / "mlruns", tmp_path / "b" / "mlruns"
+    (old / "artifacts").mkdir(parents=True)
+    client = MlflowClient(f"sqlite:///{old / 'mlflow.db'}")
+    experiment_id = client.create_experiment(names.EXPERIMENT, artifact_location=(old / "artifacts").as_uri())
+    forget_mlflow_uris()
+    del client
+    new.mkdir(parents=True)
+    shutil.copy(old / "mlflow.db", new / "mlflow.db")
+    assert relocate(new / "mlflow.db", (new / "artifacts").as_uri(), experiment=names.EXPERIMENT) == 0
+    client = MlflowClient(f"sqlite:///{new / 'mlflow.db'}")
+    assert client.get_experiment(experiment_id).artifact_location == (old / "artifacts").as_uri()
