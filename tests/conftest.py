@@ -13,6 +13,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 UNSET = (
     "SLMOPS_TRACKING_URI",
     "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
     "HF_HUB_OFFLINE",
     "SLMOPS_OFFLINE",
     "HF_TOKEN",
@@ -55,11 +56,16 @@ def apply_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own artifacts, MLflow store, caches and Hub cache."""
     from slmops.settings import get_settings
+    from tests.support.mlflowserver import forget_mlflow_uris
 
     home = tmp_path / "home"
     apply_env(monkeypatch, isolated_env(home))
     yield home
     get_settings.cache_clear()
+    # slmops's connect() points mlflow at this test's store, and mlflow copies that into MLFLOW_TRACKING_URI and
+    # MLFLOW_REGISTRY_URI: left set, a later test's clients and the processes it starts (stack workers) would
+    # read this test's registry
+    forget_mlflow_uris()
 
 
 @pytest.fixture(scope="session")

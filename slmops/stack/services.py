@@ -111,10 +111,29 @@ class Postgres(Service):
     def data(self) -> Path:
         return self.root / "data"
 
+    @property
+    def _stamp(self) -> Path:
+        """sha256 of the password the cluster was made with, to tell this stack's cluster from a stale one."""
+        return self.root / "password.sha256"
+
+    def _password_digest(self) -> str:
+        return hashlib.sha256(self.password.encode()).hexdigest()
+
     def prepare(self) -> None:
         self.root = self._reachable_root()
         if (self.data / "PG_VERSION").is_file():
-            return
+            made_with = self._stamp.read_text().strip() if self._stamp.is_file() else None
+            if made_with is None or made_with == self._password_digest():
+                return
+            if self.root == self.config.postgres_root:
+                raise StackError(
+                    f"postgres: the cluster in {self.data} was made with another password than "
+                    f"{self.config.password_file} holds; restore that file, or delete the cluster with "
+                    f"`slmops stack down --purge --dir {self.config.dir}` and run `slmops stack up` again"
+                )
+            # the temp-folder cluster of an earlier stack in this folder, removed without `down --purge`
+            logger.warning("postgres: %s belongs to an earlier stack in %s; replacing it", self.root, self.config.dir)
+            shutil.rmtree(self.data)
         if self.data.exists():
             shutil.rmtree(self.data)  # a half-made cluster from an interrupted initdb
         pwfile = self.root / "initdb.pw"
@@ -142,6 +161,9 @@ class Postgres(Service):
             pwfile.unlink(missing_ok=True)
         if done.returncode != 0:
             raise StackError(f"postgres: initdb failed with exit code {done.returncode}; see {self.log}")
+        tmp = self._stamp.with_suffix(".tmp")
+        tmp.write_text(self._password_digest() + "\n")
+        tmp.replace(self._stamp)
 
     def command(self) -> list[str]:
         # -k '': no Unix socket, so nothing is written outside the data folder and only TCP on loopback listens
@@ -173,6 +195,14 @@ class Postgres(Service):
             with self._connect() as conn:
                 conn.execute("SELECT 1")
             return True
+        except psycopg.OperationalError as exc:
+            if "password authentication failed" in str(exc):  # waiting cannot fix it: say so now
+                raise StackError(
+                    f"postgres: the cluster in {self.data} refuses the password in {self.config.password_file} "
+                    f"(made by an earlier stack, before the cluster kept a stamp of its password); stop it, delete "
+                    f"{self.root} and run `slmops stack up` again"
+                ) from None
+            return False
         except psycopg.Error:
             return False
 

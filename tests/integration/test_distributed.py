@@ -156,10 +156,11 @@ def test_a_build_run_fans_out_to_the_build_worker_and_reports_the_unmeasured_dev
     worker_home = distributed.dir / "workers" / "build"
     assert (worker_home / "artifacts" / "candidates" / "tiny-llama" / "fp32").is_dir()
     assert not (distributed.home / "artifacts").exists()
-    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
     model = registered_model_name("causal-lm")
     versions = client.search_model_versions(f"name='{model}'")
-    assert len(versions) == 1 and versions[0].run_id  # registered through the PostgreSQL-backed server
+    seen = [(v.version, v.run_id, v.tags) for v in versions]
+    assert len(versions) == 1 and versions[0].run_id, seen  # registered through the PostgreSQL-backed server
     # the cpu-1t benchmark worker pulled the version into its own cache, verified it and logged to the same run
     run = client.get_run(versions[0].run_id)
     assert run.data.tags[device_bench_tag("cpu-1t")] == "measured"
@@ -186,7 +187,8 @@ def test_the_alias_loads_over_http_and_a_second_identical_run_registers_nothing(
     from tests.conftest import apply_env
     from tests.support.mlflowserver import forget_mlflow_uris
 
-    client = MlflowClient(tracking_uri=distributed.client_env["MLFLOW_TRACKING_URI"])
+    uri = distributed.client_env["MLFLOW_TRACKING_URI"]
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     model = registered_model_name("causal-lm")
     before = sorted((v.version, v.run_id) for v in client.search_model_versions(f"name='{model}'"))
     assert client.get_registered_model(model).aliases == {"chat-test": before[0][0]}  # set by the build's recommend

@@ -4,6 +4,7 @@ and recommended through the PostgreSQL-backed server, loaded over HTTP (slmops.l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -304,6 +306,51 @@ def test_pyfunc_and_serve_answer_from_the_stack(stack: Stack, registry: Registry
         with urllib.request.urlopen(request, timeout=120) as response:
             answer = json.loads(response.read())
     assert answer["choices"][0]["text"] == expected
+
+
+def test_a_cluster_made_with_another_password_is_never_waited_on(tmp_path: Path) -> None:
+    """A state folder removed without `down --purge` leaves its cluster behind (in the temp folder, when the
+    cluster runs as the postgres user); the next stack in that folder has a new password. Its `up` must neither
+    loop on "password authentication failed" until the time limit nor reuse the cluster."""
+    from slmops.errors import StackError
+    from slmops.stack import StackConfig
+    from slmops.stack.process import spawn, stop_tree
+    from slmops.stack.services import Postgres
+    from slmops.stack.stack import _free_port
+
+    config = StackConfig(dir=tmp_path / "s")
+    config.log("postgres").parent.mkdir(parents=True)
+    old = Postgres(config, port=_free_port(), password="the-first-stack")
+    try:
+        old.prepare()
+        popen, recorded = spawn(old.command(), env=old.env(), log=old.log, cwd=old.cwd(), account=old.account)
+        try:
+            for _ in range(120):
+                if old.healthy():
+                    break
+                assert popen.poll() is None, old.log.read_text()
+                time.sleep(0.5)
+            else:
+                pytest.fail(f"postgres never became healthy; see {old.log}")
+            # a cluster from before the password stamp: the health check fails at once, naming the folder to delete
+            (old.root / "password.sha256").unlink()
+            stranger = Postgres(config, port=old.port, password="the-second-stack")
+            stranger.root = old.root  # as its prepare() would find it
+            with pytest.raises(StackError, match=f"refuses the password .*delete {old.root}"):
+                stranger.healthy()
+        finally:
+            stop_tree(recorded, sig=Postgres.stop_signal, timeout_s=30, what="postgres")
+        (old.root / "password.sha256").write_text(hashlib.sha256(b"the-first-stack").hexdigest())  # as `up` stamps it
+        new = Postgres(config, port=_free_port(), password="the-second-stack")
+        if old.root == config.postgres_root:  # the cluster lives in the state folder: never deleted silently
+            with pytest.raises(StackError, match="made with another password"):
+                new.prepare()
+        else:  # the temp-folder cluster of a removed state folder: replaced by this stack's own
+            new.prepare()
+            digest = hashlib.sha256(b"the-second-stack").hexdigest()
+            assert (new.root / "password.sha256").read_text().strip() == digest
+    finally:  # the cluster outside tmp_path
+        shutil.rmtree(old.root, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------- failure and teardown
