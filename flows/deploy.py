@@ -45,14 +45,22 @@ def deployment(
 
 
 def distributed_deployments(
-    profiles: list[str], *, name: str = "nightly", cron: str | None = "0 3 * * *", on_overlap: str = "enqueue"
+    profiles: list[str],
+    *,
+    name: str = "nightly",
+    cron: str | None = "0 3 * * *",
+    on_overlap: str = "enqueue",
+    heartbeat_s: int = 30,
 ) -> list[RunnerDeployment]:
     """The distributed build (pool ``slmops``: schedule, concurrency limit 1), its per-variant deployment (pool
     ``build``) and one benchmark deployment per device profile (pool ``bench-<profile>``). All are imported by
-    module path, so a worker runs them from its own empty folder."""
+    module path, so a worker runs them from its own empty folder, and their runs send a heartbeat every
+    ``heartbeat_s`` seconds (whatever the worker's settings), so a run whose worker died is marked Crashed."""
     from prefect.types.entrypoint import EntrypointType
 
     from slmops.stack.pools import BUILD_POOL, CONTROL_POOL, bench_pool
+
+    job = {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat_s)}}
 
     made = build_distributed.to_deployment(
         name=name,
@@ -64,6 +72,7 @@ def distributed_deployments(
         concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ON_OVERLAP[on_overlap]),
         work_pool_name=CONTROL_POOL,
         entrypoint_type=EntrypointType.MODULE_PATH,
+        job_variables=job,
     )
     per_variant = build_variant.to_deployment(
         name=VARIANT_DEPLOYMENT,
@@ -71,6 +80,7 @@ def distributed_deployments(
         description="One variant's fetch, export, quantize, gate, benchmark and register, on a build worker.",
         work_pool_name=BUILD_POOL,
         entrypoint_type=EntrypointType.MODULE_PATH,
+        job_variables=job,
     )
     benches = [
         bench_registered.to_deployment(
@@ -79,6 +89,7 @@ def distributed_deployments(
             description=f"Measure a registered version on device profile {profile!r}, one at a time (pool limit 1).",
             work_pool_name=bench_pool(profile),
             entrypoint_type=EntrypointType.MODULE_PATH,
+            job_variables=job,
         )
         for profile in profiles
     ]
@@ -86,8 +97,8 @@ def distributed_deployments(
 
 
 def declare_distributed(*, name: str = "nightly", cron: str | None = None, on_overlap: str | None = None) -> list[str]:
-    """Create or update the work pools and the distributed deployments (cron and overlap rule from pipeline.yaml
-    unless given); returns the deployment ids."""
+    """Create or update the work pools, the automation that marks runs of dead workers Crashed and the distributed
+    deployments (cron and overlap rule from pipeline.yaml unless given); returns the deployment ids."""
     from prefect.client.orchestration import get_client
 
     from slmops.project import Project
@@ -97,8 +108,13 @@ def declare_distributed(*, name: str = "nightly", cron: str | None = None, on_ov
     deploy = project.config.deploy
     with get_client(sync_client=True) as api:
         pools.ensure_pools(api, pools.declared_pools(project.device_profiles))
+        pools.ensure_zombie_automation(api, crashed_after_s=deploy.crashed_after_s)
     made = distributed_deployments(
-        list(project.device_profiles), name=name, cron=cron or deploy.cron, on_overlap=on_overlap or deploy.on_overlap
+        list(project.device_profiles),
+        name=name,
+        cron=cron or deploy.cron,
+        on_overlap=on_overlap or deploy.on_overlap,
+        heartbeat_s=deploy.heartbeat_s,
     )
     return [str(d.apply()) for d in made]
 

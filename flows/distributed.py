@@ -15,18 +15,20 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
-from prefect import flow
+from prefect import flow, task
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.deployments.flow_runs import arun_deployment, run_deployment
+from prefect.states import Cancelled, Cancelling
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.build import STAGES, _project, _slmops_logs_in_flow_run, recommend
+from flows.build import _project, _slmops_logs_in_flow_run, evaluate, export, fetch, quantize, recommend
 from slmops import pipeline
 from slmops.cli import report
 from slmops.errors import BuildError
-from slmops.project import Project
-from slmops.results import Recommendations
+from slmops.project import DeployConfig, Project
+from slmops.results import Recommendations, RegistryRecord
 from slmops.stack import pools
 
 if TYPE_CHECKING:
@@ -40,10 +42,29 @@ VARIANT_DEPLOYMENT = "variant"
 BENCH_FLOW = "slmops-bench"  # one deployment per device profile, named after it, on the profile's pool
 
 
+@task(name="register", task_run_name="register[{variant}]", cache_policy=NO_CACHE)
+def register_gated(variant: str, recipes: list[str] | None = None) -> RegistryRecord:
+    """Log each gated candidate to MLflow with its manifest and register those that passed, without numbers of
+    this build machine: the devices' benchmark workers measure them."""
+    with report.stage("register", variant) as progress:
+        return progress.done(pipeline.register(_project(variant, recipes), variant, benchmarked=False))
+
+
+# a build worker builds and gates; it never benchmarks (its CPU is no device profile's, and it may share the
+# machine with a benchmark worker): each device's own worker measures the registered candidates
+VARIANT_STAGES = (fetch, export, quantize, evaluate, register_gated)
+
+
 @flow(name=VARIANT_FLOW, flow_run_name="build[{variant}]", task_runner=ThreadPoolTaskRunner(max_workers=1))  # type: ignore[arg-type]  # as flows.build
 def build_variant(variant: str, recipes: list[str] | None = None, devices: list[str] | None = None) -> dict[str, Any]:
-    """Fetch, export, quantize, gate, benchmark and register one variant in this worker's own folders, then have
-    each device's benchmark worker measure every registered candidate (pulled from the registry).
+    """Fetch, export, quantize, gate and register one variant in this worker's own folders, then have each
+    device's benchmark worker measure every registered candidate (pulled from the registry).
+
+    A benchmark run that crashes (its worker died: the stack's automation marks a run without heartbeats
+    Crashed) or fails is started again, up to ``deploy.bench_attempts`` runs; one still not finished after
+    ``deploy.bench_wait_s`` is cancelled. Either way the device is reported not measured for that
+    candidate, with the reason (tag ``slmops.bench.<profile>`` on its run), and the variant run fails
+    naming it, while the other devices and variants go on.
 
     Args:
         variant: The variant id, e.g. "smollm2-135m-instruct".
@@ -53,20 +74,63 @@ def build_variant(variant: str, recipes: list[str] | None = None, devices: list[
     project = _project(variant, recipes)  # fails on a bad variant or recipe before any work
     with _slmops_logs_in_flow_run(), pipeline.build_lock(project, what=f"build flow {variant} on a worker"):
         record: Any = None
-        for stage in STAGES:
+        for stage in VARIANT_STAGES:
             record = stage(variant, recipes)
+    deploy = project.config.deploy
     failed = []
-    for recipe, candidate in record.candidates.items():
-        if candidate.version is None:
-            continue  # failed its gate: logged, never registered, so never benchmarked on a device
-        for profile in devices or []:
-            parameters = {"model": candidate.model, "version": candidate.version, "profile": profile}
-            run = cast("FlowRun", run_deployment(f"{BENCH_FLOW}/{profile}", parameters=parameters, as_subflow=True))
-            if not (run.state and run.state.is_completed()):
-                failed.append(f"{recipe} on {profile}: run {run.name} ended {run.state.name if run.state else '?'}")
+    with _slmops_logs_in_flow_run():
+        for recipe, candidate in record.candidates.items():
+            if candidate.version is None:
+                continue  # failed its gate: logged, never registered, so never benchmarked on a device
+            for profile in devices or []:
+                why = _bench_on_device(candidate.model, candidate.version, profile, deploy=deploy)
+                if why is not None:
+                    failed.append(f"{recipe} on {profile}: {why}")
+                    pipeline.device_not_measured(project, candidate.model, candidate.version, profile, why)
     if failed:
         raise BuildError(f"{variant}: device benchmarks failed: {'; '.join(failed)}")
     return dict(record.model_dump(mode="json"))  # the RegistryRecord of the register stage
+
+
+def _bench_on_device(model: str, version: str, profile: str, *, deploy: DeployConfig) -> str | None:
+    """Run the profile's benchmark deployment on the version until a run completes (None) or the attempts are
+    spent (why not, for the report)."""
+    from prefect.client.schemas.objects import StateType
+
+    outcomes = []
+    for attempt in range(1, deploy.bench_attempts + 1):
+        parameters = {"model": model, "version": version, "profile": profile}
+        run = cast(
+            "FlowRun",
+            run_deployment(
+                f"{BENCH_FLOW}/{profile}", parameters=parameters, as_subflow=True, timeout=deploy.bench_wait_s
+            ),
+        )
+        state = run.state
+        if state is not None and state.is_completed():
+            return None
+        if state is None or not state.is_final():  # queued or running past the wait: give its slot back
+            stop = Cancelling if state is not None and state.is_running() else Cancelled  # a worker stops a running one
+            with get_client(sync_client=True) as api:
+                api.set_flow_run_state(run.id, stop(message=f"not finished within {deploy.bench_wait_s:.0f} s"))
+            outcome = f"run {run.name} did not finish within {deploy.bench_wait_s:.0f} s"
+        else:
+            outcome = f"run {run.name} ended {state.name}" + (f": {state.message}" if state.message else "")
+        outcomes.append(outcome)
+        retry = state is not None and state.type in (StateType.CRASHED, StateType.FAILED)
+        logger.warning(
+            "%s v%s on %s, attempt %d of %d: %s%s",
+            model,
+            version,
+            profile,
+            attempt,
+            deploy.bench_attempts,
+            outcome,
+            "; starting it again" if retry and attempt < deploy.bench_attempts else "",
+        )
+        if not retry:
+            break
+    return "; ".join(outcomes)
 
 
 @flow(name=BENCH_FLOW, flow_run_name="bench[{profile}] {model} v{version}")

@@ -123,6 +123,19 @@ def device_metric(metric: str, profile: str) -> str:
     return f"bench.{profile}.{metric}"
 
 
+def profile_metrics(metrics: dict[str, float], profile: str) -> dict[str, float]:
+    """A run's metrics as device ``profile`` measured them, under the build's own names: ``bench.<profile>.X`` ->
+    ``bench.X`` and ``bench.<profile>.machine.X`` -> ``machine.X``; the build machine's bench.*/machine.* are
+    dropped, the rest (quality, gate, estimate) kept."""
+    prefix = f"bench.{profile}."
+    out = {k: v for k, v in metrics.items() if not k.startswith(("bench.", "machine."))}
+    for key, value in metrics.items():
+        if key.startswith(prefix):
+            rest = key.removeprefix(prefix)
+            out[rest if rest.startswith("machine.") else f"bench.{rest}"] = value
+    return out
+
+
 def device_bench_artifact(profile: str) -> str:
     return f"benchmark-{profile}.json"
 

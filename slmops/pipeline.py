@@ -169,8 +169,12 @@ def benchmark(
 
 
 @_locked
-def register(project: Project, variant_id: str) -> RegistryRecord:
-    """Log every candidate of the variant to MLflow; raises MissingResultError naming the stage to run first."""
+def register(project: Project, variant_id: str, *, benchmarked: bool = True) -> RegistryRecord:
+    """Log every candidate of the variant to MLflow; raises MissingResultError naming the stage to run first.
+
+    ``benchmarked=False`` (a distributed build worker) registers right after the gate, with no numbers of this
+    machine: the devices' benchmark workers measure each registered version and log theirs to its run.
+    """
     from slmops.register import register as run_register
     from slmops.register.metrics import candidate_metrics, metrics_dir, write_metrics
 
@@ -180,7 +184,9 @@ def register(project: Project, variant_id: str) -> RegistryRecord:
     compact = {}
     for name in sel.recipes:
         evaluation = gate.candidate(name, variant=variant_id)
-        bench = read_result(project.bench_file(variant_id, name), BenchReport, variant=variant_id)
+        bench = (
+            read_result(project.bench_file(variant_id, name), BenchReport, variant=variant_id) if benchmarked else None
+        )
         compact[name] = candidate_metrics(variant.task, evaluation, bench)
         registered = run_register(
             variant=variant,
@@ -218,6 +224,13 @@ def device_benchmark(project: Project, model: str, version: str, profile: str) -
         settings=project.settings,
         out=project.root / "device-bench" / model / version / f"{profile}.json",
     )
+
+
+def device_not_measured(project: Project, model: str, version: str, profile: str, why: str) -> None:
+    """Record on the version's run that device ``profile`` could not measure it, and why."""
+    from slmops.benchmark.device import mark_not_measured
+
+    mark_not_measured(model, version, profile, why, settings=project.settings)
 
 
 @_locked

@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slmops.benchmark.config import BenchmarkConfig, DeviceProfile, load_device_profiles
 from slmops.catalog.schema import Catalog, Variant, load_catalog
@@ -48,6 +48,42 @@ class DeployConfig(BaseModel):
     on_overlap: Literal["enqueue", "cancel"] = Field(
         default="enqueue", description="A run that overlaps another waits for it (enqueue) or is cancelled."
     )
+    heartbeat_s: int = Field(
+        default=30,
+        ge=30,
+        le=3600,
+        description="Distributed builds: seconds between the heartbeats of each flow run on a worker (Prefect's "
+        "minimum is 30).",
+    )
+    crashed_after_s: int = Field(
+        default=90,
+        ge=45,
+        le=86400,
+        description="Distributed builds: a running flow run without a heartbeat for this long is marked Crashed "
+        "(its worker died); more than one heartbeat interval.",
+    )
+    bench_attempts: int = Field(
+        default=2,
+        ge=1,
+        le=10,
+        description="Distributed builds: runs of a device benchmark before its device is reported not measured "
+        "(a crashed or failed run is started again).",
+    )
+    bench_wait_s: float = Field(
+        default=3600,
+        gt=0,
+        description="Distributed builds: how long a variant run waits for one device benchmark run to end, its "
+        "time in the queue included, before it reports the device as not measured.",
+    )
+
+    @model_validator(mode="after")
+    def _heartbeats_fit(self) -> DeployConfig:
+        if self.crashed_after_s <= self.heartbeat_s:
+            raise ValueError(
+                f"crashed_after_s ({self.crashed_after_s}) must exceed heartbeat_s ({self.heartbeat_s}): "
+                "a live run would be marked Crashed between two heartbeats"
+            )
+        return self
 
 
 class PipelineConfig(BaseModel):
@@ -137,6 +173,16 @@ class Project:
                     f"{self.settings.config_dir / 'usecases.yaml'}: use case {name!r}: unknown capabilities {bad}; "
                     f"use {', '.join(CAPABILITIES)}"
                 )
+            if uc.profile is not None:
+                where = f"{self.settings.config_dir / 'usecases.yaml'}: use case {name!r}: profile {uc.profile!r}"
+                known = self.device_profiles
+                if uc.profile not in known:
+                    raise ConfigError(f"{where} is not in devices.yaml; known: {', '.join(known)}")
+                if known[uc.profile].device != uc.device:
+                    raise ConfigError(
+                        f"{where} runs on {known[uc.profile].device}, but the use case asks for device {uc.device!r}; "
+                        "pick a profile of that device"
+                    )
         path = self.settings.config_dir / "pipeline.yaml"
         cfg = self.config
         unknown = [p for p in cfg.benchmark.profiles if p not in self.device_profiles]

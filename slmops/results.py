@@ -138,6 +138,42 @@ class BenchReport(StageResult):
         """profile -> why it was not measured."""
         return {name: r.get("reason", "") for name, r in self.profiles.items() if r.get("skipped")}
 
+    def metrics(self, prefix: str = "bench.", machine_prefix: str = "machine.") -> dict[str, float]:
+        """The numbers MLflow gets, flat: headline values, per-prompt-length and per-batch rows of each profile,
+        latency percentiles, repeat spreads (``<metric>.spread``) and the machine's state while it measured.
+
+        The build logs them as ``bench.*``/``machine.*``; a device's benchmark worker as ``bench.<profile>.*``
+        for both, so ranking reads either through the same names (slmops.names.profile_metrics).
+        """
+        bench = self.model_dump(exclude_none=True)
+        out: dict[str, float] = {}
+        keys = ("load_s", "ttft_ms", "decode_tok_s", "items_per_s", "peak_rss_mb", "peak_rss_sampled_mb")
+        for key in (*keys, "rss_after_load_mb", "size_mb"):
+            if key in bench:
+                out[f"{prefix}{key}"] = float(bench[key])
+        for profile, result in bench.get("profiles", {}).items():
+            where = prefix if prefix != "bench." else f"bench.{profile}."  # the build's rows name their profile
+            for length, row in result.get("by_prompt_tokens", {}).items():
+                out[f"{where}ttft_ms.p{length}"] = float(row["ttft_ms"])
+                out[f"{where}decode_tok_s.p{length}"] = float(row["decode_tok_s"])
+            for batch, row in result.get("by_batch_size", {}).items():
+                out[f"{where}items_per_s.b{batch}"] = float(row["items_per_s"])
+        for src, dst in (("token_latency_ms", "token_latency"), ("latency_ms_batch1", "latency")):
+            if src in bench:
+                out[f"{prefix}{dst}_p50_ms"] = float(bench[src]["p50"])
+                out[f"{prefix}{dst}_p95_ms"] = float(bench[src]["p95"])
+        for key, value in self.spread.items():
+            out[f"{prefix}{key}.spread"] = value
+        if self.machine is not None:
+            state = self.machine.model_dump()
+            fields = ("load_before", "load_after", "steal_pct", "other_cpu_pct", "cpu_count", "threads")
+            for key in (*fields, "process_threads"):
+                if state.get(key) is not None:
+                    out[f"{machine_prefix}{key}"] = float(state[key])
+            out[f"{machine_prefix}busy"] = 1.0 if state.get("busy") else 0.0
+            out[f"{machine_prefix}attempts"] = float(state.get("attempts", 1))
+        return out
+
 
 # -- register ------------------------------------------------------------------------------------------------
 class RegisteredCandidate(BaseModel):

@@ -3,8 +3,9 @@
 The worker holds no folder of the build: it pulls the version's files from the MLflow registry into its
 own cache, checks every file's sha256 against the candidate's manifest, benchmarks it on the one profile
 it serves, and logs the headline numbers to the run the version was registered from, under
-``bench.<profile>.<metric>``; the run's ``slmops.bench.<profile>`` tag says ``measured`` once they are all
-there (set last), or why the device could not measure it.
+``bench.<profile>.<metric>`` (the build's own names, ``BenchReport.metrics``, under the profile; ranking
+reads them through ``slmops.names.profile_metrics``); the run's ``slmops.bench.<profile>`` tag says
+``measured`` once they are all there (set last), or why the device could not measure it.
 """
 
 from __future__ import annotations
@@ -58,13 +59,24 @@ def bench_version(
         logger.warning("%s v%s not measured on %s: %s", model, version, profile, skipped[profile])
         return report
     now = int(time.time() * 1000)
-    metrics = [
-        Metric(names.device_metric(key, profile), float(value), now, 0)
-        for key in BenchReport.HEADLINE
-        if isinstance(value := getattr(report, key, None), int | float) and not isinstance(value, bool)
-    ]
+    flat = report.metrics(
+        prefix=names.device_metric("", profile), machine_prefix=names.device_metric("machine.", profile)
+    )
+    metrics = [Metric(key, value, now, 0) for key, value in flat.items()]
     client.log_batch(run_id, metrics=metrics)
     client.log_dict(run_id, report.model_dump(mode="json"), names.device_bench_artifact(profile))
     client.set_tag(run_id, names.device_bench_tag(profile), "measured")  # last: the numbers above are all there
     logger.info("%s v%s measured on %s: %d metrics logged to run %s", model, version, profile, len(metrics), run_id)
     return report
+
+
+def mark_not_measured(model: str, version: str, profile: str, why: str, *, settings: Settings) -> None:
+    """Tag the run of ``models:/<model>/<version>`` as not measured on ``profile``, saying why (its runs crashed,
+    failed or never started): numbers a dead worker may have logged half of never count as measured."""
+    from slmops.runtime.registry import connect
+
+    client = connect(settings)
+    registered = client.get_model_version(model, version)
+    run_id = registered.tags.get(names.TAG_LATEST_RUN) or registered.run_id
+    client.set_tag(run_id, names.device_bench_tag(profile), f"not measured: {why}"[:5000])  # MLflow's tag limit
+    logger.warning("%s v%s not measured on %s: %s", model, version, profile, why)

@@ -39,7 +39,7 @@ def recommend(
     inputs: dict[str, Any] = {}  # use case -> what its decision was made from (logged with the run)
     rankings: dict[str, list[Candidate]] = {}  # use case -> its ranking, for the Pareto plots
     for name, uc in usecases.items():
-        candidates = registered_candidates(client, uc.task)
+        candidates = registered_candidates(client, uc.task, profile=uc.profile)
         previous = _incumbent(client, uc.task, name)
         ranked = rank(candidates, uc, uc.objective, incumbent=previous)  # sparing a noisy incumbent
         rankings[name] = ranked

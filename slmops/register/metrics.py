@@ -22,16 +22,19 @@ def metrics_dir(artifacts: Path, variant_id: str) -> Path:
     return Path(artifacts) / "metrics" / variant_id
 
 
-def candidate_metrics(task: str, evaluation: CandidateGate, bench: BenchReport) -> dict[str, Value]:
+def candidate_metrics(task: str, evaluation: CandidateGate, bench: BenchReport | None) -> dict[str, Value]:
     """The headline numbers of one candidate, named as in MLflow without the ``bench.``/``quality.`` prefix.
 
     Causal-lm: decode_tok_s, ttft_ms, ppl_ratio; encoders: items_per_s, latency_p95_ms and their
     quality metric (cosine_mean, spearman, top1_agreement); all: peak_rss_mb, size_mb and gate.
     """
     spec = get_task(task)
+    quality = spec.quality_metric.removeprefix("quality.")
+    gate = "passed" if evaluation.passed else "failed"
+    if bench is None:  # not measured on this machine (a distributed build worker)
+        return {quality: evaluation.metrics.get(quality), "gate": gate}
     speed = spec.speed_metric.removeprefix("bench.")
     latency = spec.latency_metric.removeprefix("bench.")
-    quality = spec.quality_metric.removeprefix("quality.")
     if latency == "latency_p95_ms":  # the encoders' batch-1 latency is reported as percentiles
         latency_value = bench.latency_ms_batch1.p95 if bench.latency_ms_batch1 else None
     else:
@@ -42,7 +45,7 @@ def candidate_metrics(task: str, evaluation: CandidateGate, bench: BenchReport) 
         "peak_rss_mb": bench.peak_rss_mb,
         "size_mb": bench.size_mb,
         quality: evaluation.metrics.get(quality),
-        "gate": "passed" if evaluation.passed else "failed",
+        "gate": gate,
     }
 
 

@@ -37,50 +37,21 @@ class Registered:
     reused: bool
 
 
-def _flat_metrics(evaluation: CandidateGate, report: BenchReport, estimate_mb: float) -> dict[str, float]:
-    bench = report.model_dump(exclude_none=True)
+def _flat_metrics(evaluation: CandidateGate, report: BenchReport | None, estimate_mb: float) -> dict[str, float]:
+    """The run's metrics: quality, gate, the benchmark's numbers (the build's ``bench.*`` and, for its headline
+    profile, ``bench.<profile>.*`` as a device's worker logs them) and the memory estimate against them."""
     metrics = {f"quality.{k}": float(v) for k, v in evaluation.metrics.items() if f"quality.{k}" in names.METRICS}
     metrics["gate.passed"] = 1.0 if evaluation.passed else 0.0
-    for key in (
-        "load_s",
-        "ttft_ms",
-        "decode_tok_s",
-        "items_per_s",
-        "peak_rss_mb",
-        "peak_rss_sampled_mb",
-        "rss_after_load_mb",
-        "size_mb",
-    ):
-        if key in bench:
-            metrics[f"bench.{key}"] = float(bench[key])
-    for profile, result in bench.get("profiles", {}).items():
-        for length, row in result.get("by_prompt_tokens", {}).items():
-            metrics[f"bench.{profile}.ttft_ms.p{length}"] = float(row["ttft_ms"])
-            metrics[f"bench.{profile}.decode_tok_s.p{length}"] = float(row["decode_tok_s"])
-        for batch, row in result.get("by_batch_size", {}).items():
-            metrics[f"bench.{profile}.items_per_s.b{batch}"] = float(row["items_per_s"])
-    for src, dst in (("token_latency_ms", "bench.token_latency"), ("latency_ms_batch1", "bench.latency")):
-        if src in bench:
-            metrics[f"{dst}_p50_ms"] = float(bench[src]["p50"])
-            metrics[f"{dst}_p95_ms"] = float(bench[src]["p95"])
-    for key, value in report.spread.items():
-        metrics[names.spread_metric(f"bench.{key}")] = value
-    if report.machine is not None:
-        metrics.update(_machine_metrics(report))
     metrics["estimate.memory_mb"] = estimate_mb
-    if "peak_rss_mb" in bench:
-        metrics["estimate.error"] = (estimate_mb - bench["peak_rss_mb"]) / bench["peak_rss_mb"]
+    if report is None:  # a distributed build: each device's worker logs its own numbers later
+        return metrics
+    metrics.update(report.metrics())
+    if report.headline_profile is not None:
+        profile = report.headline_profile
+        metrics.update(report.metrics(prefix=f"bench.{profile}.", machine_prefix=f"bench.{profile}.machine."))
+    if report.peak_rss_mb:
+        metrics["estimate.error"] = (estimate_mb - report.peak_rss_mb) / report.peak_rss_mb
     return metrics
-
-
-def _machine_metrics(report: BenchReport) -> dict[str, float]:
-    """machine.* metrics of the headline profile's run: how busy the machine was while it measured."""
-    state = report.machine.model_dump() if report.machine else {}
-    keys = ("load_before", "load_after", "steal_pct", "other_cpu_pct", "cpu_count", "threads", "process_threads")
-    out = {f"machine.{k}": float(state[k]) for k in keys if state.get(k) is not None}
-    out["machine.busy"] = 1.0 if state.get("busy") else 0.0
-    out["machine.attempts"] = float(state.get("attempts", 1))
-    return out
 
 
 def register(
@@ -89,14 +60,16 @@ def register(
     recipe: Recipe,
     folder: Path,
     evaluation: CandidateGate,
-    benchmark: BenchReport,
+    benchmark: BenchReport | None,
     device: str = "cpu",
     settings: Settings | None = None,
 ) -> Registered:
     """Log the candidate in ``folder`` to MLflow; register it as a model version if it passed its gate.
 
-    A version whose candidate digest and device are already registered is reused (its
-    ``slmops.latest_run`` tag moves to the new run), so re-running the pipeline never duplicates versions.
+    ``benchmark`` None (a distributed build) logs no numbers: each device's benchmark worker logs its own
+    to the run later (slmops.benchmark.device). A version whose candidate digest and device are already
+    registered is reused (its ``slmops.latest_run`` tag moves to the new run), so re-running the pipeline never
+    duplicates versions.
     Raises IntegrityError if the folder is not a finished candidate, RegistryError if MLflow refuses.
     """
     import mlflow
@@ -105,7 +78,7 @@ def register(
     settings = settings or get_settings()
     manifest = read_manifest(folder, verify=True)
     digest = manifest.digest()
-    if evaluation.candidate_digest != digest or benchmark.candidate_digest != digest:
+    if evaluation.candidate_digest != digest or (benchmark is not None and benchmark.candidate_digest != digest):
         raise RegistryError(
             f"gate/benchmark results for {variant.id}/{recipe.name} were computed on another build of the candidate; "
             "re-run evaluate and benchmark"
@@ -135,11 +108,14 @@ def register(
             build = build_tags(settings)
             mlflow.set_tags({**tags, **build, names.TAG_NOTE: _note(variant, recipe, evaluation)})
             mlflow.log_params(_params(variant, recipe, manifest, device, benchmark))
-            if benchmark.machine is not None and benchmark.machine.busy:
+            if benchmark is not None and benchmark.machine is not None and benchmark.machine.busy:
                 mlflow.set_tag(names.TAG_BUSY, "; ".join(benchmark.machine.busy_reasons))
             mlflow.log_metrics(_flat_metrics(evaluation, benchmark, estimate_mb))
             mlflow.log_dict(evaluation.model_dump(mode="json"), names.GATE_ARTIFACT)
-            mlflow.log_dict(benchmark.model_dump(mode="json"), names.BENCH_ARTIFACT)
+            if benchmark is not None:
+                mlflow.log_dict(benchmark.model_dump(mode="json"), names.BENCH_ARTIFACT)
+                if benchmark.headline_profile is not None:  # as a device's worker tags what it measured
+                    mlflow.set_tag(names.device_bench_tag(benchmark.headline_profile), "measured")
             mlflow.log_dict(manifest.model_dump(mode="json"), names.MANIFEST_ARTIFACT)
             if not evaluation.passed:
                 logger.info("%s/%s failed its gate: logged, not registered", variant.id, recipe.name)
@@ -177,7 +153,9 @@ def register(
     return Registered(run.info.run_id, model_name, version, reused=False)
 
 
-def _params(variant: Variant, recipe: Recipe, manifest: Manifest, device: str, bench: BenchReport) -> dict[str, Any]:
+def _params(
+    variant: Variant, recipe: Recipe, manifest: Manifest, device: str, bench: BenchReport | None
+) -> dict[str, Any]:
     """The run's params: what the candidate is and how it was measured (nothing unknown is logged as "None")."""
     params = {
         "variant": variant.id,
@@ -193,8 +171,8 @@ def _params(variant: Variant, recipe: Recipe, manifest: Manifest, device: str, b
         "bits": recipe.weight_bits,
         "granularity": recipe.granularity,
         "device": device,
-        "bench_profile": bench.headline_profile,
-        "threads": (bench.context or {}).get("threads"),
+        "bench_profile": bench.headline_profile if bench else None,
+        "threads": (bench.context or {}).get("threads") if bench else None,
     }
     return {key: value for key, value in params.items() if value is not None}
 
@@ -210,9 +188,11 @@ def _version_note(note: str, card: ModelCard, experiment_id: str, run_id: str, r
     )
 
 
-def _estimate_for(variant: Variant, recipe: Recipe, bench: BenchReport, graph: str) -> float:
+def _estimate_for(variant: Variant, recipe: Recipe, bench: BenchReport | None, graph: str) -> float:
     """The catalog's memory estimate (MiB) for the settings the benchmark measured, to compare with its peak RSS."""
-    if get_task(variant.task).generative and bench.max_context:
+    if bench is None:
+        est = estimate_memory(variant, precision=recipe.precision, context_length=min(2048, variant.context_length))
+    elif get_task(variant.task).generative and bench.max_context:
         est = estimate_memory(
             variant,
             precision=recipe.precision,

@@ -173,7 +173,12 @@ def _resolve(
         wanted = Constraints(task=task, device=device, **constraints)  # type: ignore[arg-type]  # task/device are plain str here; pydantic validates them
     except ValidationError as exc:
         raise UsageError(f"load() constraints: {describe_validation(exc)}") from None
-    chosen = best(registered_candidates(reader.client, task), wanted, objective, what="the given constraints")
+    chosen = best(
+        registered_candidates(reader.client, task, profile=wanted.profile),
+        wanted,
+        objective,
+        what="the given constraints",
+    )
     return resolve_version(chosen.uri, reader=reader, settings=settings)
 
 

@@ -32,6 +32,12 @@ class Constraints(BaseModel):
 
     task: TaskName
     device: Literal["cpu", "cuda"] = "cpu"
+    profile: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]*$",
+        description="Device profile (configs/devices.yaml) whose own measurements rank the candidates: the numbers "
+        "its benchmark worker logged (bench.<profile>.*, a distributed build). None: the build's benchmark (bench.*).",
+    )
     capabilities: list[str] = Field(default_factory=list, description="Catalog capabilities the variant must have.")
     max_memory_mb: float | None = Field(default=None, gt=0, description="Upper bound on measured peak RSS.")
     max_latency_ms: float | None = Field(
@@ -56,6 +62,7 @@ class Candidate:
     metrics: dict[str, float]
     rejected: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # limits passed only through the incumbent's noise allowance
+    measured_on: str | None = None  # the ranked profile's run tag (slmops.bench.<profile>); None: no profile asked
 
     @property
     def busy(self) -> bool:
@@ -75,8 +82,13 @@ class Candidate:
         return f"models:/{self.model_name}/{self.version}"
 
 
-def registered_candidates(client: Any, task: str) -> list[Candidate]:
-    """Every version of the task's registered model, with metrics read from its latest run."""
+def registered_candidates(client: Any, task: str, *, profile: str | None = None) -> list[Candidate]:
+    """Every version of the task's registered model, with metrics read from its latest run.
+
+    With ``profile``, the metrics are those its device's benchmark worker logged to the run, renamed as the
+    build's own (``bench.<profile>.decode_tok_s`` -> ``bench.decode_tok_s``, ``bench.<profile>.machine.busy`` ->
+    ``machine.busy``), so every rule below reads them alike; the build machine's numbers are left out.
+    """
     from mlflow.exceptions import MlflowException
 
     model_name = get_task(task).model_name
@@ -87,8 +99,14 @@ def registered_candidates(client: Any, task: str) -> list[Candidate]:
     out = []
     for v in versions:
         run_id = v.tags.get(names.TAG_LATEST_RUN) or v.run_id
-        metrics = client.get_run(run_id).data.metrics if run_id else {}
-        out.append(Candidate(model_name, str(v.version), dict(v.tags), dict(metrics)))
+        data = client.get_run(run_id).data if run_id else None
+        metrics = dict(data.metrics) if data else {}
+        candidate = Candidate(model_name, str(v.version), dict(v.tags), metrics)
+        if profile is not None:
+            candidate.metrics = names.profile_metrics(metrics, profile)
+            tags = data.tags if data else {}
+            candidate.measured_on = tags.get(names.device_bench_tag(profile), "no benchmark run logged")
+        out.append(candidate)
     return out
 
 
@@ -97,7 +115,11 @@ def _check(c: Candidate, k: Constraints, *, incumbent: bool = False) -> list[str
     reasons = []
     if t.get(names.TAG_GATE) != "passed":
         reasons.append("failed its quality gate")
-    if t.get(names.TAG_DEVICE) != k.device:
+    if k.profile is not None:
+        if c.measured_on != "measured":  # set last by the device's worker: a half-logged run never qualifies
+            why = (c.measured_on or "no benchmark run logged").removeprefix("not measured: ")
+            reasons.append(f"not measured on {k.profile}: {why}")
+    elif t.get(names.TAG_DEVICE) != k.device:
         reasons.append(f"benchmarked on {t.get(names.TAG_DEVICE)}, not {k.device}")
     missing = [cap for cap in k.capabilities if cap not in t.get(names.TAG_CAPABILITIES, "").split(",")]
     if missing:

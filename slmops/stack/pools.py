@@ -112,3 +112,60 @@ def missing_worker(api: SyncPrefectClient, pool: str) -> str | None:
         seen = f"{len(workers)} known worker(s), none online" if workers else "no worker ever polled it"
         return f"no worker online in work pool {pool!r} ({seen}); start one: prefect worker start --pool {pool}"
     return None
+
+
+ZOMBIE_AUTOMATION = "slmops: crash flow runs without a heartbeat"
+
+
+def ensure_zombie_automation(api: SyncPrefectClient, *, crashed_after_s: int) -> None:
+    """Create (or bring up to date) the automation that marks a running flow run Crashed once it has sent no
+    heartbeat for ``crashed_after_s`` seconds: its worker died with it (a killed process, a lost machine).
+
+    Prefect's own recipe (docs: "Detect zombie flows"); the flow runs must send heartbeats, which the
+    distributed deployments ask for (PREFECT_FLOWS_HEARTBEAT_FREQUENCY in their job variables). A run left
+    Running forever would hold its pool's one slot and block whoever waits on it.
+    """
+    from datetime import timedelta
+
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    wanted = AutomationCore(
+        name=ZOMBIE_AUTOMATION,
+        description=f"A running flow run with no heartbeat for {crashed_after_s} s is marked Crashed (slmops).",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            },
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=crashed_after_s),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                name="Crashed",
+                state=StateType.CRASHED,
+                force=False,
+                message=f"no heartbeat for {crashed_after_s} s: its worker is gone (slmops zombie automation)",
+            )
+        ],
+    )
+    found = api.read_automations_by_name(ZOMBIE_AUTOMATION)
+    if not found:
+        api.create_automation(wanted)
+        logger.info(
+            "created automation %r (Crashed after %d s without a heartbeat)", ZOMBIE_AUTOMATION, crashed_after_s
+        )
+        return
+    api.update_automation(found[0].id, wanted)
+    for extra in found[1:]:  # two declarations raced: keep one
+        api.delete_automation(extra.id)

@@ -128,12 +128,17 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _ports(config: StackConfig, previous: dict[str, int], names: list[str]) -> dict[str, int]:
-    """Configured ports as given (a busy one fails at start, naming the service); else the last `up`'s, if free."""
+def _ports(
+    config: StackConfig, previous: dict[str, int], names: list[str], *, running: frozenset[str] = frozenset()
+) -> dict[str, int]:
+    """Configured ports as given (a busy one fails at start, naming the service); else the last `up`'s, if free.
+    A service in ``running`` keeps the port it listens on."""
     ports: dict[str, int] = {}
     for name in names:
         configured, last = config.port(name), previous.get(name, 0)
-        if configured:
+        if name in running and last:
+            ports[name] = last
+        elif configured:
             ports[name] = configured
         elif last and last not in ports.values() and _port_free(last):
             ports[name] = last
@@ -145,15 +150,17 @@ def _ports(config: StackConfig, previous: dict[str, int], names: list[str]) -> d
     return ports
 
 
-def _services(config: StackConfig, previous: dict[str, int], password: str) -> tuple[list[Service], dict[str, str]]:
+def _services(
+    config: StackConfig, previous: dict[str, int], password: str, *, running: frozenset[str] = frozenset()
+) -> tuple[list[Service], dict[str, str]]:
     """The services in start order (servers, then one worker per pool this machine can serve), and the pools left
-    without a worker here with the reason."""
+    without a worker here with the reason. Those in ``running`` keep their ports."""
     require_drivers()
     served, skipped = local_worker_pools(pools.declared_pools(load_device_profiles()))
     count = {pools.BUILD_POOL: config.build_workers}
     started = [(pool, i) for pool in served for i in range(count.get(pool.name, 1))]
     workers = [worker_name(pool.name, i) for pool, i in started]
-    ports = _ports(config, previous, [cls.name for cls in SERVICES] + workers)
+    ports = _ports(config, previous, [cls.name for cls in SERVICES] + workers, running=running)
     pg = ports["postgres"]
     services: list[Service] = [
         Postgres(config, port=pg, password=password),
@@ -179,15 +186,20 @@ def up(config: StackConfig) -> StackStatus:
     """Start PostgreSQL, the MLflow server, the Prefect server (creating the work pools) and one worker per pool
     this machine can serve, each waited for (bounded) until healthy.
 
-    Already running: returns the status with ``already_up``. A service that exits or stays unhealthy
-    past ``startup_timeout_s`` stops every service this call started, then raises StackError naming
-    it and its log file. Also raises StackError when PostgreSQL's programs are missing.
+    Already running: returns the status with ``already_up``. Servers up but some workers down (a worker killed,
+    its machine rebooted): starts those workers again and leaves the rest, and the flow runs they serve,
+    running. A server down: restarts the whole stack. A service that exits or stays unhealthy past
+    ``startup_timeout_s`` stops every service this call started, then raises StackError naming it and its log
+    file. Also raises StackError when PostgreSQL's programs are missing.
     """
     config.dir.mkdir(parents=True, exist_ok=True)
     with folder_lock(config.dir, what="starting or stopping this stack"):
         current = _status(config)
         if current.running:
             return current.model_copy(update={"already_up": True})
+        servers = {cls.name for cls in SERVICES}
+        if all(s.state == "running" for s in current.services if s.name in servers):
+            return _restart_workers(config, current)
         if any(s.state in ("running", "unhealthy") for s in current.services):
             logger.warning("part of the stack in %s is down; restarting all of it", config.dir)
             _down(config)
@@ -215,6 +227,41 @@ def up(config: StackConfig) -> StackStatus:
             raise
         _write_env_file(config, state["env"])
         return _status(config)
+
+
+def _restart_workers(config: StackConfig, current: StackStatus) -> StackStatus:
+    """Start again each worker that is not running (stopping an unhealthy one first); servers and running workers
+    keep running, on their ports."""
+    state = _read_state(config)
+    running = frozenset(s.name for s in current.services if s.state == "running")
+    services, skipped = _services(config, state.get("ports", {}), _password(config), running=running)
+    for service in services:
+        if service.name in running:
+            continue
+        recorded = _recorded(state, service.name)
+        was = next((s.state for s in current.services if s.name == service.name), "new")
+        if recorded is not None and recorded.alive():  # unhealthy: alive, not answering its health check
+            _stop(service.name, recorded, type(service).stop_signal, config)
+        state["services"].pop(service.name, None)
+        state["ports"][service.name] = service.port
+        if service.name not in state["order"]:
+            state["order"].append(service.name)
+        logger.warning(
+            "%s was %s: starting it again; the servers and the other workers keep running", service.name, was
+        )
+        try:
+            _start(service, config, state)
+        except BaseException:
+            failed = _recorded(state, service.name)
+            if failed is not None:  # it may be running, only unhealthy
+                _stop(service.name, failed, type(service).stop_signal, config)
+            state["services"].pop(service.name, None)
+            write_json_atomic(config.state_file, state)
+            raise
+    state["pools_without_worker"] = skipped
+    write_json_atomic(config.state_file, state)
+    _write_env_file(config, state["env"])
+    return _status(config)
 
 
 def _start(service: Service, config: StackConfig, state: dict[str, Any]) -> Recorded:

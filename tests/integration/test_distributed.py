@@ -10,11 +10,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.conftest import UNSET, tiny_env
@@ -52,6 +54,7 @@ def distributed(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             hub.state.publish_folder(f"tiny/{vid}", folder)
         env = {k: v for k, v in os.environ.items() if k not in UNSET} | tiny_env(home, tiny_models, hub.endpoint)
         env |= {"SLMOPS_STACK_DIR": str(home / "stack"), "SLMOPS_LOG_LEVEL": "INFO"}
+        rank_per_device(Path(env["SLMOPS_CONFIG_DIR"]))
         up = stack_cli("up", env=env)
         try:
             assert up.returncode == 0, up.stdout + up.stderr
@@ -60,6 +63,18 @@ def distributed(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             yield Distributed(home / "stack", env, json.loads(status.stdout), home)
         finally:
             stack_cli("down", "--purge", env=env, timeout=300)
+
+
+def rank_per_device(configs: Path) -> None:
+    """chat-test ranks on what the cpu-1t benchmark worker measured; a dead worker's run is Crashed after 60 s."""
+    import yaml
+
+    usecases = yaml.safe_load((configs / "usecases.yaml").read_text())
+    usecases["usecases"]["chat-test"]["profile"] = "cpu-1t"
+    (configs / "usecases.yaml").write_text(yaml.safe_dump(usecases, sort_keys=False))
+    pipeline = yaml.safe_load((configs / "pipeline.yaml").read_text())
+    pipeline["deploy"] = {"heartbeat_s": 30, "crashed_after_s": 60, "bench_attempts": 2, "bench_wait_s": RUN_TIMEOUT_S}
+    (configs / "pipeline.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
 
 
 def prefect_client(distributed: Distributed):  # noqa: ANN201 - a SyncPrefectClient
@@ -93,25 +108,38 @@ def test_up_declares_the_pools_and_starts_one_online_worker_per_served_pool(dist
     assert Path(distributed.service("worker-build")["log"]).is_file()
 
 
-def build_tiny_llama(distributed: Distributed) -> None:
-    """One run of the build deployment for tiny-llama's fp32, from another process, waited for (bounded)."""
+def trigger_tiny_llama(distributed: Distributed) -> subprocess.Popen[str]:
+    """Start one run of the build deployment for tiny-llama's fp32, from another process."""
     trigger = (
         "from prefect.deployments import run_deployment\n"
         "run = run_deployment('slmops-build-distributed/nightly', parameters={'variants': ['tiny-llama'], "
         f"'recipes': ['fp32']}}, timeout={RUN_TIMEOUT_S})\n"
         "print(run.id, run.state.type.value)\n"
     )
-    done = subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-c", trigger],
         env=distributed.client_env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=RUN_TIMEOUT_S + 60,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    state = done.stdout.split()[-1]
+
+
+def wait_for_build(distributed: Distributed, started: subprocess.Popen[str]) -> None:
+    """The triggered run ends (bounded) COMPLETED; else the control and build workers' logs are shown."""
+    try:
+        out, err = started.communicate(timeout=RUN_TIMEOUT_S + 60)
+    finally:
+        started.kill()
+    assert started.returncode == 0, out + err
+    state = out.split()[-1]
     logs = {p: Path(distributed.service(f"worker-{p}")["log"]).read_text(errors="replace") for p in ("slmops", "build")}
-    assert state == "COMPLETED", f"{done.stdout}\n{logs['slmops'][-3000:]}\n{logs['build'][-3000:]}"
+    assert state == "COMPLETED", f"{out}\n{logs['slmops'][-3000:]}\n{logs['build'][-3000:]}"
+
+
+def build_tiny_llama(distributed: Distributed) -> None:
+    """One run of the build deployment for tiny-llama's fp32, waited for (bounded)."""
+    wait_for_build(distributed, trigger_tiny_llama(distributed))
 
 
 def psutil_cmdline(pid: int) -> list[str]:
@@ -125,6 +153,7 @@ def test_a_build_run_fans_out_to_the_build_worker_and_reports_the_unmeasured_dev
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterName
 
     from slmops.names import device_bench_tag, device_metric, registered_model_name
+    from slmops.stack import pools
 
     env = distributed.client_env
     declared = subprocess.run(
@@ -140,6 +169,13 @@ def test_a_build_run_fans_out_to_the_build_worker_and_reports_the_unmeasured_dev
     )
     assert [s.schedule.cron for s in build.schedules] == ["0 3 * * *"]  # pipeline.yaml's deploy.cron
     assert build.entrypoint == "flows.distributed.build_distributed" and build.pull_steps in (None, [])
+    # every run sends heartbeats, and one without any for deploy.crashed_after_s is marked Crashed
+    heartbeat = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
+    assert build.job_variables == variant.job_variables == {"env": heartbeat}
+    with prefect_client(distributed) as api:
+        zombies = api.read_automations_by_name(pools.ZOMBIE_AUTOMATION)
+    assert len(zombies) == 1 and zombies[0].enabled
+    assert zombies[0].trigger.within.total_seconds() == 60  # type: ignore[union-attr]  # an EventTrigger
 
     build_tiny_llama(distributed)
     with prefect_client(distributed) as api:
@@ -166,6 +202,10 @@ def test_a_build_run_fans_out_to_the_build_worker_and_reports_the_unmeasured_dev
     assert run.data.tags[device_bench_tag("cpu-1t")] == "measured"
     assert run.data.metrics[device_metric("decode_tok_s", "cpu-1t")] > 0
     assert run.data.metrics[device_metric("peak_rss_mb", "cpu-1t")] > 0
+    assert run.data.metrics[device_metric("machine.load_before", "cpu-1t")] >= 0  # how busy the device was
+    # the build worker gated and registered without measuring: its machine is no device profile's
+    assert not [k for k in run.data.metrics if k.startswith("bench.") and not k.startswith("bench.cpu-1t.")]
+    assert run.data.metrics["gate.passed"] == 1 and "quality.ppl_ratio" in run.data.metrics
     assert device_bench_tag("cuda") not in run.data.tags  # its pool has no worker: nothing ran, nothing logged
     pulled = distributed.dir / "workers" / "bench-cpu-1t" / "cache" / "models" / model / versions[0].version
     assert (pulled / "MLmodel").is_file()
@@ -201,6 +241,71 @@ def test_the_alias_loads_over_http_and_a_second_identical_run_registers_nothing(
     build_tiny_llama(distributed)
     after = sorted((v.version, v.run_id) for v in client.search_model_versions(f"name='{model}'"))
     assert after == before  # the same candidate digest: the version is reused, not registered again
+    assert client.get_registered_model(model).aliases == {"chat-test": before[0][0]}
+
+
+def bench_runs(distributed: Distributed, name: str) -> list[Any]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with prefect_client(distributed) as api:
+        return list(api.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))))
+
+
+def test_a_benchmark_worker_killed_mid_run_is_started_again_and_the_run_completes(distributed: Distributed) -> None:
+    """The cpu-1t benchmark worker dies (SIGKILL, with its flow run) while it measures; `slmops stack up` starts
+    that worker again and nothing else. The dead run, silent, is marked Crashed by the zombie automation; the
+    variant run starts the benchmark again, the new worker measures it, and the build completes: the same
+    version (nothing registered again), measured, the alias unmoved."""
+    from mlflow.tracking import MlflowClient
+    from prefect.client.schemas.objects import StateType
+
+    from slmops.names import device_bench_tag, registered_model_name
+
+    uri = distributed.client_env["MLFLOW_TRACKING_URI"]
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    model = registered_model_name("causal-lm")
+    before = sorted((v.version, v.run_id) for v in client.search_model_versions(f"name='{model}'"))
+    name = f"bench[cpu-1t] {model} v{before[0][0]}"
+    seen = {r.id for r in bench_runs(distributed, name)}
+    pids = {s["name"]: s["pid"] for s in distributed.status["services"]}
+    started = trigger_tiny_llama(distributed)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        running = []
+        while not running and time.monotonic() < deadline:
+            running = [
+                r for r in bench_runs(distributed, name) if r.id not in seen and r.state_type == StateType.RUNNING
+            ]
+            time.sleep(0.2)
+        assert running, f"no new run {name!r} started running within {RUN_TIMEOUT_S} s"
+        time.sleep(2)  # its first heartbeat, sent as it starts, reaches the server
+        worker = psutil.Process(pids["worker-bench-cpu-1t"])
+        doomed = [worker, *worker.children(recursive=True)]
+        assert len(doomed) > 1  # the worker and the flow run it runs
+        for proc in doomed:
+            proc.kill()
+        psutil.wait_procs(doomed, timeout=30)
+        up = stack_cli("up", env=distributed.env)
+        assert up.returncode == 0, up.stdout + up.stderr
+        status = stack_cli("status", "--json", env=distributed.env, timeout=60)
+        after = {s["name"]: s for s in json.loads(status.stdout)["services"]}
+        assert all(s["state"] == "running" for s in after.values()), after
+        restarted = after["worker-bench-cpu-1t"]["pid"]
+        assert restarted != pids["worker-bench-cpu-1t"]
+        assert {n: s["pid"] for n, s in after.items() if n != "worker-bench-cpu-1t"} == {
+            n: p for n, p in pids.items() if n != "worker-bench-cpu-1t"
+        }  # the servers and the other workers, and the build run on them, kept running
+        distributed.status["services"] = list(after.values())
+        wait_for_build(distributed, started)
+    finally:
+        started.kill()
+    runs = {r.id: r for r in bench_runs(distributed, name) if r.id not in seen}
+    assert runs[running[0].id].state_type == StateType.CRASHED  # by the automation: no heartbeat for 60 s
+    assert "no heartbeat" in str(runs[running[0].id].state.message)
+    assert [r.state_type for r in runs.values()].count(StateType.COMPLETED) == 1  # the second attempt
+    assert sorted((v.version, v.run_id) for v in client.search_model_versions(f"name='{model}'")) == before
+    latest = client.get_model_version(model, before[0][0]).tags["slmops.latest_run"]
+    assert client.get_run(latest).data.tags[device_bench_tag("cpu-1t")] == "measured"
     assert client.get_registered_model(model).aliases == {"chat-test": before[0][0]}
 
 

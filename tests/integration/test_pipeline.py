@@ -167,9 +167,8 @@ def test_load_generate_chat_stream_embed(built) -> None:
 
 
 def test_loader_guards(built) -> None:
-    import mlflow
-
     from slmops import load
+    from slmops.runtime.registry import connect
     from slmops.settings import get_settings
 
     project, _, _ = built
@@ -182,7 +181,7 @@ def test_loader_guards(built) -> None:
     load("chat-test")  # a corrupt cached copy is downloaded again
     assert cached.read_bytes() == good
     # corrupt the registry's own copy: the fresh download fails verification, clearly
-    client = mlflow.MlflowClient()
+    client = connect(get_settings())
     version = client.get_model_version_by_alias("slmops-causal-lm", "chat-test")
     # the local store keeps the version's artifacts as plain files under mlruns/artifacts
     root = Path(client.get_model_version_download_uri(version.name, version.version).removeprefix("file://"))
@@ -277,7 +276,10 @@ def test_pyfunc_round_trip(built) -> None:
     import pandas as pd
 
     from slmops import load
+    from slmops.runtime.registry import connect
+    from slmops.settings import get_settings
 
+    connect(get_settings())  # points mlflow at the built store, as MLFLOW_TRACKING_URI would
     model = mlflow.pyfunc.load_model("models:/slmops-causal-lm@chat-test")
     out = model.predict(pd.DataFrame({"prompt": ["The sun", "Water"]}), params={"max_tokens": 4, "temperature": 0.0})
     assert len(out) == 2 and all(out)  # real completions, so the comparison below is not between empty strings

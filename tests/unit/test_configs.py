@@ -69,6 +69,18 @@ def _edit(path: Path, fn) -> None:
         ("gates.yaml", lambda d: d["causal-lm"].update(max_ppl_ratio=0.5), ["max_ppl_ratio", "0.5"]),
         ("usecases.yaml", lambda d: d["usecases"]["chat-cpu"].update(max_memory_mb=-1), ["chat-cpu", "max_memory_mb"]),
         ("usecases.yaml", lambda d: d["usecases"]["chat-cpu"].update(objective="vibes"), ["chat-cpu", "objective"]),
+        ("usecases.yaml", lambda d: d["usecases"]["chat-cpu"].update(profile="tpu-1"), ["chat-cpu", "'tpu-1'"]),
+        (
+            "usecases.yaml",
+            lambda d: d["usecases"]["chat-cpu"].update(profile="cuda"),
+            ["chat-cpu", "profile 'cuda' runs on cuda", "device 'cpu'"],
+        ),
+        (
+            "pipeline.yaml",
+            lambda d: d.update(deploy={"heartbeat_s": 60, "crashed_after_s": 60}),
+            ["crashed_after_s (60) must exceed heartbeat_s (60)"],
+        ),
+        ("pipeline.yaml", lambda d: d.update(deploy={"heartbeat_s": 5}), ["deploy.heartbeat_s", "5"]),
         ("pipeline.yaml", lambda d: d["benchmark"].update(new_tokens=0), ["benchmark.new_tokens", "0"]),
         ("pipeline.yaml", lambda d: d["benchmark"].update(headline_prompt_tokens=100), ["headline_prompt_tokens=100"]),
         ("pipeline.yaml", lambda d: d["benchmark"].update(profiles=["tpu"]), ["benchmark.profiles", "tpu"]),

@@ -232,3 +232,46 @@ def test_recommend_sets_and_drops_aliases_in_a_real_store(tmp_path) -> None:
     assert logged["usecases"] == {name: d.model_dump(mode="json") for name, d in decisions.items()}
     assert [a.path for a in client.list_artifacts(runs[0].info.run_id, "plots")] == ["plots/pareto-causal-lm.png"]
     assert (tmp_path / "plots" / "pareto-causal-lm.png").stat().st_size > 1000
+
+
+def test_a_use_case_with_a_profile_ranks_on_that_devices_own_numbers(tmp_path) -> None:
+    """A distributed build's versions carry no build-machine numbers, only what each device's worker logged
+    (bench.<profile>.*) and its verdict tag, set last: a half-logged or failed device run never qualifies."""
+    from slmops.recommend import UseCase, recommend
+    from slmops.register.store import ensure_experiment
+    from slmops.runtime.registry import connect
+    from slmops.settings import get_settings
+
+    settings = get_settings()
+    client = connect(settings)
+    experiment_id = ensure_experiment(client, settings)
+    client.create_registered_model("slmops-causal-lm")
+    tags = {"slmops.variant": "v", "slmops.gate": "passed", "slmops.device": "cpu"}
+    on = "bench.cpu-1t."
+    fast_elsewhere = _register(  # fastest on the build machine, never measured on cpu-1t
+        client, experiment_id, {**tags, "slmops.recipe": "a"}, {"bench.decode_tok_s": 90, "quality.ppl_ratio": 1.0}
+    )
+    measured = _register(
+        client,
+        experiment_id,
+        {**tags, "slmops.recipe": "b"},
+        {f"{on}decode_tok_s": 40, f"{on}peak_rss_mb": 300, f"{on}machine.busy": 0, "quality.ppl_ratio": 1.0},
+    )
+    half = _register(  # the worker died after logging part of it: no verdict tag
+        client, experiment_id, {**tags, "slmops.recipe": "c"}, {f"{on}decode_tok_s": 70, "quality.ppl_ratio": 1.0}
+    )
+    failed = _register(
+        client, experiment_id, {**tags, "slmops.recipe": "d"}, {f"{on}decode_tok_s": 80, "quality.ppl_ratio": 1.0}
+    )
+    for version, verdict in ((measured, "measured"), (failed, "not measured: run bench-x ended Crashed")):
+        run_id = client.get_model_version("slmops-causal-lm", version).run_id
+        client.set_tag(run_id, "slmops.bench.cpu-1t", verdict)
+    chat = UseCase(name="chat-1t", task="causal-lm", profile="cpu-1t", max_memory_mb=400, objective="decode_speed")
+    decision = recommend({"chat-1t": chat}, settings=settings).usecases["chat-1t"]
+    assert decision.chosen == f"models:/slmops-causal-lm/{measured}"
+    rows = {row.version: (row.value, row.rejected) for row in decision.candidates}
+    assert rows[measured] == (40.0, [])  # bench.cpu-1t.decode_tok_s, read as bench.decode_tok_s
+    assert rows[fast_elsewhere][1][0] == "not measured on cpu-1t: no benchmark run logged"
+    assert rows[half][1][0] == "not measured on cpu-1t: no benchmark run logged"
+    assert rows[failed][1][0] == "not measured on cpu-1t: run bench-x ended Crashed"
+    assert rows[fast_elsewhere][1][1] == "no memory measurement"  # its build-machine numbers are not cpu-1t's
