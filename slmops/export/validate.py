@@ -38,6 +38,7 @@ def onnx_outputs(path: Path, card: ModelCard, inputs: FixedInputs) -> dict[str, 
     """Run the graph at ``path`` on the fixed inputs; a decoder gets an empty KV cache (past length 0)."""
     import numpy as np
 
+    from slmops.runtime.decoder import LOGITS_TO_KEEP
     from slmops.runtime.session import create_session
 
     session = create_session(path)
@@ -49,6 +50,8 @@ def onnx_outputs(path: Path, card: ModelCard, inputs: FixedInputs) -> dict[str, 
             feed[node.name] = inputs.arrays[node.name].astype(dtype)
         elif node.name == "position_ids":
             feed[node.name] = np.broadcast_to(np.arange(seq, dtype=dtype), (batch, seq)).copy()
+        elif node.name == LOGITS_TO_KEEP:  # the genai export's: every position's logits are compared
+            feed[node.name] = np.asarray([seq], dtype=dtype)
         elif node.name.startswith("past_key_values."):
             heads = node.shape[1] if isinstance(node.shape[1], int) else card.kv_heads
             head_dim = node.shape[3] if isinstance(node.shape[3], int) else card.head_dim

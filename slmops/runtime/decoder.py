@@ -22,6 +22,10 @@ _ORT_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 # 4607 ms, chunks of 128 5026 (+9%), of 64 5484 (+19%; its peak RSS 16 MB lower). Prompts up to 128
 # tokens run in one call, as before.
 PREFILL_CHUNK = 128
+# The genai export's extra input (slmops.export.exporters.keep_last_logits): how many of the last positions the
+# LM head runs on (HF transformers' ``logits_to_keep``). A prompt needs only its last position's logits: the
+# other 127 of a 128-token chunk cost SmolLM2 25 MB of logits and a fifth of the prefill's multiply-adds.
+LOGITS_TO_KEEP = "logits_to_keep"
 
 
 class OnnxDecoderGraph:
@@ -42,6 +46,7 @@ class OnnxDecoderGraph:
         logits = next(o for o in session.get_outputs() if o.name == "logits")
         # the vocabulary size, when the graph states it, lets logits be written into a preallocated buffer
         self.vocab = logits.shape[-1] if isinstance(logits.shape[-1], int) and logits.type == "tensor(float)" else None
+        self.keeps_logits = LOGITS_TO_KEEP in inputs  # graphs exported before it run the LM head on every position
 
     def empty_cache(self, batch: int = 1, capacity: int | None = None) -> list[np.ndarray]:
         """A zero-length cache (it grows by concatenation inside the graph; ``capacity`` is not needed)."""
@@ -115,13 +120,15 @@ class SharedKVDecoderGraph(OnnxDecoderGraph):
         return SharedKVCache(buffers, capacity)
 
     def prefill(self, ids: np.ndarray, cache: SharedKVCache) -> tuple[np.ndarray, SharedKVCache]:
-        """As :meth:`OnnxDecoderGraph.prefill`, feeding ``PREFILL_CHUNK`` tokens per graph call into one reused
-        logits buffer. GroupQueryAttention appends each chunk to the bound KV buffers, so the logits equal one
-        call's (bit for bit on SmolLM2 gguf-q4), while the prompt's logits (vocab x 4 bytes per position, 25 MB
-        for 128 SmolLM2 tokens, 100 MB for 512) no longer need memory for every position at once."""
+        """As :meth:`OnnxDecoderGraph.prefill`, feeding ``PREFILL_CHUNK`` tokens per graph call.
+        GroupQueryAttention appends each chunk to the bound KV buffers, so the logits equal one call's (bit for
+        bit on SmolLM2 gguf-q4). A graph with ``logits_to_keep`` runs its LM head on each chunk's last position
+        only; an older one writes every position's logits (vocab x 4 bytes each, 25 MB for 128 SmolLM2 tokens)
+        into one reused buffer."""
         buffer = None
+        keep = 1 if self.keeps_logits else None
         for start in range(0, ids.shape[1], PREFILL_CHUNK):
-            logits, cache = self.forward(ids[:, start : start + PREFILL_CHUNK], cache, out=buffer)
+            logits, cache = self.forward(ids[:, start : start + PREFILL_CHUNK], cache, out=buffer, keep=keep)
             buffer = logits if buffer is None else buffer
         return logits[:, -1].copy(), cache
 
@@ -132,12 +139,14 @@ class SharedKVDecoderGraph(OnnxDecoderGraph):
         *,
         attention_mask: np.ndarray | None = None,
         out: np.ndarray | None = None,
+        keep: int | None = None,
     ) -> tuple[np.ndarray, SharedKVCache]:
         """As :meth:`OnnxDecoderGraph.forward`, but a mask means *right* padding: the graph turns it into
         ``seqlens_k = mask.sum(1) - 1`` and ``total_sequence_length = mask.shape[1]``, and GroupQueryAttention
         writes each row's new keys at its own ``seqlens_k`` (see :mod:`slmops.runtime.batch`).
 
         ``out``: a float32 buffer at least as large as the logits, written in place (its start, reshaped).
+        ``keep``: logits for the last ``keep`` positions only (graphs with ``logits_to_keep``); None: every one.
         """
         batch, seq = ids.shape
         total = cache.length + seq if attention_mask is None else attention_mask.shape[1]
@@ -154,6 +163,9 @@ class SharedKVDecoderGraph(OnnxDecoderGraph):
                 io.bind_ortvalue_output(present, buf)
         io.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64))
         io.bind_cpu_input("attention_mask", np.ascontiguousarray(mask, dtype=np.int64))
+        kept = seq if keep is None or not self.keeps_logits else min(keep, seq)
+        if self.keeps_logits:
+            io.bind_cpu_input(LOGITS_TO_KEEP, np.asarray([kept], dtype=np.int64))
         if self.vocab is None:
             io.bind_output("logits", "cpu")
             self.session.run_with_iobinding(io)
@@ -161,11 +173,11 @@ class SharedKVDecoderGraph(OnnxDecoderGraph):
             return io.get_outputs()[-1].numpy(), cache  # logits was bound last
         # logits straight into a numpy buffer (get_outputs() would wrap every present value too); one
         # buffer is reused for the single-token steps, and the caller gets a copy it may keep
-        shape = (batch, seq, self.vocab)
+        shape = (batch, kept, self.vocab)
         logits = cache.step_logits
-        if out is not None and out.size >= batch * seq * self.vocab:
-            logits = out.reshape(-1)[: batch * seq * self.vocab].reshape(shape)
-        elif seq != 1 or logits is None or logits.shape != shape:
+        if out is not None and out.size >= batch * kept * self.vocab:
+            logits = out.reshape(-1)[: batch * kept * self.vocab].reshape(shape)
+        elif kept != 1 or logits is None or logits.shape != shape:
             logits = np.empty(shape, dtype=np.float32)
         io.bind_output("logits", "cpu", 0, np.float32, list(shape), logits.ctypes.data)
         self.session.run_with_iobinding(io)

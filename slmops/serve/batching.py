@@ -102,8 +102,9 @@ class RightPaddedBatch:
     def prefill(self, ids: list[int], capacity: int) -> tuple[np.ndarray, Any]:
         buffers = self._alloc(1, capacity)
         cache = self._bind(buffers)
-        logits, _ = self.graph.forward(np.asarray([ids], dtype=np.int64), cache)
-        return logits[0, -1].copy(), (buffers, len(ids))
+        # as TextModel.token_stream: in chunks, the LM head on the last position only (when the graph can)
+        last, _ = self.graph.prefill(np.asarray([ids], dtype=np.int64), cache)
+        return last[0], (buffers, len(ids))
 
     def add(self, row: Any, capacity: int) -> None:
         buffers, length = row

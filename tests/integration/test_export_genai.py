@@ -51,6 +51,38 @@ def test_fused_graph_matches_optimum(exported) -> None:
     assert "".join(fused.stream("The sun", **options)) == fused.generate("The sun", **options)
 
 
+def test_prefill_runs_the_lm_head_on_the_last_position_only(exported) -> None:
+    """The fused graph takes ``logits_to_keep``: prefill asks for one position (in chunks, too), the gate and the
+    export check for all; the kept row equals the full pass's last row, and both quantized and fp32 keep it."""
+    import onnx
+
+    from slmops.runtime import decoder
+
+    variant, root = exported
+    graph = onnx.load(str(root / "genai" / "model.onnx"), load_external_data=False).graph
+    assert [i.name for i in graph.input][-1] == decoder.LOGITS_TO_KEEP
+    for recipe in ("fp32", "wo-int8"):
+        out = root / "keep" / recipe
+        quantize(variant, RECIPES[recipe], src=root / "genai", out=out)
+        model = open_folder(out)
+        ids = model.tokenizer.encode("The sun rises in the east and sets in the west, " * 3)
+        full = model.logits(ids)  # every position, as the quality gate reads them
+        assert full.shape[0] == len(ids)
+        for chunk in (len(ids), 7):  # one call, and chunks whose last one is short
+            old = decoder.PREFILL_CHUNK
+            decoder.PREFILL_CHUNK = chunk
+            try:
+                graph_ = model.graph
+                last, cache = graph_.prefill(np.asarray([ids]), graph_.empty_cache(capacity=len(ids) + 1))
+            finally:
+                decoder.PREFILL_CHUNK = old
+            assert last.shape == (1, full.shape[1]) and cache.length == len(ids)
+            np.testing.assert_allclose(last[0], full[-1], atol=1e-4, rtol=0)
+            kept, _ = graph_.forward(np.asarray([ids]), graph_.empty_cache(capacity=len(ids)), keep=2)
+            assert kept.shape == (1, 2, full.shape[1])
+            np.testing.assert_allclose(kept[0], full[-2:], atol=1e-4, rtol=0)
+
+
 def test_recipes_apply_to_the_fused_graph(exported) -> None:
     variant, root = exported
     for recipe in ("fp32", "wo-int8"):
