@@ -50,23 +50,27 @@ class GraphLayout:
     tied_lm_head_fp32_copy: bool  # a tied lm_head becomes its own fp32 initializer, never quantized
     prepack_factor: float  # resident copies of MatMul(NBits) weights: the prepacked copy replaces the mapped file
     chunked_prefill: bool  # the runtime feeds the prompt PREFILL_CHUNK tokens per call (logits of a chunk only)
+    last_logits_only: bool  # the graph's logits_to_keep: a prefill call writes its last position's logits only
 
 
 # optimum: lm_head = MatMul(x, Transpose(embed)), folded to an fp32 copy that the quantizers skip.
 # genai (onnxruntime-genai builder, shared_embeddings=false): lm_head is a separate weight, quantized.
 # (optimum's factors follow the same mapping; its graphs were last measured before the mapped cache.)
 GRAPH_LAYOUTS: dict[str, GraphLayout] = {
-    "optimum": GraphLayout(tied_lm_head_fp32_copy=True, prepack_factor=1.0, chunked_prefill=False),
-    "genai": GraphLayout(tied_lm_head_fp32_copy=False, prepack_factor=1.0, chunked_prefill=True),
+    "optimum": GraphLayout(
+        tied_lm_head_fp32_copy=True, prepack_factor=1.0, chunked_prefill=False, last_logits_only=False
+    ),
+    "genai": GraphLayout(tied_lm_head_fp32_copy=False, prepack_factor=1.0, chunked_prefill=True, last_logits_only=True),
 }
 ARENA_FACTOR = 1.5  # onnxruntime's arena grows by doubling: activations cost ~1.5x their size
 # The embedding table stays in the mapped file; a request touches (and keeps resident) about this share of
 # it: rows it gathers plus the pages the kernel maps around each fault (measured: 22-24 MB of SmolLM2's 108).
 EMBEDDING_RESIDENT = 0.22
 # A decoder's first request, whatever its length, per vocabulary entry: onnxruntime's per-run buffers and the
-# mapped weights it touches, beyond the logits (SmolLM2's 49152 entries: about 38 MB, 43 MB at a 1-token prompt;
-# the tiny test Llama's: next to nothing). Calibrated, like the rest, on the measurements in test_estimate.py.
-DECODER_FIRST_RUN_BYTES_PER_ENTRY = 800
+# mapped weights it touches, beyond the logits (SmolLM2's 49152 entries: about 38 MB of a 128-token prompt's
+# 48 MB once the LM head runs on the last position only; the tiny test Llama's: next to nothing). Calibrated,
+# like the rest, on the measurements in test_estimate.py.
+DECODER_FIRST_RUN_BYTES_PER_ENTRY = 1000
 # HF tokenizers in memory, per vocabulary entry: byte-level BPE (vocab + merges; SmolLM2's 49152: 36 MB) and
 # WordPiece (MiniLM's 30522: 10 MB)
 TOKENIZER_BYTES_PER_ENTRY = {"bpe": 720, "wordpiece": 330}
@@ -107,8 +111,8 @@ def estimate_memory(
 
     Decoders: weights (each MatMul weight once, as its prepacked copy; a tied lm_head becomes its own fp32
     copy in optimum's graph; the embedding table mapped, partly resident) + fp32 KV cache + the prefill of
-    ``prompt_tokens`` (default: min(context, 512)), whose logits cover a chunk of PREFILL_CHUNK positions
-    (genai graphs) or every position (optimum). Encoders: weights + activations of one batch. Overhead:
+    ``prompt_tokens`` (default: min(context, 512)), whose logits cover its last position (genai graphs, fed
+    PREFILL_CHUNK tokens per call) or every position (optimum). Encoders: weights + activations of one batch. Overhead:
     the runtime's plus the tokenizer's. ``graph`` is the exporter's layout (``GRAPH_LAYOUTS``).
     Raises ConfigError on out-of-range values.
     """
@@ -136,7 +140,8 @@ def estimate_memory(
         p = min(prompt_tokens or min(ctx, 512), ctx)
         c = min(p, PREFILL_CHUNK) if layout.chunked_prefill and batch == 1 else p  # positions per graph call
         kv = 2 * variant.layers * variant.kv_heads * variant.head_dim * ctx * batch * spec.kv_bytes
-        activations = batch * (c * variant.vocab_size * 4 + c * h * 4 * 8 + heads * c * p * 4)
+        kept = 1 if layout.last_logits_only else c  # positions whose logits a prefill call writes
+        activations = batch * (kept * variant.vocab_size * 4 + c * h * 4 * 8 + heads * c * p * 4)
     else:
         kv = 0
         activations = batch * ctx * (h * 4 * 4 + heads * ctx * 4)
