@@ -85,6 +85,20 @@ class MachineState(BaseModel):
     attempts: int = Field(default=1, description="Runs made; a busy machine is measured again (busy_retries).")
 
 
+# what BenchReport.metrics flattens: headline numbers, and the machine's state while it measured
+_FLAT_KEYS = (
+    "load_s",
+    "ttft_ms",
+    "decode_tok_s",
+    "items_per_s",
+    "peak_rss_mb",
+    "peak_rss_sampled_mb",
+    "rss_after_load_mb",
+    "size_mb",
+)
+_MACHINE_KEYS = ("load_before", "load_after", "steal_pct", "other_cpu_pct", "cpu_count", "threads", "process_threads")
+
+
 class BenchReport(StageResult):
     """One candidate measured on every configured device profile; the headline numbers are the first profile's."""
 
@@ -147,17 +161,15 @@ class BenchReport(StageResult):
         """
         bench = self.model_dump(exclude_none=True)
         out: dict[str, float] = {}
-        keys = ("load_s", "ttft_ms", "decode_tok_s", "items_per_s", "peak_rss_mb", "peak_rss_sampled_mb")
-        for key in (*keys, "rss_after_load_mb", "size_mb"):
+        for key in _FLAT_KEYS:
             if key in bench:
                 out[f"{prefix}{key}"] = float(bench[key])
-        for profile, result in bench.get("profiles", {}).items():
-            where = prefix if prefix != "bench." else f"bench.{profile}."  # the build's rows name their profile
+        for profile, result in bench.get("profiles", {}).items():  # rows always under their own profile's name
             for length, row in result.get("by_prompt_tokens", {}).items():
-                out[f"{where}ttft_ms.p{length}"] = float(row["ttft_ms"])
-                out[f"{where}decode_tok_s.p{length}"] = float(row["decode_tok_s"])
+                out[f"bench.{profile}.ttft_ms.p{length}"] = float(row["ttft_ms"])
+                out[f"bench.{profile}.decode_tok_s.p{length}"] = float(row["decode_tok_s"])
             for batch, row in result.get("by_batch_size", {}).items():
-                out[f"{where}items_per_s.b{batch}"] = float(row["items_per_s"])
+                out[f"bench.{profile}.items_per_s.b{batch}"] = float(row["items_per_s"])
         for src, dst in (("token_latency_ms", "token_latency"), ("latency_ms_batch1", "latency")):
             if src in bench:
                 out[f"{prefix}{dst}_p50_ms"] = float(bench[src]["p50"])
@@ -166,8 +178,7 @@ class BenchReport(StageResult):
             out[f"{prefix}{key}.spread"] = value
         if self.machine is not None:
             state = self.machine.model_dump()
-            fields = ("load_before", "load_after", "steal_pct", "other_cpu_pct", "cpu_count", "threads")
-            for key in (*fields, "process_threads"):
+            for key in _MACHINE_KEYS:
                 if state.get(key) is not None:
                     out[f"{machine_prefix}{key}"] = float(state[key])
             out[f"{machine_prefix}busy"] = 1.0 if state.get("busy") else 0.0
