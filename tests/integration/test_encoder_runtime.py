@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from slmops.catalog.schema import Variant
 from slmops.errors import GenerationParamsError
+from slmops.quantize.recipes import Recipe
 from slmops.runtime.card import read_model_card
 from slmops.runtime.encoder import EmbeddingModel, RerankModel, length_buckets, pool
 from slmops.runtime.open import open_folder
@@ -38,10 +40,14 @@ TEXTS = [" ".join((WORDS * 3)[i : i + n]) for i, n in enumerate([7, 1, 40, 3, 3,
 
 
 @pytest.fixture(scope="module")
-def bert(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def built(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Variant]:
     root = tmp_path_factory.mktemp("encoder-runtime")
-    build_candidates(root, "tiny-bert", from_folder(*tiny_models["tiny-bert"]))
-    return root
+    return root, build_candidates(root, "tiny-bert", from_folder(*tiny_models["tiny-bert"]))
+
+
+@pytest.fixture()
+def bert(built: tuple[Path, Variant]) -> Path:
+    return built[0]
 
 
 def _model(folder: Path, *, workers: int) -> EmbeddingModel:
@@ -53,6 +59,11 @@ def _one_padded_batch(model: EmbeddingModel, texts: list[str]) -> np.ndarray:
     """What the runtime computed before bucketing: all texts in one run, padded to the longest."""
     feed = model._feed(texts)
     return pool(model.session.run(None, feed)[0], feed["attention_mask"])
+
+
+def test_fusion_is_a_dynamic_int8_option() -> None:
+    with pytest.raises(ValueError, match="fusion applies to method dynamic_int8 only"):
+        Recipe(name="x", method="none", precision="fp32", tasks=["sentence-embedding"], devices=["cpu"], fusion="bert")
 
 
 def test_length_buckets_cover_every_index_once_in_short_runs() -> None:
@@ -117,3 +128,22 @@ def test_rerank_scores_keep_the_document_order(tmp_path: Path) -> None:
     # reordering would show
     assert scores.shape == (len(TEXTS),) and np.ptp(one_by_one) > 0
     assert np.abs(scores - one_by_one).max() < 0.01 * np.ptp(one_by_one)
+
+
+def test_fused_int8_recipe_gives_the_same_embeddings(built: tuple[Path, Variant], tmp_path: Path) -> None:
+    import onnx
+
+    from slmops.quantize import load_recipes, quantize
+    from tests.support.tiny import CONFIGS
+
+    bert, variant = built
+    fused = Recipe.model_validate(
+        {**load_recipes(CONFIGS / "recipes.yaml")["dyn-int8-pc"].model_dump(), "fusion": "bert"}
+    )
+    quantize(variant, fused, src=bert / "export", out=tmp_path / "fused")
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "fused" / "model.onnx")).graph.node}
+    assert {"QAttention", "SkipLayerNormalization", "QEmbedLayerNormalization"} <= ops
+    reference = _model(bert / "cand" / "fp32", workers=1).embed(TEXTS, batch_size=4)
+    got = _model(tmp_path / "fused", workers=2).embed(TEXTS, batch_size=4)
+    assert ((got * reference).sum(axis=1)).min() > 0.99
+    assert (np.argmax(got @ reference.T, axis=1) == np.arange(len(TEXTS))).all()
