@@ -5,7 +5,9 @@
 Decoder rows (SmolLM2-135M-Instruct, same prompt token ids, greedy, 2 threads):
   slmops runtime on each candidate, torch fp32 `generate`, optimum ORTModelForCausalLM
   (fp32 export and the wo-int8 candidate), llama.cpp (llama-cpp-python) on the shipped GGUF.
-Encoder rows (all-MiniLM-L6-v2): slmops on each candidate and torch fp32, with cosine to torch.
+Encoder rows (all-MiniLM-L6-v2): slmops on each candidate and torch fp32, with cosine to torch on the same
+  sentences, sentences/s at batch 32 (interleaved rounds, ratio to torch per round) and batch-1 latency p50/p95.
+  ``--encoders-only`` runs these rows alone (no decoder candidates needed).
 
 slmops rows open the candidates as ``slmops.load`` does: through onnxruntime's optimized-graph cache
 (artifacts/compare/optimized, weights in a memory-mapped file), written by one warm-up process per candidate.
@@ -344,8 +346,15 @@ def peer_encoder(spec: dict) -> dict:
         vectors = np.concatenate([embed(texts[i : i + 32]) for i in range(0, len(texts), 32)])
         if run:
             rates.append(len(texts) / (time.perf_counter() - t0))
+    latency = []  # batch 1: one sentence per call, as a search query arrives
+    for text in texts[: spec.get("latency_items", 128)]:
+        t0 = time.perf_counter()
+        embed([text])
+        latency.append((time.perf_counter() - t0) * 1000)
     return {
         "items_per_s": float(np.median(rates)),
+        "latency_p50_ms": float(np.percentile(latency, 50)),
+        "latency_p95_ms": float(np.percentile(latency, 95)),
         "load_s": load_s,
         "size_mb": size,
         "peak_rss_mb": _peak_rss_mb(),
@@ -406,6 +415,7 @@ def main() -> int:
     parser.add_argument("--max-steal", type=float, default=5.0, help="CPU steal %% above which a row is busy")
     parser.add_argument("--settle-s", type=float, default=30.0, help="longest wait for a quiet machine before a row")
     parser.add_argument("--retries", type=int, default=2, help="times a busy round is run again")
+    parser.add_argument("--encoders-only", action="store_true", help="only the all-MiniLM-L6-v2 rows")
     args = parser.parse_args()
     if args.peer:
         result = PEERS[args.peer](json.loads(args.spec))
@@ -413,6 +423,14 @@ def main() -> int:
         return 0
     if args.rounds < 1:
         parser.error(f"--rounds {args.rounds}: must be at least 1")
+    limits = quiet.Limits(args.max_load, args.max_busy, args.max_steal)
+    if args.encoders_only:
+        if not (ROOT / "artifacts" / "candidates" / ENCODER).is_dir():
+            print("error: no MiniLM candidates under artifacts/; run `make run` first", file=sys.stderr)
+            return 1
+        enc_rows, enc_header = encoder_rows(args, limits)
+        _print_encoders(enc_rows, args.rounds, enc_header)
+        return _write(args.out, {"threads": THREADS, "encoder_machine": enc_header, "encoder": enc_rows})
     if not (ROOT / "artifacts" / "candidates" / DECODER).is_dir():
         print("error: no candidates under artifacts/; run `make run` first", file=sys.stderr)
         return 1
@@ -429,7 +447,6 @@ def main() -> int:
     # round (same minute) and their median across rounds is reported.
     for r in recipes:  # the first open optimizes the graph and caches it; the rounds open the cached one
         run_peer("slmops", {**spec, "recipe": r, "warm_only": True})
-    limits = quiet.Limits(args.max_load, args.max_busy, args.max_steal)
     runs: dict[str, list[dict]] = {label: [] for label, _, _ in peers}
     busy_rounds: list[bool] = []
     for r in range(args.rounds):
@@ -460,29 +477,88 @@ def main() -> int:
             "error": ["llama-cpp-python is not installed: `make bench-deps` builds it (about 13 min)"]
         }
     base = rows["llama.cpp Q4_1"]
-    enc_specs = [("torch fp32", {"runtime": "torch"})] + [
+    enc_rows, enc_header = encoder_rows(args, limits)
+    header = machine_header(runs, busy_rounds)
+    _print_tables(rows, base, {**spec, "rounds": args.rounds, "machine": header})
+    _print_encoders(enc_rows, args.rounds, enc_header)
+    return _write(
+        args.out,
+        {
+            "spec": spec,
+            "threads": THREADS,
+            "machine": header,
+            "decoder": rows,
+            "encoder_machine": enc_header,
+            "encoder": enc_rows,
+        },
+    )
+
+
+def _write(folder: Path, result: dict) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    for row in result["encoder"].values():
+        row.pop("vectors", None)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwritten {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    return 0
+
+
+def encoder_rows(args: argparse.Namespace, limits: quiet.Limits) -> tuple[dict[str, dict], str]:
+    """The MiniLM rows: every peer once per round, in the same order, each in a fresh process; a busy round is run
+    again up to ``args.retries`` times. Medians over the quiet rounds (all rounds when none was quiet), the ratio
+    to torch taken within each round, cosine to torch on the same sentences from round 1."""
+    import numpy as np
+
+    specs = [("torch fp32", {"runtime": "torch"})] + [
         (f"slmops {recipe}", {"runtime": "slmops", "recipe": recipe})
         for recipe in sorted(p.name for p in (ROOT / "artifacts" / "candidates" / ENCODER).iterdir() if p.is_dir())
     ]
-    for _, enc in enc_specs[1:]:  # cache the slmops graphs first, as for the decoders
+    for _, enc in specs[1:]:  # cache the slmops graphs first, as for the decoders
         run_peer("encoder", {**enc, "warm_only": True})
-    enc_rows = {
-        label: run_peer("encoder", enc, before=quiet.wait_for_quiet(limits, max_wait_s=args.settle_s))
-        for label, enc in enc_specs
-    }
-    header = machine_header(runs, busy_rounds)
-    _print_tables(rows, base, enc_rows, {**spec, "rounds": args.rounds, "machine": header})
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    for r in enc_rows.values():
-        r.pop("vectors", None)
-    out.write_text(
-        json.dumps(
-            {"spec": spec, "threads": THREADS, "machine": header, "decoder": rows, "encoder": enc_rows}, indent=2
-        )
-    )
-    print(f"\nwritten {out.relative_to(ROOT)}")
-    return 0
+    runs: dict[str, list[dict]] = {label: [] for label, _ in specs}
+    busy_rounds: list[bool] = []
+    for r in range(args.rounds):
+        for attempt in range(args.retries + 1):
+            results, reasons = {}, []
+            for label, enc in specs:
+                print(f"encoders round {r + 1}/{args.rounds} (try {attempt + 1}): {label}", file=sys.stderr, flush=True)
+                before = quiet.wait_for_quiet(limits, max_wait_s=args.settle_s)
+                if why := limits.why_busy(before):
+                    reasons.append(f"{label}: {why}")
+                results[label] = run_peer("encoder", enc, before=before)
+            if not reasons:
+                break
+            print(f"encoders round {r + 1} ran on a busy machine ({'; '.join(reasons)})", file=sys.stderr, flush=True)
+        for label, result in results.items():
+            result["busy"] = reasons
+            runs[label].append(result)
+        busy_rounds.append(bool(reasons))
+    keep = [i for i, busy in enumerate(busy_rounds) if not busy] or list(range(args.rounds))
+    base = runs["torch fp32"]
+    ref = np.asarray(base[0].get("vectors", []))
+    rows = {}
+    for label, results in runs.items():
+        ok = [results[i] for i in keep if "error" not in results[i]]
+        if not ok:
+            rows[label] = results[-1]
+            continue
+        row = dict(ok[0])
+        for key in ("items_per_s", "latency_p50_ms", "latency_p95_ms", "peak_rss_mb", "load_s"):
+            row[key] = float(np.median([r[key] for r in ok]))
+        for key in ("items_per_s", "latency_p50_ms"):
+            ratios = [
+                results[i][key] / base[i][key] for i in keep if "error" not in results[i] and "error" not in base[i]
+            ]
+            if ratios:
+                row[f"{key}_vs_torch"], row[f"{key}_vs_torch_rounds"] = float(np.median(ratios)), ratios
+        row["machine_rounds"] = [r.get("machine") for r in results]
+        row["busy_rounds"] = [r.get("busy") for r in results]
+        if ref.size and results[0].get("vectors"):
+            cos = (np.asarray(results[0]["vectors"]) * ref).sum(axis=1)
+            row["cosine_mean"], row["cosine_min"] = float(cos.mean()), float(cos.min())
+        rows[label] = row
+    return rows, machine_header(runs, busy_rounds)
 
 
 def _aggregate(results: list[dict], base: list[dict] | None, keep: list[int]) -> dict:
@@ -531,8 +607,7 @@ def machine_header(runs: dict[str, list[dict]], busy_rounds: list[bool]) -> str:
     )
 
 
-def _print_tables(rows: dict, base: dict, enc_rows: dict, spec: dict) -> None:
-    import numpy as np
+def _print_tables(rows: dict, base: dict, spec: dict) -> None:
 
     def ratio(row: dict, key: str, higher: bool = True) -> str:
         if "vs_llama" in row:
@@ -555,19 +630,33 @@ def _print_tables(rows: dict, base: dict, enc_rows: dict, spec: dict) -> None:
             f"{name:28} {r['ttft_ms']:8.0f} {r['decode_tok_s']:7.1f} {ratio(r, 'decode_tok_s'):>18} {r['peak_rss_mb']:7.0f} "
             f"{r['size_mb']:8.0f} {r['load_s']:7.2f} {ppl if ppl is not None else float('nan'):7.2f}"
         )
-    ref = np.asarray(enc_rows["torch fp32"].get("vectors", []))
-    print(f"\nall-MiniLM-L6-v2: 256 sentences, batch 32, {THREADS} threads")
-    head = f"{'runtime':28} {'sent/s':>7} {'vs torch':>8} {'RSS MB':>7} {'size MB':>8} {'cos mean':>8} {'cos min':>8}"
+
+
+def _print_encoders(enc_rows: dict, rounds: int, header: str) -> None:
+    def ratio(row: dict, key: str) -> str:
+        if f"{key}_vs_torch" not in row:
+            return "-"
+        values = row[f"{key}_vs_torch_rounds"]
+        spread = f" ({min(values):.2f}-{max(values):.2f})" if len(values) > 1 else ""
+        return f"{row[f'{key}_vs_torch']:.2f}x{spread}"
+
+    print(
+        f"\nall-MiniLM-L6-v2: 256 sentences, batch 32 (sent/s) and batch 1 (latency), {THREADS} threads, "
+        f"medians of {rounds} interleaved rounds, ratios to torch within each round\n{header}"
+    )
+    head = (
+        f"{'runtime':22} {'sent/s':>7} {'vs torch (range)':>18} {'b1 p50 ms':>9} {'b1 p95 ms':>9} "
+        f"{'p50 vs torch':>12} {'RSS MB':>7} {'size MB':>8} {'cos mean':>8} {'cos min':>8}"
+    )
     print(head + "\n" + "-" * len(head))
     for name, r in enc_rows.items():
         if "error" in r:
-            print(f"{name:28} error: {r['error'][-1][:90]}")
+            print(f"{name:22} error: {r['error'][-1][:90]}")
             continue
-        cos = (np.asarray(r["vectors"]) * ref).sum(axis=1) if ref.size else np.array([np.nan])
-        r["cosine_mean"], r["cosine_min"] = float(cos.mean()), float(cos.min())
         print(
-            f"{name:28} {r['items_per_s']:7.1f} {r['items_per_s'] / enc_rows['torch fp32']['items_per_s']:7.2f}x "
-            f"{r['peak_rss_mb']:7.0f} {r['size_mb']:8.1f} {cos.mean():8.4f} {cos.min():8.4f}"
+            f"{name:22} {r['items_per_s']:7.1f} {ratio(r, 'items_per_s'):>18} {r['latency_p50_ms']:9.2f} "
+            f"{r['latency_p95_ms']:9.2f} {ratio(r, 'latency_p50_ms'):>12} {r['peak_rss_mb']:7.0f} {r['size_mb']:8.1f} "
+            f"{r.get('cosine_mean', float('nan')):8.4f} {r.get('cosine_min', float('nan')):8.4f}"
         )
 
 

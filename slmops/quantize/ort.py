@@ -140,11 +140,35 @@ def fp16(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None = None) -
 
 @QUANTIZERS.register("dynamic_int8")
 def dynamic_int8(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None = None) -> None:
-    """Dynamic (W8A8) int8: for encoders. Per-channel keeps MiniLM at cosine 0.991."""
+    """Dynamic (W8A8) int8: for encoders. Per-channel keeps MiniLM at cosine 0.991.
+
+    Routes weighed for all-MiniLM-L6-v2 and left out, by measurement (256 eval sentences in calls of 32, the
+    runtime's length-bucketed runs, ratio to torch fp32 batch by batch in one process, 1 thread, CPU time, load
+    ~2 from other jobs; this graph as exported: 3.18x torch):
+    * onnxruntime.transformers' BERT fusions before quantizing (EmbedLayerNormalization, Attention,
+      SkipLayerNormalization, BiasGelu: 524 nodes -> 46, quantized to QAttention/QEmbedLayerNormalization,
+      which needs extra_options DefaultTensorType=FLOAT): 3.19x, cosine 0.9934 / 0.9904, i.e. no gain;
+      fused fp32 2.06x against 2.12x unfused. At 2 threads with 2 concurrent runs (wall, load 2.7-5) fused was
+      +9% in one run and -15% in another. onnxruntime's own ORT_ENABLE_ALL pass already fuses
+      LayerNorm/SkipLayerNorm/Gelu and packs the int8 MatMuls, and 70% of the time is in those MatMuls.
+      Kept as the recipe option ``fusion: bert``, off in configs/recipes.yaml.
+    * weight-only MatMulNBits (block 32, int8 compute, accuracy_level 4): 8-bit 1.41x (cos 0.9997), 4-bit
+      1.92x (cos 0.971): slower than W8A8 at these short sequences.
+    ORT profile of this graph (1 thread, bucketed): DynamicQuantizeMatMul 53%, MatMulIntegerToFloat 17%, Gelu
+    (erf) 7%, SkipLayerNormalization 6%, attention's MatMul/Softmax/Transpose ~8%; tokenization 1.5% of wall.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from slmops.quiet import log_records_dropped
 
+    extra: dict[str, object] = {}
+    if recipe.fusion is not None:
+        import onnx
+
+        src = fuse_transformer(src, Path.cwd() / "fused.onnx", model_type=recipe.fusion)
+        # the fused contrib ops (Attention, SkipLayerNormalization, ...) have no ONNX shape inference, so the
+        # quantizer cannot type their outputs; they are all float
+        extra["DefaultTensorType"] = onnx.TensorProto.FLOAT
     weights = sum(p.stat().st_size for p in src.parent.glob(src.name + "*"))
     # quantize_dynamic ends with logging.warning("Please consider pre-processing before quantization ...") on the
     # root logger for any graph without ORT's pre-processing tag. The recipe quantizes the exported graph as it
@@ -157,4 +181,26 @@ def dynamic_int8(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None =
             reduce_range=recipe.reduce_range,
             weight_type=QuantType.QInt8,
             use_external_data_format=weights > MAX_PROTO_BYTES,
+            extra_options=extra,
         )
+
+
+def fuse_transformer(src: Path, dst: Path, *, model_type: str) -> Path:
+    """``src`` with onnxruntime.transformers' fusions for ``model_type`` (heads and width read from the graph),
+    saved to ``dst``, which is returned; ``src`` itself where not one attention block fuses (an unknown pattern)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    # opt_level 0: the fusions only; onnxruntime's own optimizer still runs when the runtime opens the graph
+    model = optimize_model(str(src), model_type=model_type, opt_level=0, use_gpu=False)
+    fused = model.get_fused_operator_statistics()
+    if not fused.get("Attention"):
+        logger.warning(
+            "onnxruntime's %s fusions found no attention block in %s (fused: %s); quantizing it unfused",
+            model_type,
+            src,
+            {op: n for op, n in fused.items() if n},
+        )
+        return src
+    logger.info("fused %s: %s", src.parent.name, ", ".join(f"{n} {op}" for op, n in fused.items() if n))
+    model.save_model_to_file(str(dst), use_external_data_format=model.model.ByteSize() > MAX_PROTO_BYTES)
+    return dst

@@ -37,6 +37,9 @@ class Recipe(BaseModel):
     remainder: Literal["side", "augment", "drop"] = "side"  # gguf_blocks: see slmops/quantize/gguf_blocks.py
     per_channel: bool = False
     reduce_range: bool = False
+    # dynamic_int8: onnxruntime.transformers' fusions for this model type (EmbedLayerNormalization, Attention,
+    # SkipLayerNormalization, BiasGelu) applied to the exported graph before quantizing it
+    fusion: Literal["bert"] | None = None
 
     @model_validator(mode="after")
     def _method_fields(self) -> Recipe:
@@ -62,6 +65,8 @@ class Recipe(BaseModel):
             raise ValueError("method fp16 has precision fp16")
         if self.method == "dynamic_int8" and self.precision != "int8":
             raise ValueError("dynamic_int8 has precision int8")
+        if self.fusion is not None and self.method != "dynamic_int8":
+            raise ValueError(f"fusion applies to method dynamic_int8 only, not {self.method!r}")
         if self.method == "none" and self.precision != "fp32":
             raise ValueError("method none keeps precision fp32")
         return self
