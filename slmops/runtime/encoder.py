@@ -3,9 +3,11 @@
 Texts are tokenized once, sorted by length and run in sub-batches of similar length (:func:`length_buckets`),
 so a short sentence is not padded to the longest one in its batch; results come back in input order. With
 ``workers`` > 1 those runs go to the session from that many threads at once (onnxruntime runs concurrently on
-one session). Measured on all-MiniLM-L6-v2 dyn-int8-pc, 2 intra-op threads, calls of 32 eval sentences, on a
-2-core box loaded 2.8-3.4 by other jobs: one run at a time 3.45x torch fp32, two at once 4.18x (medians of 6
-rounds, batch-interleaved in one process). Not yet measured on a quiet machine.
+one session); ``open_folder`` leaves it at 1. Measured on all-MiniLM-L6-v2 dyn-int8-pc, calls of 32 eval
+sentences, quiet 2-core machine (1-min load 1.3 after the run), medians of 5 rounds interleaved with torch fp32
+in one process: 2 intra-op threads and one run at a time 3.17x torch, 2 threads x 2 runs 2.50x (oversubscribed),
+1 thread x 2 runs 3.26x but twice the batch-1 latency. On a machine loaded 2.8-3.4 by other jobs two runs at once
+had won (3.45x -> 4.18x), so ``workers`` stays for callers on shared machines.
 """
 
 from __future__ import annotations
@@ -145,8 +147,6 @@ class _EncoderBase(LoadedModel):
 class EmbeddingModel(_EncoderBase):
     """Sentence embeddings matching sentence-transformers' output for the same model."""
 
-    concurrent_runs = True  # open_folder passes workers=threads
-
     def warm_up(self) -> None:
         self.embed(["warm-up"])
 
@@ -161,8 +161,6 @@ class EmbeddingModel(_EncoderBase):
 
 class RerankModel(_EncoderBase):
     """Cross-encoder relevance scores for (query, document) pairs."""
-
-    concurrent_runs = True
 
     def warm_up(self) -> None:
         self.scores("warm", ["up"])

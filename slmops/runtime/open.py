@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
@@ -57,6 +56,4 @@ def open_folder(
         )
     cls = spec.runtime_class()
     session = create_session(folder / card.onnx_file, device=device, threads=threads, optimized_dir=optimized_dir)
-    if getattr(cls, "concurrent_runs", False):  # encoders: runs of one call go to the session from `threads` threads
-        return cls(folder, card, session, workers=threads or len(os.sched_getaffinity(0)))
     return cls(folder, card, session)

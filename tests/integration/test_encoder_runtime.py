@@ -107,7 +107,7 @@ def test_embeddings_match_torch_whatever_the_batch_size(bert: Path) -> None:
         hidden, mask = ref(**enc).last_hidden_state, enc["attention_mask"].unsqueeze(-1).float()
         expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1).numpy()
     model = open_folder(bert / "cand" / "fp32", threads=2)
-    assert model.workers == 2
+    assert model.workers == 1  # one run at a time: measured faster on a quiet machine (runtime/encoder.py)
     for batch_size in (1, 3, 32):
         assert np.abs(model.embed(TEXTS, batch_size=batch_size) - expected).max() < 1e-5
     with pytest.raises(GenerationParamsError, match="batch_size=0"):
