@@ -75,6 +75,14 @@ def write_stamp(folder: Path, manifest: Manifest, *, stamps_dir: Path) -> None:
         logger.info("cannot write the verified stamp %s: %s", path, exc)
 
 
+def version_folder(ref: VersionRef, cache_dir: Path) -> Path:
+    """Where the cache keeps ``ref``: by name, number and candidate digest. Two registries on one machine (two
+    projects, or a project and `slmops stack`) both have a version 3 of slmops-causal-lm; keyed by number alone,
+    each download replaced the other's."""
+    key = ref.version if ref.digest is None else f"{ref.version}-{ref.digest[:12]}"
+    return Path(cache_dir) / "models" / ref.name / key
+
+
 def fetch_version(
     ref: VersionRef, *, cache_dir: Path, notify: Callable[[float], None], tracking_uri: str | None = None
 ) -> Path:
@@ -84,7 +92,7 @@ def fetch_version(
     version was registered with (a registry rebuilt with the same version numbers), is
     downloaded again; a fresh download that fails the check raises IntegrityError.
     """
-    cache = Path(cache_dir) / "models" / ref.name / ref.version
+    cache = version_folder(ref, cache_dir)
     stamps = Path(cache_dir) / "verified"
     if (cache / "MLmodel").is_file():
         try:

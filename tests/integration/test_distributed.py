@@ -207,7 +207,8 @@ def test_a_build_run_fans_out_to_the_build_worker_and_reports_the_unmeasured_dev
     assert not [k for k in run.data.metrics if k.startswith("bench.") and not k.startswith("bench.cpu-1t.")]
     assert run.data.metrics["gate.passed"] == 1 and "quality.ppl_ratio" in run.data.metrics
     assert device_bench_tag("cuda") not in run.data.tags  # its pool has no worker: nothing ran, nothing logged
-    pulled = distributed.dir / "workers" / "bench-cpu-1t" / "cache" / "models" / model / versions[0].version
+    cached = distributed.dir / "workers" / "bench-cpu-1t" / "cache" / "models" / model
+    (pulled,) = cached.glob(f"{versions[0].version}-*")  # <version>-<digest>
     assert (pulled / "MLmodel").is_file()
     assert not (distributed.dir / "workers" / "bench-cpu-1t" / "artifacts" / "candidates").exists()
     with prefect_client(distributed) as api:

@@ -10,8 +10,9 @@ import pytest
 import slmops.artifacts
 from slmops.artifacts import write_manifest
 from slmops.errors import IntegrityError
-from slmops.runtime.cache import stamp_path, verify_folder
+from slmops.runtime.cache import stamp_path, verify_folder, version_folder
 from slmops.runtime.loader import load
+from slmops.runtime.registry import VersionRef
 from slmops.runtime.states import LoadingState
 
 
@@ -97,3 +98,11 @@ def test_load_reports_failed_for_a_corrupt_folder(folder: Path) -> None:
         load(str(folder), on_state=events.append)
     assert [e.state for e in events] == [LoadingState.NOT_LOADED, LoadingState.FAILED]
     assert "model.onnx" in events[-1].detail
+
+
+def test_versions_of_two_registries_get_their_own_cache_folders(tmp_path: Path) -> None:
+    """Version 3 of one project's registry and version 3 of another's (different candidates) do not share a copy."""
+    ours, theirs = (VersionRef("slmops-causal-lm", "3", "runs:/x/m", digest=d * 64) for d in "ab")
+    assert version_folder(ours, tmp_path) != version_folder(theirs, tmp_path)
+    assert version_folder(ours, tmp_path) == tmp_path / "models" / "slmops-causal-lm" / f"3-{'a' * 12}"
+    assert version_folder(VersionRef("m", "1", "runs:/x/m"), tmp_path).name == "1"  # registered without a digest
