@@ -223,7 +223,13 @@ def plot_pareto(task: str, points: list[ParetoPoint], out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     spec = get_task(task)
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    # numbered points, their labels (with the reason a point lost, which can be long) listed under the axes:
+    # written beside the points they squeezed the axes into a strip and overlapped one another
+    order = sorted(points, key=lambda p: (-p.speed, p.candidate))
+    legend_lines = len(order) + 1
+    fig = plt.figure(figsize=(9, 4.6 + 0.17 * legend_lines), dpi=120)
+    grid = fig.add_gridspec(2, 1, height_ratios=[4.6, 0.17 * legend_lines + 0.1])
+    ax, notes = fig.add_subplot(grid[0]), fig.add_subplot(grid[1])
     front = sorted((p for p in points if p.front), key=lambda p: p.speed)
     if len(front) > 1:
         ax.plot([p.speed for p in front], [p.quality for p in front], "--", color="black", lw=0.8, label="Pareto front")
@@ -243,22 +249,39 @@ def plot_pareto(task: str, points: list[ParetoPoint], out: Path) -> Path | None:
             label=meaning,
             zorder=3,
         )
-    for p in points:
-        rss = f", {p.peak_rss_mb:.0f} MB" if p.peak_rss_mb is not None else ""
+    lines = []
+    for number, p in enumerate(order, start=1):
+        grey = p.status not in ("chosen", "eligible")
         ax.annotate(
-            p.label + rss,
+            str(number),
             (p.speed, p.quality),
             textcoords="offset points",
-            xytext=(6, 4),
-            fontsize=6.5,
-            color="black" if p.status in ("chosen", "eligible") else "dimgray",
+            xytext=(7, 5),
+            fontsize=8,
+            weight="bold",
+            color="dimgray" if grey else "black",
         )
+        rss = f", {p.peak_rss_mb:.0f} MB" if p.peak_rss_mb is not None else ""
+        lines.append(f"{number}. {p.label}{rss}")
     ax.set_xlabel(f"{spec.speed_metric} (higher is better)")
     ax.set_ylabel(spec.quality_metric + (" (higher is better)" if spec.quality_higher else " (lower is better)"))
-    ax.set_title(f"{task}: speed vs quality (area = peak RSS; labels say why a point was not chosen)", fontsize=8)
+    ax.set_title(f"{task}: speed vs quality (area = peak RSS)", fontsize=10)
     ax.ticklabel_format(useOffset=False)  # quality near 1: plain values, not an offset above the axis
+    ax.margins(x=0.12, y=0.12)  # room for the numbers beside the outermost points
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best", markerscale=0.6)
+    notes.axis("off")
+    width = 150  # characters a line of the list keeps at this size; the JSON rows keep the whole reason
+    notes.text(
+        0.0,
+        1.0,
+        "\n".join(line if len(line) <= width else line[: width - 1] + "…" for line in lines),
+        fontsize=7,
+        va="top",
+        ha="left",
+        family="monospace",
+        transform=notes.transAxes,
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     remove_stale_temps(out)  # a plot a killed build was writing
