@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from slmops.errors import UnsupportedParameterError
 from slmops.runtime.tokenizer import unpaired_surrogate
@@ -25,10 +25,11 @@ def _valid_unicode(text: str) -> str:
 
 Text = Annotated[str, AfterValidator(_valid_unicode)]
 ModelName = Annotated[
-    Text,
+    str,
+    # the length first: after Text's validator pydantic checks it as a sequence ("at least 1 item")
+    StringConstraints(min_length=1, max_length=512),
+    AfterValidator(_valid_unicode),
     Field(
-        min_length=1,
-        max_length=512,
         description="A use case (alias), a models:/ URI of a version that passed its gate, or a name the operator "
         "gave a folder at start-up. GET /v1/models lists them.",
     ),

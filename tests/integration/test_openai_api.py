@@ -367,6 +367,11 @@ def test_every_error_is_in_openais_shape(http, method, path, body, status, param
     assert error["param"] == param
 
 
+def test_an_empty_model_name_is_named_as_a_string(http) -> None:
+    response = http.post("/v1/chat/completions", json={"model": "", "messages": MESSAGES})
+    assert response.json()["error"]["message"].startswith("model: String should have at least 1 character")
+
+
 def test_an_oversized_body_is_413_before_parsing(http) -> None:
     big = json.dumps({"model": "chat-test", "prompt": "x" * MAX_BODY}).encode()
     response = http.post("/v1/completions", content=big, headers={"content-type": "application/json"})
