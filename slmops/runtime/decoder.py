@@ -53,11 +53,17 @@ class OnnxDecoderGraph:
         return [np.zeros((batch, heads, 0, dim), dtype=self.kv_dtype) for heads, dim in self.kv_shapes]
 
     def forward(
-        self, ids: np.ndarray, cache: list[np.ndarray], *, attention_mask: np.ndarray | None = None
+        self,
+        ids: np.ndarray,
+        cache: list[np.ndarray],
+        *,
+        attention_mask: np.ndarray | None = None,
+        borrow: bool = False,
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """Run ``ids`` (batch, seq) after ``cache``; returns logits (batch, seq, vocab) and the grown cache.
 
         ``attention_mask`` (batch, past + seq) marks left padding with zeros; positions then count real tokens only.
+        ``borrow``: the caller reads the logits before the next call (here they are always fresh anyway).
         """
         past = cache[0].shape[2]
         batch, seq = ids.shape
@@ -140,6 +146,7 @@ class SharedKVDecoderGraph(OnnxDecoderGraph):
         attention_mask: np.ndarray | None = None,
         out: np.ndarray | None = None,
         keep: int | None = None,
+        borrow: bool = False,
     ) -> tuple[np.ndarray, SharedKVCache]:
         """As :meth:`OnnxDecoderGraph.forward`, but a mask means *right* padding: the graph turns it into
         ``seqlens_k = mask.sum(1) - 1`` and ``total_sequence_length = mask.shape[1]``, and GroupQueryAttention
@@ -147,6 +154,8 @@ class SharedKVDecoderGraph(OnnxDecoderGraph):
 
         ``out``: a float32 buffer at least as large as the logits, written in place (its start, reshaped).
         ``keep``: logits for the last ``keep`` positions only (graphs with ``logits_to_keep``); None: every one.
+        ``borrow``: a single-token step returns the cache's reused logits buffer itself, valid until the next call,
+        instead of a copy (the copy of SmolLM2's 49k logits, into fresh pages, cost 0.25 of a 14 ms step).
         """
         batch, seq = ids.shape
         total = cache.length + seq if attention_mask is None else attention_mask.shape[1]
@@ -184,7 +193,7 @@ class SharedKVDecoderGraph(OnnxDecoderGraph):
         cache.length = total
         if seq == 1 and out is None:
             cache.step_logits = logits
-            return logits.copy(), cache
+            return (logits if borrow else logits.copy()), cache
         return logits, cache
 
 
@@ -252,7 +261,8 @@ class TextModel(LoadedModel):
             if step + 1 == params.max_tokens:
                 return
             seen = np.append(seen, token)
-            logits, cache = self.graph.forward(np.asarray([[token]], dtype=np.int64), cache)
+            # borrowed: the sampler reads the logits before the next step overwrites them
+            logits, cache = self.graph.forward(np.asarray([[token]], dtype=np.int64), cache, borrow=True)
             last = logits[:, -1]
 
     def stream(

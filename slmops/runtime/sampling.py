@@ -17,6 +17,8 @@ class Sampler:
     def __call__(self, logits: np.ndarray, seen: np.ndarray) -> int:
         """Pick a token id from 1-D ``logits``; ``seen`` are the ids (prompt + generated) for the penalty."""
         p = self.params
+        if p.temperature == 0.0 and p.repetition_penalty == 1.0:  # greedy: no copy of the 49k-entry row
+            return int(np.argmax(logits))
         logits = logits.astype(np.float32, copy=True)
         if p.repetition_penalty != 1.0 and seen.size:
             ids = np.unique(seen)
