@@ -25,7 +25,7 @@ drop 0.75. SmolLM2-135M PPL (int8 compute): fp32 14.391, side 14.436, augment 14
 
 The block sums ``A @ E`` read ``E`` (0/1, [K, K/32]) from memory every step: 12.5 of the 125.7 MB a SmolLM2 token
 reads (benchmarks/bandwidth.py). A Reshape to [..., K/32, 32] and a ReduceSum instead read nothing, but decoded
-slower: 65-83 against 80-89 tok/s, alternating runs in one session (2026-12-01, load 0.9-1.3).
+slower: 65-83 against 80-89 tok/s, alternating runs in one session (2026-11-30, load 0.9-1.3).
 """
 
 from __future__ import annotations
