@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -447,24 +448,20 @@ def main() -> int:
     # round (same minute) and their median across rounds is reported.
     for r in recipes:  # the first open optimizes the graph and caches it; the rounds open the cached one
         run_peer("slmops", {**spec, "recipe": r, "warm_only": True})
-    runs: dict[str, list[dict]] = {label: [] for label, _, _ in peers}
-    busy_rounds: list[bool] = []
-    for r in range(args.rounds):
-        for attempt in range(args.retries + 1):
-            results, reasons = {}, []
-            for label, peer, extra in peers:
-                print(f"round {r + 1}/{args.rounds} (try {attempt + 1}): {label}", file=sys.stderr, flush=True)
-                before = quiet.wait_for_quiet(limits, max_wait_s=args.settle_s)
-                if why := limits.why_busy(before):
-                    reasons.append(f"{label}: {why}")
-                results[label] = run_peer(peer, {**spec, **extra, "ppl": r == 0}, before=before)
-            if not reasons:
-                break
-            print(f"round {r + 1} ran on a busy machine ({'; '.join(reasons)})", file=sys.stderr, flush=True)
-        for label, result in results.items():
-            result["busy"] = reasons
-            runs[label].append(result)
-        busy_rounds.append(bool(reasons))
+    runs, busy_rounds = interleaved_rounds(
+        args,
+        limits,
+        [
+            (
+                label,
+                lambda r, before, peer=peer, extra=extra: run_peer(
+                    peer, {**spec, **extra, "ppl": r == 0}, before=before
+                ),
+            )
+            for label, peer, extra in peers
+        ],
+        title="round",
+    )
     # medians over the quiet rounds; over all of them (and the header says so) when none was quiet
     keep = [i for i, busy in enumerate(busy_rounds) if not busy] or list(range(args.rounds))
     rows = {}
@@ -504,6 +501,37 @@ def _write(folder: Path, result: dict) -> int:
     return 0
 
 
+def interleaved_rounds(
+    args: argparse.Namespace,
+    limits: quiet.Limits,
+    peers: list[tuple[str, Callable[[int, quiet.Snapshot], dict]]],
+    *,
+    title: str,
+) -> tuple[dict[str, list[dict]], list[bool]]:
+    """Every peer once per round, in the same order, ``run(round index, machine just before)`` giving its row; a
+    round with a row started on a busy machine is run again up to ``args.retries`` times and, if still busy, kept
+    with its rows marked. Returns each peer's results per round and which rounds were busy."""
+    runs: dict[str, list[dict]] = {label: [] for label, _ in peers}
+    busy_rounds: list[bool] = []
+    for r in range(args.rounds):
+        for attempt in range(args.retries + 1):
+            results, reasons = {}, []
+            for label, run in peers:
+                print(f"{title} {r + 1}/{args.rounds} (try {attempt + 1}): {label}", file=sys.stderr, flush=True)
+                before = quiet.wait_for_quiet(limits, max_wait_s=args.settle_s)
+                if why := limits.why_busy(before):
+                    reasons.append(f"{label}: {why}")
+                results[label] = run(r, before)
+            if not reasons:
+                break
+            print(f"{title} {r + 1} ran on a busy machine ({'; '.join(reasons)})", file=sys.stderr, flush=True)
+        for label, result in results.items():
+            result["busy"] = reasons
+            runs[label].append(result)
+        busy_rounds.append(bool(reasons))
+    return runs, busy_rounds
+
+
 def encoder_rows(args: argparse.Namespace, limits: quiet.Limits) -> tuple[dict[str, dict], str]:
     """The MiniLM rows: every peer once per round, in the same order, each in a fresh process; a busy round is run
     again up to ``args.retries`` times. Medians over the quiet rounds (all rounds when none was quiet), the ratio
@@ -516,24 +544,12 @@ def encoder_rows(args: argparse.Namespace, limits: quiet.Limits) -> tuple[dict[s
     ]
     for _, enc in specs[1:]:  # cache the slmops graphs first, as for the decoders
         run_peer("encoder", {**enc, "warm_only": True})
-    runs: dict[str, list[dict]] = {label: [] for label, _ in specs}
-    busy_rounds: list[bool] = []
-    for r in range(args.rounds):
-        for attempt in range(args.retries + 1):
-            results, reasons = {}, []
-            for label, enc in specs:
-                print(f"encoders round {r + 1}/{args.rounds} (try {attempt + 1}): {label}", file=sys.stderr, flush=True)
-                before = quiet.wait_for_quiet(limits, max_wait_s=args.settle_s)
-                if why := limits.why_busy(before):
-                    reasons.append(f"{label}: {why}")
-                results[label] = run_peer("encoder", enc, before=before)
-            if not reasons:
-                break
-            print(f"encoders round {r + 1} ran on a busy machine ({'; '.join(reasons)})", file=sys.stderr, flush=True)
-        for label, result in results.items():
-            result["busy"] = reasons
-            runs[label].append(result)
-        busy_rounds.append(bool(reasons))
+    runs, busy_rounds = interleaved_rounds(
+        args,
+        limits,
+        [(label, lambda _r, before, enc=enc: run_peer("encoder", enc, before=before)) for label, enc in specs],
+        title="encoders round",
+    )
     keep = [i for i, busy in enumerate(busy_rounds) if not busy] or list(range(args.rounds))
     base = runs["torch fp32"]
     ref = np.asarray(base[0].get("vectors", []))
