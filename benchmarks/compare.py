@@ -448,7 +448,7 @@ def main() -> int:
     # round (same minute) and their median across rounds is reported.
     for r in recipes:  # the first open optimizes the graph and caches it; the rounds open the cached one
         run_peer("slmops", {**spec, "recipe": r, "warm_only": True})
-    runs, busy_rounds = interleaved_rounds(
+    runs, busy_rounds, keep = interleaved_rounds(
         args,
         limits,
         [
@@ -462,8 +462,6 @@ def main() -> int:
         ],
         title="round",
     )
-    # medians over the quiet rounds; over all of them (and the header says so) when none was quiet
-    keep = [i for i, busy in enumerate(busy_rounds) if not busy] or list(range(args.rounds))
     rows = {}
     for label, results in runs.items():
         row = _aggregate(results, runs.get("llama.cpp Q4_1"), keep)
@@ -507,10 +505,11 @@ def interleaved_rounds(
     peers: list[tuple[str, Callable[[int, quiet.Snapshot], dict]]],
     *,
     title: str,
-) -> tuple[dict[str, list[dict]], list[bool]]:
+) -> tuple[dict[str, list[dict]], list[bool], list[int]]:
     """Every peer once per round, in the same order, ``run(round index, machine just before)`` giving its row; a
     round with a row started on a busy machine is run again up to ``args.retries`` times and, if still busy, kept
-    with its rows marked. Returns each peer's results per round and which rounds were busy."""
+    with its rows marked. Returns each peer's results per round, which rounds were busy, and the rounds the
+    medians use: the quiet ones, or all of them (the header then says so) when none was quiet."""
     runs: dict[str, list[dict]] = {label: [] for label, _ in peers}
     busy_rounds: list[bool] = []
     for r in range(args.rounds):
@@ -529,7 +528,8 @@ def interleaved_rounds(
             result["busy"] = reasons
             runs[label].append(result)
         busy_rounds.append(bool(reasons))
-    return runs, busy_rounds
+    keep = [i for i, busy in enumerate(busy_rounds) if not busy] or list(range(args.rounds))
+    return runs, busy_rounds, keep
 
 
 def encoder_rows(args: argparse.Namespace, limits: quiet.Limits) -> tuple[dict[str, dict], str]:
@@ -544,13 +544,12 @@ def encoder_rows(args: argparse.Namespace, limits: quiet.Limits) -> tuple[dict[s
     ]
     for _, enc in specs[1:]:  # cache the slmops graphs first, as for the decoders
         run_peer("encoder", {**enc, "warm_only": True})
-    runs, busy_rounds = interleaved_rounds(
+    runs, busy_rounds, keep = interleaved_rounds(
         args,
         limits,
         [(label, lambda _r, before, enc=enc: run_peer("encoder", enc, before=before)) for label, enc in specs],
         title="encoders round",
     )
-    keep = [i for i, busy in enumerate(busy_rounds) if not busy] or list(range(args.rounds))
     base = runs["torch fp32"]
     ref = np.asarray(base[0].get("vectors", []))
     rows = {}
