@@ -136,8 +136,14 @@ def main() -> None:
     many = read_bandwidth(args.threads, repeats=args.repeats)
     measured = {}
     if args.compare:
-        result = json.loads(args.compare.read_text())
-        measured = {name: row["decode_tok_s"] for name, row in result["decoder"].items() if "decode_tok_s" in row}
+        try:
+            decoder = json.loads(args.compare.read_text())["decoder"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(
+                f"--compare {args.compare}: not a benchmarks/compare.py result with decoder rows ({exc!r}); "
+                "pass a benchmarks/results/compare-*.json written by a run without --encoders-only"
+            ) from None
+        measured = {name: row["decode_tok_s"] for name, row in decoder.items() if "decode_tok_s" in row}
 
     print(
         f"read bandwidth (fp32 GEMV, best of {args.repeats}): 1 thread {one / 1e9:.1f} GB/s, "
