@@ -22,6 +22,7 @@ app = typer.Typer(
 
 
 @app.callback()
+@cli_errors  # a bad SLMOPS_* variable is one red line, not a traceback
 def _root(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="-v info, -vv debug.")] = 0) -> None:
     setup_logging(verbose)
 

@@ -24,7 +24,7 @@ from slmops.settings import Settings, get_settings
 from slmops.tasks import get_task
 
 logger = logging.getLogger(__name__)
-RUNTIME_REQUIREMENTS = ("onnxruntime", "tokenizers", "numpy", "jinja2", "pydantic", "pydantic-settings", "pyyaml")
+RUNTIME_REQUIREMENTS = ("onnxruntime", "tokenizers", "numpy", "jinja2", "pydantic", "pyyaml")
 
 
 @dataclass(frozen=True)
