@@ -203,9 +203,9 @@ GRAPHS = {"optimum-decoder": OnnxDecoderGraph, "genai-decoder": SharedKVDecoderG
 class TextModel(LoadedModel):
     """Generation and chat over a causal-LM artifact folder."""
 
-    def __init__(self, folder: Path, card: ModelCard, session) -> None:
+    def __init__(self, folder: Path, card: ModelCard, session, *, tokenizer: Tokenizer | None = None) -> None:
         super().__init__(folder, card)
-        self.tokenizer = Tokenizer(folder)
+        self.tokenizer = tokenizer or Tokenizer(folder)
         self.graph = GRAPHS[card.graph](session, card)
 
     def _release(self) -> None:

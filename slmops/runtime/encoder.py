@@ -84,13 +84,15 @@ def length_buckets(lengths: Sequence[int], *, max_batch: int, run_cost: int = RU
 
 
 class _EncoderBase(LoadedModel):
-    def __init__(self, folder: Path, card: ModelCard, session, *, workers: int = 1) -> None:
+    def __init__(
+        self, folder: Path, card: ModelCard, session, *, workers: int = 1, tokenizer: Tokenizer | None = None
+    ) -> None:
         super().__init__(folder, card)
         self.session = session
         self.workers = max(1, workers)
         # its threads start on the first call with more than one run
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="slmops-encoder") if self.workers > 1 else None
-        self.tokenizer = Tokenizer(folder)
+        self.tokenizer = tokenizer or Tokenizer(folder)
         self.input_names = [i.name for i in session.get_inputs()]
         st_config = self.folder / "sentence_bert_config.json"
         st_max = json.loads(st_config.read_text()).get("max_seq_length") if st_config.is_file() else None

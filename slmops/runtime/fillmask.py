@@ -10,6 +10,7 @@ import numpy as np
 from slmops.errors import GenerationParamsError, ModelLoadError
 from slmops.runtime.card import ModelCard
 from slmops.runtime.encoder import _check_texts, _EncoderBase
+from slmops.runtime.tokenizer import Tokenizer
 
 # transformers' clean_up_tokenization: spaces the WordPiece decoder leaves before punctuation and contractions
 _CLEANUP = (
@@ -34,8 +35,8 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 class FillMaskModel(_EncoderBase):
     """Masked-token predictions of a ``fill-mask`` export (BertForMaskedLM and the like)."""
 
-    def __init__(self, folder: Path, card: ModelCard, session) -> None:
-        super().__init__(folder, card, session)
+    def __init__(self, folder: Path, card: ModelCard, session, *, tokenizer: Tokenizer | None = None) -> None:
+        super().__init__(folder, card, session, tokenizer=tokenizer)
         mask = self.tokenizer.mask_token
         mask_id = self.tokenizer.token_to_id(mask) if mask else None
         if mask is None or mask_id is None:
