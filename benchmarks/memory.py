@@ -10,10 +10,10 @@ file-backed pages). The table gives each step's RSS delta (what it added and kep
 
 * python: the interpreter (the child has imported only json/os/sys);
 * imports: numpy, onnxruntime, tokenizers and the slmops runtime modules (llama.cpp: llama_cpp);
+* tokenizer: HF tokenizers and the chat template, read before the session as ``open_folder`` does;
 * session: onnxruntime's InferenceSession, as ``slmops.load`` opens it (through the optimized-graph
   cache, warmed by a separate process first); the session is also opened with ``session.disable_prepacking``
   in its own process, so the table splits it into the weights as loaded and the prepacked copies;
-* tokenizer: the model object (HF tokenizers, chat template);
 * prompt pass: the KV cache (preallocated, prompt + new tokens), the prompt's logits, onnxruntime's arena;
 * decode: the remaining new tokens, greedy.
 
@@ -74,6 +74,7 @@ def child_slmops(spec: dict) -> list[dict]:
     from slmops.runtime import decoder  # noqa: F401
     from slmops.runtime.card import read_model_card
     from slmops.runtime.session import create_session
+    from slmops.runtime.tokenizer import Tokenizer
     from slmops.tasks import get_task
 
     steps.append({"step": "imports", **memory_now()})
@@ -87,18 +88,19 @@ def child_slmops(spec: dict) -> list[dict]:
         )
         steps.append({"step": "session", "seconds": time.perf_counter() - t0, **memory_now()})
         return steps
+    tokenizer = Tokenizer(folder)  # before the session, as open_folder reads them
+    steps.append({"step": "tokenizer", **memory_now()})
     t0 = time.perf_counter()
     session = create_session(folder / card.onnx_file, threads=THREADS, optimized_dir=optimized)
     steps.append({"step": "session", "seconds": time.perf_counter() - t0, **memory_now()})
-    model = get_task(card.task).runtime_class()(folder, card, session)  # as open_folder builds it
-    steps.append({"step": "tokenizer", **memory_now()})
+    model = get_task(card.task).runtime_class()(folder, card, session, tokenizer=tokenizer)
     if card.task != "causal-lm":
         model.embed(["a sentence of about ten words to embed for the memory table"] * spec.get("batch", 32))
         steps.append({"step": "batch", **memory_now()})
         return steps
     from slmops.runtime.params import GenerationParams
 
-    prompt = _prompt_ids(folder, spec["prompt_tokens"])
+    prompt = spec["prompt_ids"]
     params = GenerationParams(max_tokens=spec["new_tokens"], temperature=0.0, ignore_eos=True)
     tokens = model.token_stream(prompt, params)
     first = next(tokens)
@@ -115,20 +117,17 @@ def child_llamacpp(spec: dict) -> list[dict]:
     from llama_cpp import Llama, llama_get_logits_ith
 
     steps.append({"step": "imports", **memory_now()})
+    steps.append({"step": "tokenizer", **memory_now()})  # llama.cpp's vocabulary loads with the model
     t0 = time.perf_counter()
     llm = Llama(  # as benchmarks/compare.py opens it
         model_path=spec["gguf"], n_threads=THREADS, n_threads_batch=THREADS, n_ctx=1024, n_batch=512, verbose=False
     )
     steps.append({"step": "session", "seconds": time.perf_counter() - t0, **memory_now()})
-    steps.append({"step": "tokenizer", **memory_now()})  # llama.cpp's vocabulary loads with the model
 
     def argmax() -> int:
         return int(np.ctypeslib.as_array(llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)).argmax())
 
-    folder = ROOT / "artifacts" / "export" / DECODER
-    if not (folder / "tokenizer.json").is_file():
-        folder = Path(spec["tokenizer_folder"])
-    llm.eval(_prompt_ids(folder, spec["prompt_tokens"]))
+    llm.eval(spec["prompt_ids"])
     out = [argmax()]
     steps.append({"step": "prompt pass", **memory_now()})
     for _ in range(spec["new_tokens"] - 1):
@@ -182,9 +181,9 @@ def gguf_path() -> Path:
     return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def measure_folder(folder: Path, args: argparse.Namespace, optimized_dir: Path) -> dict:
+def measure_folder(folder: Path, spec: dict, args: argparse.Namespace, optimized_dir: Path) -> dict:
     """Steps of one candidate, its session without prepacking, and its initializers by reader."""
-    base = {"folder": str(folder), "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens}
+    base = {**spec, "folder": str(folder)}
     cached = {**base, "optimized_dir": str(optimized_dir)} if args.cache else base
     if args.cache:  # warm the optimized-graph cache as slmops.load's first open does, in its own process
         run_child("slmops", {**cached, "session_only": True})
@@ -207,7 +206,7 @@ def print_table(rows: dict[str, dict], spec: dict) -> None:
     head = f"{'step':14}" + "".join(f"{n[-25:]:>26}" for n in names)
     print(head + "\n" + f"{'':14}" + "".join(f"{'delta  peak  anon  file':>26}" for _ in names))
     print("-" * len(head))
-    for i, step in enumerate(("python", "imports", "session", "tokenizer", "prompt pass", "decode")):
+    for i, step in enumerate(("python", "imports", "tokenizer", "session", "prompt pass", "decode")):
         cells = []
         for n in names:
             steps = rows[n].get("steps")
@@ -228,7 +227,7 @@ def print_table(rows: dict[str, dict], spec: dict) -> None:
         if isinstance(unpacked, list):
             steps = row["steps"]
             loaded = unpacked[-1]["VmRSS"] - unpacked[-2]["VmRSS"]
-            packed = steps[2]["VmRSS"] - steps[1]["VmRSS"]
+            packed = steps[3]["VmRSS"] - steps[2]["VmRSS"]
             print(
                 f"{name}: session {packed:.1f} MB = weights as loaded without prepacking {loaded:.1f} "
                 f"(peak while opening {unpacked[-1]['VmHWM']:.0f}) + prepacked copies beyond them {packed - loaded:.1f}"
@@ -263,20 +262,26 @@ def main() -> int:
     if missing:
         print(f"error: {missing[0]} is not a candidate folder (no slmops-model.json); run `make run` first")
         return 1
-    spec = {"prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens}
+    # tokenized here, so that no child holds a second tokenizer (it added 20-30 MB to each prompt pass row)
+    spec = {
+        "prompt_tokens": args.prompt_tokens,
+        "new_tokens": args.new_tokens,
+        "prompt_ids": _prompt_ids(folders[0], args.prompt_tokens),
+    }
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="slmops-memory-") as tmp:
         for folder in folders:
             label = f"{folder.parent.name[:16]} {folder.name}"
             print(f"measuring {label}", file=sys.stderr, flush=True)
-            rows[label] = measure_folder(folder, args, Path(tmp) / label.replace(" ", "-"))
+            rows[label] = measure_folder(folder, spec, args, Path(tmp) / label.replace(" ", "-"))
     if args.llama and importlib.util.find_spec("llama_cpp") is not None:
         print("measuring llama.cpp", file=sys.stderr, flush=True)
-        steps = run_child("llamacpp", {**spec, "gguf": str(gguf_path()), "tokenizer_folder": str(folders[0])})
+        steps = run_child("llamacpp", {**spec, "gguf": str(gguf_path())})
         rows["llama.cpp Q4_1"] = {"steps": steps}
     print_table(rows, spec)
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"memory-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    spec.pop("prompt_ids")
     out.write_text(json.dumps({"spec": spec, "threads": THREADS, "rows": rows}, indent=2))
     print(f"\nwritten {out}")
     return 0

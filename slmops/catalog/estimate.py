@@ -51,29 +51,39 @@ class GraphLayout:
     prepack_factor: float  # resident copies of MatMul(NBits) weights: the prepacked copy replaces the mapped file
     chunked_prefill: bool  # the runtime feeds the prompt PREFILL_CHUNK tokens per call (logits of a chunk only)
     last_logits_only: bool  # the graph's logits_to_keep: a prefill call writes its last position's logits only
+    quantized_embedding: bool = False  # quantized recipes turn the token embedding into a GatherBlockQuantized table
 
 
 # optimum: lm_head = MatMul(x, Transpose(embed)), folded to an fp32 copy that the quantizers skip.
-# genai (onnxruntime-genai builder, shared_embeddings=false): lm_head is a separate weight, quantized.
+# genai (onnxruntime-genai builder, shared_embeddings=false): lm_head is a separate weight, quantized, and so is
+# the token embedding (GatherBlockQuantized: 27 MB of SmolLM2's table instead of 108).
 # (optimum's factors follow the same mapping; its graphs were last measured before the mapped cache.)
 GRAPH_LAYOUTS: dict[str, GraphLayout] = {
     "optimum": GraphLayout(
         tied_lm_head_fp32_copy=True, prepack_factor=1.0, chunked_prefill=False, last_logits_only=False
     ),
-    "genai": GraphLayout(tied_lm_head_fp32_copy=False, prepack_factor=1.0, chunked_prefill=True, last_logits_only=True),
+    "genai": GraphLayout(
+        tied_lm_head_fp32_copy=False,
+        prepack_factor=1.0,
+        chunked_prefill=True,
+        last_logits_only=True,
+        quantized_embedding=True,
+    ),
 }
 ARENA_FACTOR = 1.5  # onnxruntime's arena grows by doubling: activations cost ~1.5x their size
 # The embedding table stays in the mapped file; a request touches (and keeps resident) about this share of
-# it: rows it gathers plus the pages the kernel maps around each fault (measured: 22-24 MB of SmolLM2's 108).
+# it: rows it gathers plus the pages the kernel maps around each fault (measured: 22-24 MB of SmolLM2's 108 fp32;
+# of gguf-q4's 30 MB 8-bit table, 16 MB: fault-around maps as many pages per row whatever its width, so the share
+# is underestimated there; the other terms keep every calibrated case within 10%).
 EMBEDDING_RESIDENT = 0.22
 # A decoder's first request, whatever its length, per vocabulary entry: onnxruntime's per-run buffers and the
 # mapped weights it touches, beyond the logits (SmolLM2's 49152 entries: about 38 MB of a 128-token prompt's
 # 48 MB once the LM head runs on the last position only; the tiny test Llama's: next to nothing). Calibrated,
 # like the rest, on the measurements in test_estimate.py.
 DECODER_FIRST_RUN_BYTES_PER_ENTRY = 1000
-# HF tokenizers in memory, per vocabulary entry: byte-level BPE (vocab + merges; SmolLM2's 49152: 36 MB) and
-# WordPiece (MiniLM's 30522: 10 MB)
-TOKENIZER_BYTES_PER_ENTRY = {"bpe": 720, "wordpiece": 330}
+# HF tokenizers in memory, per vocabulary entry: byte-level BPE (vocab + merges; SmolLM2's 49152: 29.5 MB) and
+# WordPiece (MiniLM's 30522: 8.9 MB), read before the session (benchmarks/memory.py, 2026-12-01)
+TOKENIZER_BYTES_PER_ENTRY = {"bpe": 630, "wordpiece": 305}
 
 
 @dataclass(frozen=True)
@@ -132,7 +142,8 @@ def estimate_memory(
     other = max(variant.params - embed, 0)
     decoder = get_task(variant.task).generative
     copies = layout.prepack_factor if decoder and spec.decoder_prepacked else 1.0
-    weights = embed * spec.embedding_bytes * EMBEDDING_RESIDENT + other * spec.weight_bytes * copies
+    embedding_bytes = spec.weight_bytes if decoder and layout.quantized_embedding else spec.embedding_bytes
+    weights = embed * embedding_bytes * EMBEDDING_RESIDENT + other * spec.weight_bytes * copies
     if decoder and variant.tie_word_embeddings:
         weights += embed * 4 if layout.tied_lm_head_fp32_copy else embed * spec.weight_bytes * copies
     h, heads = variant.hidden_size, variant.attention_heads
