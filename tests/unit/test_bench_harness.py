@@ -54,6 +54,22 @@ def test_busy_rounds_are_left_out_of_the_medians(harness) -> None:
     row = compare._aggregate(ours, llama, keep=[0, 2])
     assert row["decode_tok_s"] == 105 and row["vs_llama_rounds"] == [1.0, 1.1] and row["ppl"] == 14.5
     assert row["decode_tok_s_rounds"] == [100, 40, 110]  # every round stays recorded
+    assert row["ttft_vs_llama"] == 1.0 and row["ttft_vs_llama_rounds"] == [1.0, 1.0]
     header = compare.machine_header({"a": ours, "b": llama}, [False, True, False])
     assert "load before rows 0.20-3.00" in header and "busy rounds 1 of 3 (left out of the medians)" in header
     assert "NONE QUIET" in compare.machine_header({"a": ours}, [True, True, True])
+
+
+def test_table_prints_both_ratios_and_the_load_row(harness, capsys: pytest.CaptureFixture[str]) -> None:
+    compare, _ = harness
+    llama = [_round(100, 0.2), _round(100, 0.2)]
+    ours = [{**_round(120, 0.2), "ttft_ms": 60.0}, {**_round(125, 0.2), "ttft_ms": 55.0}]
+    rows = {}
+    for name, results in (("slmops.load('chat-cpu') -> gguf-q4", ours), ("llama.cpp Q4_1", llama)):
+        row = compare._aggregate(results, llama, keep=[0, 1])
+        rows[name] = {**row, "peak_rss_mb": 280.0, "size_mb": 157.0, "load_s": 0.6}
+    compare._print_tables(
+        rows, rows["llama.cpp Q4_1"], {"prompt_tokens": 128, "new_tokens": 64, "rounds": 2, "machine": "m"}
+    )
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("slmops.load"))
+    assert "0.57x (0.55-0.60)" in line and "1.23x (1.20-1.25)" in line
