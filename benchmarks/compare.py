@@ -111,7 +111,6 @@ def _time_decode(first_token, next_token, prompt: list[int], new_tokens: int, re
 # ----------------------------------------------------------------------------- peers (each runs in its own process)
 def peer_slmops(spec: dict) -> dict:
     from slmops.runtime.open import open_folder
-    from slmops.runtime.params import GenerationParams
     from slmops.taskdefs.causal_lm import outputs as decoder_scores
 
     folder = ROOT / "artifacts" / "candidates" / DECODER / spec["recipe"]
@@ -121,21 +120,13 @@ def peer_slmops(spec: dict) -> dict:
     load_s = time.perf_counter() - t0
     if spec.get("warm_only"):
         return {"load_s": load_s}
-    params = GenerationParams(max_tokens=spec["new_tokens"], temperature=0.0, ignore_eos=True)
-    ttft, rates = [], []
-    for run in range(4):
-        t0 = time.perf_counter()
-        stamps = [time.perf_counter() for _ in model.token_stream(spec["prompt_ids"], params)]
-        if run:
-            ttft.append((stamps[0] - t0) * 1000)
-            rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+    timing = _time_stream(model, spec)
     import numpy as np
 
     rss = _peak_rss_mb()
     ppl = float(np.exp(decoder_scores(model)["nll"].mean())) if spec.get("ppl", True) else None
     return {
-        "ttft_ms": float(np.median(ttft)),
-        "decode_tok_s": float(np.median(rates)),
+        **timing,
         "ppl": ppl,
         "load_s": load_s,
         "size_mb": _size_mb(folder),
@@ -145,16 +136,12 @@ def peer_slmops(spec: dict) -> dict:
     }
 
 
-def peer_load(spec: dict) -> dict:
-    """The app's path: ``slmops.load(alias)`` (registry, runtime cache, verified copy), then the token stream."""
+def _time_stream(model, spec: dict) -> dict:
+    """Median TTFT and decode tok/s of the model's token stream over 3 runs (+1 warm-up), as an app consumes it."""
     import numpy as np
 
-    import slmops
     from slmops.runtime.params import GenerationParams
 
-    t0 = time.perf_counter()
-    model = slmops.load(spec["alias"])
-    load_s = time.perf_counter() - t0
     params = GenerationParams(max_tokens=spec["new_tokens"], temperature=0.0, ignore_eos=True)
     ttft, rates = [], []
     for run in range(4):
@@ -163,9 +150,18 @@ def peer_load(spec: dict) -> dict:
         if run:
             ttft.append((stamps[0] - t0) * 1000)
             rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+    return {"ttft_ms": float(np.median(ttft)), "decode_tok_s": float(np.median(rates))}
+
+
+def peer_load(spec: dict) -> dict:
+    """The app's path: ``slmops.load(alias)`` (registry, runtime cache, verified copy), then the token stream."""
+    import slmops
+
+    t0 = time.perf_counter()
+    model = slmops.load(spec["alias"])
+    load_s = time.perf_counter() - t0
     return {
-        "ttft_ms": float(np.median(ttft)),
-        "decode_tok_s": float(np.median(rates)),
+        **_time_stream(model, spec),
         "ppl": None,
         "load_s": load_s,
         "size_mb": _size_mb(model.folder),

@@ -20,7 +20,8 @@ def cpu_times() -> tuple[float, float, float]:
     times = read_cpu_times()
     if times is None:
         return 0.0, 0.0, 0.0
-    return times.total, times.total - times.busy - times.steal, times.steal
+    # rounded to well below a clock tick (10 ms): the float difference could otherwise step back by 1e-11
+    return times.total, round(times.total - times.busy - times.steal, 6), times.steal
 
 
 def load_average() -> tuple[float, float, float]:
