@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING
 
 import quiet
 
+from slmops.benchmark.machine import cpu_description
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -329,7 +331,16 @@ def peer_llamacpp(spec: dict) -> dict:
         "load_s": load_s,
         "size_mb": _size_mb(gguf),
         "peak_rss_mb": rss,
+        "build": llama_build_features(),
     }
+
+
+def llama_build_features() -> list[str]:
+    """The instruction sets this llama.cpp build uses (``llama_print_system_info``: "AVX2 = 1 | ...")."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode()
+    return [part.split("=")[0].strip() for part in info.split("|") if part.strip().endswith("= 1")]
 
 
 def peer_encoder(spec: dict) -> dict:
@@ -519,6 +530,8 @@ def main() -> int:
     enc_rows, enc_header = encoder_rows(args, limits)
     header = machine_header(runs, busy_rounds)
     _print_tables(rows, base, {**spec, "rounds": args.rounds, "machine": header})
+    if base.get("build"):
+        print(llama_build_note(base["build"], cpu_description()[1]))
     _print_encoders(enc_rows, args.rounds, enc_header)
     return _write(
         args.out,
@@ -526,6 +539,7 @@ def main() -> int:
             "spec": {k: v for k, v in spec.items() if k != "prompt_ids"},
             "threads": THREADS,
             "machine": header,
+            "cpu": dict(zip(("model", "flags"), cpu_description(), strict=True)),
             "decoder": rows,
             "encoder_machine": enc_header,
             "encoder": enc_rows,
@@ -669,8 +683,19 @@ def _aggregate(results: list[dict], base: list[dict] | None, keep: list[int]) ->
     return row
 
 
+def llama_build_note(build: list[str], cpu_flags: list[str]) -> str:
+    """One line: the llama.cpp build's instruction sets, and a warning where it leaves the CPU's AVX-512 unused."""
+    line = f"llama.cpp build: {' '.join(build) or 'no CPU features reported'}"
+    if "avx512f" in cpu_flags and not any(feature.startswith("AVX512") for feature in build):
+        line += (
+            "\nWARNING: this CPU has AVX-512 and this llama.cpp build does not use it, so its speed and the ratios"
+            " are not llama.cpp's best here: `make bench-deps` builds it for this CPU"
+        )
+    return line
+
+
 def machine_header(runs: dict[str, list[dict]], busy_rounds: list[bool]) -> str:
-    """One line: how quiet the machine was around the rows (load averages, CPU busy and steal shares)."""
+    """One line: the CPU, and how quiet the machine was around the rows (load averages, CPU busy and steal)."""
     states = [r["machine"] for results in runs.values() for r in results if r.get("machine")]
     if not states:
         return "machine: not recorded"
@@ -678,8 +703,9 @@ def machine_header(runs: dict[str, list[dict]], busy_rounds: list[bool]) -> str:
     after = [m["after"] for m in states]
     busy = sum(busy_rounds)
     kept = "left out of the medians" if busy < len(busy_rounds) else "NONE QUIET: medians over busy rounds"
+    cpu, flags = cpu_description()
     return (
-        f"machine: {os.cpu_count()} CPUs; 1-min load before rows {min(b['load1'] for b in before):.2f}-"
+        f"machine: {os.cpu_count()} x {cpu} ({' '.join(flags) or 'no flags read'}); 1-min load before rows {min(b['load1'] for b in before):.2f}-"
         f"{max(b['load1'] for b in before):.2f}, after {min(a['load1'] for a in after):.2f}-"
         f"{max(a['load1'] for a in after):.2f}; others' CPU before rows up to {max(b['busy_pct'] for b in before):.0f}%; "
         f"steal up to {max(m['steal_pct'] for m in before + after):.1f}%; busy rounds {busy} of {len(busy_rounds)}"

@@ -14,7 +14,7 @@ from typing import Any
 
 from slmops.artifacts import folder_size, read_manifest
 from slmops.benchmark.config import BenchmarkConfig, DeviceProfile
-from slmops.benchmark.machine import MachineProbe, busy_reasons
+from slmops.benchmark.machine import MachineProbe, busy_reasons, cpu_description
 from slmops.errors import BenchmarkError, ConfigError
 from slmops.results import BenchReport, MachineState, write_result
 from slmops.runtime.session import DEVICE_PROVIDERS
@@ -26,17 +26,7 @@ def machine_context(profile: DeviceProfile) -> dict[str, Any]:
     """CPU model and flags, threads and the onnxruntime build, recorded with every result."""
     import onnxruntime as ort
 
-    cpu, flags = platform.machine(), []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == platform.machine():
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                flags = sorted(have & {"avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile"})
-                break
-    except OSError:
-        pass
+    cpu, flags = cpu_description()
     return {
         "cpu": cpu,
         "cpu_flags": flags,

@@ -11,6 +11,7 @@ into a verdict, with thresholds from the ``benchmark:`` section of configs/pipel
 from __future__ import annotations
 
 import os
+import platform
 import resource
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,28 @@ def read_cpu_times(path: Path = Path("/proc/stat")) -> CpuTimes | None:
         steal=ticks[_STEAL_FIELD] / hz,
         total=sum(ticks[:8]) / hz,
     )
+
+
+# The instruction sets that decide which kernels onnxruntime (MLAS) and llama.cpp run: ratios between them move
+# with these (on an AVX-512 host, a llama.cpp built for AVX2 only decodes well below its native build).
+CPU_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_tile")
+
+
+def cpu_description(path: Path = Path("/proc/cpuinfo")) -> tuple[str, list[str]]:
+    """(CPU model name, the CPU_FLAGS it has); the platform's machine name and no flags where cpuinfo is absent."""
+    cpu, flags = platform.machine(), list[str]()
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return cpu, flags
+    for line in lines:
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            have = set(line.split(":", 1)[1].split())
+            flags = [flag for flag in CPU_FLAGS if flag in have]
+            break
+    return cpu, flags
 
 
 def load_average() -> float | None:

@@ -73,3 +73,23 @@ def test_table_prints_both_ratios_and_the_load_row(harness, capsys: pytest.Captu
     )
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("slmops.load"))
     assert "0.57x (0.55-0.60)" in line and "1.23x (1.20-1.25)" in line
+
+
+def test_the_cpu_and_a_llama_build_below_it_are_named(harness, tmp_path: Path) -> None:
+    compare, _ = harness
+    from slmops.benchmark.machine import cpu_description
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor @ 2.00GHz\n"
+        "flags\t\t: fpu sse2 avx f16c fma avx2 avx512f avx512bw\n"
+    )
+    assert cpu_description(cpuinfo) == (
+        "Intel(R) Xeon(R) Processor @ 2.00GHz",
+        ["avx", "avx2", "fma", "f16c", "avx512f", "avx512bw"],
+    )
+    assert cpu_description(tmp_path / "absent")[1] == []
+    avx2_build = ["SSE3", "AVX", "AVX2", "F16C", "FMA"]
+    assert "WARNING" in compare.llama_build_note(avx2_build, ["avx2", "avx512f"])  # AVX-512 left unused
+    assert "WARNING" not in compare.llama_build_note([*avx2_build, "AVX512"], ["avx2", "avx512f"])
+    assert compare.llama_build_note(avx2_build, ["avx", "avx2"]) == "llama.cpp build: SSE3 AVX AVX2 F16C FMA"
