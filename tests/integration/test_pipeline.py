@@ -65,6 +65,7 @@ def test_flow_builds_registers_and_recommends(built) -> None:
             ran = bench["profiles"]["cpu-1t"]
             assert ran["pid"] != os.getpid() and ran["torch_imported"] is False  # a separate, torch-free process
             assert bench["headline_profile"] == "cpu-1t" and bench["context"]["threads"] == 1
+            assert bench["context"]["cpu"] and isinstance(bench["context"]["cpu_flags"], list)  # the CPU is named
             assert bench["peak_rss_mb"] >= bench["rss_after_load_mb"] > bench["profiles"]["cpu-1t"]["rss_start_mb"] > 0
             assert bench["size_mb"] > 0 and bench["load_s"] > 0
             if "cuda" not in __import__("onnxruntime").get_available_providers():
