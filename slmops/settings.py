@@ -45,13 +45,13 @@ class Settings(BaseModel):
         try:
             super().__init__(**values)
         except ValidationError as exc:
-            problems = []
+            problems, unset = [], []
             for error in exc.errors():
                 field = str(error["loc"][0]) if error["loc"] else ""
-                where = f"{source[field]}={error['input']!r}" if field in source else f"{field}={error['input']!r}"
-                problems.append(f"{where}: {error['msg']}")
-            unset = ", ".join(source[str(e["loc"][0])] for e in exc.errors() if e["loc"] and str(e["loc"][0]) in source)
-            hint = f"; fix or unset {unset}" if unset else ""
+                if field in source:
+                    unset.append(source[field])
+                problems.append(f"{source.get(field, field)}={error['input']!r}: {error['msg']}")
+            hint = f"; fix or unset {', '.join(unset)}" if unset else ""
             raise ConfigError("invalid setting " + "; ".join(problems) + hint) from None
 
     config_dir: Path = Field(
