@@ -113,6 +113,13 @@ def export_optimum(variant: Variant, src: Path, out: Path) -> ModelCard:
     return build_model_card(variant, src, graph=get_task(variant.task).optimum_graph)
 
 
+# The builder computes the rotary cos/sin caches with torch. With 2 intra-op threads, torch (MKL) now and then
+# computes the second thread's half of ``cos`` inaccurately: 1 fresh process in 40 gave |error| 1.5e-4 on those
+# rows against 3.6e-8 (tiny Llama, 256 x 16 angles, 2026-12-01), so two builds of one model differed in
+# cos_cache. One thread made 60 of 60 exact and the build byte-identical.
+BUILDER_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 @EXPORTERS.register("genai")
 def export_genai(variant: Variant, src: Path, out: Path) -> ModelCard:
     """onnxruntime-genai's model builder: a fused decoder graph (GroupQueryAttention, SkipSimplifiedLayerNorm,
@@ -121,6 +128,7 @@ def export_genai(variant: Variant, src: Path, out: Path) -> ModelCard:
     Measured on SmolLM2-135M (2 threads): ~310 nodes against ~3,150 for optimum's graph, and 2-3x its
     decode speed. 0.15.2 is the newest builder that runs beside transformers 4.57 (install with --no-deps).
     """
+    import os
     import subprocess
     import sys
     import tempfile
@@ -145,7 +153,7 @@ def export_genai(variant: Variant, src: Path, out: Path) -> ModelCard:
             "-c",
             cache,
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **BUILDER_THREADS})
     if proc.returncode != 0 or not (out / "model.onnx").is_file():
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
         hint = (
