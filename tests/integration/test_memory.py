@@ -98,3 +98,32 @@ def test_estimate_is_near_the_measured_peak_of_a_tiny_model(genai_variant, tmp_p
     measured = int(subprocess.run(run, check=True, capture_output=True, text=True).stdout.split()[-1]) * 1024
     est = estimate_memory(variant, precision="fp32", context_length=prompt + new, prompt_tokens=prompt, graph="genai")
     assert abs(est.total - measured) / measured < 0.15, (est, measured)
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="reads Linux /proc/self/smaps")
+def test_prepacked_weights_leave_no_resident_pages_and_the_same_logits(genai_variant, tmp_path) -> None:
+    """After the open, the mapped weights onnxruntime already prepacked (and MatMulNBits' scales, which it keeps
+    but no longer reads) hold no resident pages, and the released session computes what an untouched one does."""
+    import onnxruntime as ort
+
+    from slmops.quantize import load_recipes, quantize
+    from tests.unit.test_release_pages import _resident_kb
+
+    variant, folder = genai_variant
+    recipe = load_recipes(Path(__file__).resolve().parents[2] / "configs" / "recipes.yaml")["wo-int8"]
+    cand = tmp_path / "wo-int8"
+    quantize(variant, recipe, src=folder, out=cand, fetched=folder)
+    model = open_folder(cand, threads=1, optimized_dir=tmp_path / "optimized")
+    (entry,) = [p for p in (tmp_path / "optimized").iterdir() if p.is_dir()]
+    assert str((entry / "model.onnx.data").resolve()) in Path("/proc/self/maps").read_text()
+    assert _resident_kb(entry / "model.onnx.data") == 0
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    untouched = ort.InferenceSession(str(entry / "model.onnx"), sess_options=opts, providers=["CPUExecutionProvider"])
+    assert _resident_kb(entry / "model.onnx.data") > 0  # its pages, read while prepacking, stay
+    ids = np.asarray([model.tokenizer.encode(PROMPT, add_special_tokens=True)], dtype=np.int64)
+    graph = model.graph
+    released, _ = graph.forward(ids, graph.empty_cache(capacity=ids.shape[1]))
+    graph.session = untouched
+    expected, _ = graph.forward(ids, graph.empty_cache(capacity=ids.shape[1]))
+    np.testing.assert_array_equal(released, expected)
