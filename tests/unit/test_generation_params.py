@@ -19,6 +19,9 @@ from slmops.runtime.sampling import Sampler
         ({"repetition_penalty": 0}, "repetition_penalty=0"),
         ({"stop": [""]}, "stop"),
         ({"temprature": 1.0}, "unknown option 'temprature'"),
+        ({"prompt_lookup_tokens": 17, "temperature": 0}, "prompt_lookup_tokens=17"),
+        ({"prompt_lookup_tokens": 3, "temperature": 0.7}, "greedy decoding only: pass temperature=0"),
+        ({"prompt_lookup_tokens": 3}, "prompt_lookup_tokens=3"),  # the default temperature samples
     ],
 )
 def test_invalid_params_name_the_value(kwargs: dict, needle: str) -> None:
@@ -57,3 +60,41 @@ def test_seed_makes_sampling_reproducible() -> None:
 def test_repetition_penalty_demotes_seen_tokens() -> None:
     params = GenerationParams(temperature=0, repetition_penalty=2.0)
     assert Sampler(params)(LOGITS, np.array([1])) == 2
+
+
+@pytest.mark.parametrize(
+    ("seen", "size", "draft"),
+    [
+        ([5, 1, 2, 3, 9, 9, 1, 2, 3], 3, [9, 9, 1]),  # the longest tail that occurs earlier: [1, 2, 3]
+        ([5, 1, 2, 3, 9, 9, 1, 2, 3], 8, [9, 9, 1, 2, 3]),  # up to the end of what was seen
+        ([1, 2, 7, 2, 8, 2], 2, [8, 2]),  # the latest occurrence of [2] wins
+        ([4, 1, 2, 4, 1, 3, 1, 2], 2, [4, 1]),  # [1, 2] beats the later [2]-less [1]
+        ([7, 7, 7, 7], 2, [7]),  # overlapping occurrences
+        ([1, 2, 3], 2, []),  # nothing repeats
+        ([4], 3, []),
+        ([5, 1, 2, 3, 9, 9, 1, 2, 3], 0, []),
+    ],
+)
+def test_lookup_draft_follows_the_latest_longest_match(seen: list[int], size: int, draft: list[int]) -> None:
+    from slmops.runtime.decoder import lookup_draft
+
+    assert lookup_draft(np.asarray(seen, dtype=np.int64), size) == draft
+
+
+def test_draft_sizer_drafts_more_as_drafts_hit_and_stops_when_they_miss() -> None:
+    from slmops.runtime.decoder import DRAFT_TOKEN_COST, DraftSizer
+
+    sizer = DraftSizer(8, DRAFT_TOKEN_COST["quantized"])
+    sizes = [sizer.size()]
+    for _ in range(12):
+        sizer.observe(max(sizes[-1], 1), max(sizes[-1], 1))  # every drafted token accepted
+        sizes.append(sizer.size())
+    assert sizes == sorted(sizes) and sizes[0] == 1 and sizes[-1] == 8
+    for _ in range(12):
+        sizer.observe(max(sizer.size(), 1), 0)  # every draft rejected at once
+    assert sizer.size() == 0 and sizer.p <= DRAFT_TOKEN_COST["quantized"]
+    steps = 0
+    while sizer.size() == 0:  # no drafts, no evidence: the estimate drifts back and drafting is tried again
+        sizer.observe(0, 0)
+        steps += 1
+    assert 1 < steps < 200 and sizer.size() == 1
