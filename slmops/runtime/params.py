@@ -33,7 +33,8 @@ class GenerationParams(BaseModel):
         le=16,
         description="Greedy only: draft up to this many tokens per step by finding the last few tokens earlier in the "
         "prompt or output, and check the drafts in one graph call (prompt-lookup decoding). The output is the greedy "
-        "one; it is faster when the output copies from the prompt, slower when drafts miss. 0: off.",
+        "one; it is faster when the output copies from the prompt. One prompt at a time: generate_batch and "
+        "`slmops serve` decode plainly. 0: off.",
     )
 
     @field_validator("stop", mode="before")
