@@ -23,6 +23,13 @@ def generate(
     repetition_penalty: float = 1.0,
     seed: int | None = None,
     stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
+    prompt_lookup_tokens: Annotated[
+        int,
+        typer.Option(
+            help="With --temperature 0: check up to this many tokens copied from the prompt per step (prompt-lookup "
+            "drafts; the same greedy text, faster when it copies the prompt). 0: off."
+        ),
+    ] = 0,
 ) -> None:
     """Stream a completion (or a chat reply) from a registered model."""
     from slmops import load
@@ -41,6 +48,7 @@ def generate(
         repetition_penalty=repetition_penalty,
         seed=seed,
         stop=tuple(stop or ()),
+        prompt_lookup_tokens=prompt_lookup_tokens,
     )
     messages = [{"role": "user", "content": chat}] if chat is not None else None
     for delta in model.stream(prompt, messages=messages, **options):

@@ -310,12 +310,21 @@ def test_cli_generate_uses_the_alias(built) -> None:
         text=True,
     )
     assert result.returncode == 0, result.stderr
+    cmd = [sys.executable, "-m", "slmops.cli", "generate", "chat-test", "--prompt", "The sun", "--max-tokens", "4"]
+    drafted = subprocess.run(
+        [*cmd, "--temperature", "0", "--prompt-lookup-tokens", "3"], capture_output=True, text=True
+    )
+    # the same greedy text on fp32 graphs (tests/integration/test_prompt_lookup.py); chat-test may be quantized
+    assert drafted.returncode == 0, drafted.stderr
     bad = subprocess.run(
         [sys.executable, "-m", "slmops.cli", "generate", "chat-test", "--prompt", "x", "--top-p", "2"],
         capture_output=True,
         text=True,
     )
     assert bad.returncode == 1 and "top_p=2.0" in bad.stderr and "Traceback" not in bad.stderr
+    sampled = subprocess.run([*cmd, "--prompt-lookup-tokens", "3"], capture_output=True, text=True)  # temperature 0.7
+    assert sampled.returncode == 1 and "prompt_lookup_tokens=3" in sampled.stderr and "temperature=0" in sampled.stderr
+    assert "Traceback" not in sampled.stderr
 
 
 def test_readme_pyfunc_snippet_runs_as_written(built, tmp_path: Path) -> None:
