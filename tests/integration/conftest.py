@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,25 @@ def tiny_registry(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> tupl
         mp.undo()
         get_settings.cache_clear()
     return env, folders
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_export(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``exporter -> folder``: the tiny Llama fetched and exported once per exporter, for tests that only open it."""
+    from slmops.export import export
+    from tests.support.tiny import as_fetched
+
+    folders: dict[str, Path] = {}
+
+    def exported(exporter: str) -> Path:
+        if exporter not in folders:
+            folder, facts = tiny_models["tiny-llama"]
+            root = tmp_path_factory.mktemp(f"tiny-llama-{exporter}")
+            shutil.copytree(folder, root / "fetch")
+            export(
+                as_fetched(root / "fetch", "tiny-llama", facts), src=root / "fetch", out=root / "out", exporter=exporter
+            )
+            folders[exporter] = root / "out"
+        return folders[exporter]
+
+    return exported

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
 from slmops.errors import ContextLengthError, GenerationParamsError
-from slmops.export import export
 from slmops.runtime.open import open_folder
-from tests.support.tiny import as_fetched
 
 PROMPTS = [
     "The sun",
@@ -21,14 +17,8 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module", params=["optimum", "genai"])
-def model(request, tiny_models, tmp_path_factory: pytest.TempPathFactory):
-    folder, facts = tiny_models["tiny-llama"]
-    root = tmp_path_factory.mktemp(f"batch-{request.param}")
-    src = root / "fetch"
-    shutil.copytree(folder, src)
-    variant = as_fetched(src, "tiny-llama", facts)
-    export(variant, src=src, out=root / "out", exporter=request.param)
-    return open_folder(root / "out")
+def model(request, tiny_llama_export):
+    return open_folder(tiny_llama_export(request.param))
 
 
 def test_greedy_batch_equals_each_prompt_alone(model) -> None:

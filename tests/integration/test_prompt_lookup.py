@@ -3,15 +3,11 @@ of plain decoding, in fewer graph calls when the drafts hit."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
-from slmops.export import export
 from slmops.runtime.open import open_folder
 from slmops.runtime.params import GenerationParams
-from tests.support.tiny import as_fetched
 
 PROMPTS = [
     "The sun rises in the east and sets in the west. The sun rises in the east and sets in the",
@@ -21,14 +17,8 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module", params=["optimum", "genai"])
-def model(request, tiny_models, tmp_path_factory: pytest.TempPathFactory):
-    folder, facts = tiny_models["tiny-llama"]
-    root = tmp_path_factory.mktemp(f"lookup-{request.param}")
-    src = root / "fetch"
-    shutil.copytree(folder, src)
-    variant = as_fetched(src, "tiny-llama", facts)
-    export(variant, src=src, out=root / "out", exporter=request.param)
-    return open_folder(root / "out")
+def model(request, tiny_llama_export):
+    return open_folder(tiny_llama_export(request.param))
 
 
 def _tokens(model, prompt: str, **options) -> list[int]:
