@@ -20,12 +20,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from slmops.errors import BuildLockError, IntegrityError
+from slmops.errors import BuildLockError, IntegrityError, RecordError
+from slmops.records import Record
 
 logger = logging.getLogger(__name__)
 
@@ -34,22 +34,21 @@ GATE_NAME = "slmops-gate.json"  # the gate result a registered folder carries be
 _CHUNK = 8 * 2**20
 
 
-class FileEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+@dataclass(frozen=True, kw_only=True)
+class FileEntry(Record):
     size: int
     sha256: str
 
 
-class Manifest(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Manifest(Record):
     """What a stage produced: provenance plus every file's size and sha256.
 
     Only what the folder *is* goes in here, never how or when it was made (no timestamps, hosts,
     absolute paths or retry counts): the same inputs give a byte-identical manifest, so DVC sees
-    a rebuilt folder as unchanged and the committed dvc.lock matches a fresh build.
+    a rebuilt folder as unchanged and the committed dvc.lock matches a fresh build. A record, not a pydantic
+    model: the loader reads one on every open (see :mod:`slmops.records`).
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     schema_version: int = 1
     stage: str
@@ -57,15 +56,15 @@ class Manifest(BaseModel):
     source: str
     revision: str | None = None
     files: dict[str, FileEntry]
-    info: dict[str, Any] = Field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
-    @model_validator(mode="before")
     @classmethod
-    def _drop_legacy_created(cls, data: Any) -> Any:
-        """Older manifests stamped a ``created`` time (registered versions still carry one): read them, ignoring it."""
+    def read(cls, data: Any) -> Manifest:
+        """From parsed JSON. Older manifests stamped a ``created`` time (registered versions still carry one): read
+        them, ignoring it."""
         if isinstance(data, dict) and "created" in data:
             data = {k: v for k, v in data.items() if k != "created"}
-        return data
+        return cls.from_dict(data)
 
     def digest(self) -> str:
         """A content digest of the folder: sha256 over the sorted (path, sha256) pairs."""
@@ -78,7 +77,7 @@ class Manifest(BaseModel):
         """The digest of the candidate this folder holds: a registered folder adds only its gate result."""
         if GATE_NAME not in self.files:
             return self.digest()
-        return self.model_copy(update={"files": {k: v for k, v in self.files.items() if k != GATE_NAME}}).digest()
+        return self.replace(files={k: v for k, v in self.files.items() if k != GATE_NAME}).digest()
 
 
 def file_identity(path: Path) -> list[int]:
@@ -131,7 +130,7 @@ def write_manifest(
             rel = path.relative_to(folder).as_posix()
             files[rel] = FileEntry(size=path.stat().st_size, sha256=sha256_file(path))
     manifest = Manifest(stage=stage, variant=variant, source=source, revision=revision, files=files, info=info or {})
-    write_json_atomic(folder / MANIFEST_NAME, manifest.model_dump(mode="json"))
+    write_json_atomic(folder / MANIFEST_NAME, manifest.to_dict())
     return manifest
 
 
@@ -139,13 +138,15 @@ def read_manifest(folder: Path, *, verify: bool = False) -> Manifest:
     """The folder's manifest. Raises IntegrityError when missing, invalid, or (``verify``) not matching the files."""
     path = Path(folder) / MANIFEST_NAME
     try:
-        manifest = Manifest.model_validate_json(path.read_bytes())
+        manifest = Manifest.read(json.loads(path.read_bytes()))
     except FileNotFoundError:
         raise IntegrityError(
             f"{folder} has no {MANIFEST_NAME}: it was not produced by a finished slmops stage; re-run that stage"
         ) from None
-    except ValidationError as exc:
-        raise IntegrityError(f"{path} is not a valid manifest ({exc.error_count()} errors); re-run the stage") from None
+    except RecordError as exc:
+        raise IntegrityError(f"{path} is not a valid manifest ({exc}); re-run the stage") from None
+    except ValueError as exc:  # json's errors, UnicodeDecodeError included
+        raise IntegrityError(f"{path} is not a valid manifest (not JSON: {exc}); re-run the stage") from None
     if verify:
         verify_files(folder, manifest)
     return manifest

@@ -20,6 +20,28 @@ class ConfigError(SlmopsError, ValueError):
     """A config file or option is invalid. Raised when configs are parsed."""
 
 
+class RecordError(SlmopsError, ValueError):
+    """A runtime record (settings, manifest, model card, generation parameters) got invalid values. Its
+    ``errors()`` lists them in pydantic's shape; the code that builds the record turns it into its own error."""
+
+    def __init__(self, problems: list[dict], *, record: str) -> None:
+        self.problems, self.record = problems, record
+        super().__init__(f"invalid {record}: " + "; ".join(_problem_line(p) for p in problems))
+
+    def errors(self) -> list[dict]:
+        return list(self.problems)
+
+    def error_count(self) -> int:
+        return len(self.problems)
+
+
+def _problem_line(problem: dict) -> str:
+    name = ".".join(str(p) for p in problem["loc"]) or "value"
+    if problem["type"] == "missing":
+        return f"{name} is required"
+    return f"{name}={problem['input']!r}: {problem['msg']}"
+
+
 class CatalogError(ConfigError):
     """catalog.yaml is invalid; the message names the file, variant and field."""
 
@@ -175,14 +197,16 @@ class PyfuncInputError(SlmopsError, ValueError):
 
 
 def describe_validation(exc: Exception, *, known: Iterable[str] = (), root: str = "value") -> str:
-    """A pydantic ValidationError as '; '-joined 'name=value: message' parts; an unknown name is listed as such,
-    with the ``known`` ones after it. ``root`` names an error of the whole object."""
+    """A pydantic ValidationError or a RecordError as '; '-joined 'name=value: message' parts; an unknown name is
+    listed as such, with the ``known`` ones after it. ``root`` names an error of the whole object."""
     valid = f"; valid options: {', '.join(known)}" if known else ""
     parts = []
-    for err in exc.errors():  # type: ignore[attr-defined]  # pydantic's ValidationError, duck-typed: no import here
+    for err in exc.errors():  # type: ignore[attr-defined]  # duck-typed: no pydantic import here
         name = ".".join(str(p) for p in err["loc"]) or root
         if err["type"] == "extra_forbidden":
             parts.append(f"unknown option {name!r}{valid}")
+        elif err["type"] == "missing":
+            parts.append(f"{name} is required")
         else:
             parts.append(f"{name}={err.get('input')!r}: {err['msg']}")
     return "; ".join(parts)

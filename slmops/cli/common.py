@@ -57,8 +57,15 @@ def project() -> Any:
 
 def print_json(data: Any) -> None:
     """``data`` (a stage result or plain data) as indented JSON on stdout."""
-    if hasattr(data, "model_dump"):
-        data = data.model_dump(mode="json")
-    elif isinstance(data, dict):
-        data = {k: v.model_dump(mode="json") if hasattr(v, "model_dump") else v for k, v in data.items()}
-    typer.echo(json.dumps(data, indent=2, default=str))
+    if isinstance(data, dict):
+        data = {k: _plain(v) for k, v in data.items()}
+    typer.echo(json.dumps(_plain(data), indent=2, default=str))
+
+
+def _plain(value: Any) -> Any:
+    """A pydantic model or a record (slmops.records) as JSON-ready data; anything else as it is."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return value

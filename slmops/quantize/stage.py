@@ -50,7 +50,7 @@ def quantize(
             raise
         except Exception as exc:
             raise QuantizeError(f"recipe {recipe.name!r} failed on {variant.id}: {exc}") from exc
-        card.model_copy(update={"precision": recipe.precision, "recipe": recipe.name}).write(tmp)
+        card.replace(precision=recipe.precision, recipe=recipe.name).write(tmp)
         write_json_atomic(tmp / "recipe.json", recipe.model_dump(mode="json"))
         for leftover in tmp.glob("*-opt.onnx"):  # ORT's pre-processing scratch files
             leftover.unlink()

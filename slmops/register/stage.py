@@ -116,7 +116,7 @@ def register(
                 mlflow.log_dict(benchmark.model_dump(mode="json"), names.BENCH_ARTIFACT)
                 if benchmark.headline_profile is not None:  # as a device's worker tags what it measured
                     mlflow.set_tag(names.device_bench_tag(benchmark.headline_profile), "measured")
-            mlflow.log_dict(manifest.model_dump(mode="json"), names.MANIFEST_ARTIFACT)
+            mlflow.log_dict(manifest.to_dict(), names.MANIFEST_ARTIFACT)
             if not evaluation.passed:
                 logger.info("%s/%s failed its gate: logged, not registered", variant.id, recipe.name)
                 return Registered(run.info.run_id, None, None, reused=False)

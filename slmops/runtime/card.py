@@ -3,30 +3,28 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from slmops.errors import ModelLoadError
+from slmops.errors import ModelLoadError, RecordError
+from slmops.records import Record
 from slmops.tasks import GraphKind, TaskName
 
 MODEL_CARD_NAME = "slmops-model.json"
 
 
-class Pooling(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Pooling(Record):
     """sentence-transformers pooling, read from 1_Pooling/config.json and modules.json."""
-
-    model_config = ConfigDict(extra="forbid")
 
     mode: Literal["mean", "cls", "max"] = "mean"
     normalize: bool = True
 
 
-class ModelCard(BaseModel):
-    """Self-description of an exported/quantized artifact folder."""
-
-    model_config = ConfigDict(extra="forbid")
+@dataclass(frozen=True, kw_only=True)
+class ModelCard(Record):
+    """Self-description of an exported/quantized artifact folder (a record: the loader reads it on every open)."""
 
     variant: str
     task: TaskName
@@ -35,7 +33,7 @@ class ModelCard(BaseModel):
     precision: str = "fp32"
     recipe: str = "fp32"
     context_length: int
-    eos_token_ids: list[int] = Field(default_factory=list)
+    eos_token_ids: list[int] = field(default_factory=list)
     pad_token_id: int | None = None
     pooling: Pooling | None = None
     num_labels: int | None = None
@@ -44,20 +42,25 @@ class ModelCard(BaseModel):
     layers: int | None = None
 
     def write(self, folder: Path) -> None:
-        (Path(folder) / MODEL_CARD_NAME).write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False)  # as pydantic's model_dump_json wrote it
+        (Path(folder) / MODEL_CARD_NAME).write_text(text + "\n", encoding="utf-8")
 
 
 def read_model_card(folder: Path) -> ModelCard:
     """Parse the folder's model card; raises ModelLoadError saying what to re-run."""
     path = Path(folder) / MODEL_CARD_NAME
     try:
-        return ModelCard.model_validate_json(path.read_bytes())
+        data = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise ModelLoadError(
             f"{folder} has no {MODEL_CARD_NAME}; it is not an slmops export. Run `slmops export` first"
         ) from None
-    except ValidationError as exc:
-        raise ModelLoadError(f"{path} is invalid ({exc.errors()[0]['msg']}); re-run `slmops export`") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path} is not valid JSON ({exc}); re-run `slmops export`") from None
+    try:
+        return ModelCard.from_dict(data)
+    except RecordError as exc:
+        raise ModelLoadError(f"{path} is invalid ({exc}); re-run `slmops export`") from None
 
 
 def read_pooling(folder: Path) -> Pooling | None:

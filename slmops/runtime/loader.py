@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from slmops.errors import MemoryBudgetError, SlmopsError, UsageError, describe_validation
 from slmops.runtime.cache import fetch_version, verify_folder
 from slmops.runtime.open import Model, open_folder
@@ -163,6 +161,8 @@ def _resolve(
         return resolve_version(target, reader=registry_reader(settings), settings=settings)
     if task is None:
         raise UsageError("load() needs a target (use case, models:/ URI, folder) or task= with constraints")
+    from pydantic import ValidationError  # ranking's Constraints is a pydantic model: this path imports mlflow too
+
     from slmops.runtime.ranking import Constraints, best, registered_candidates
     from slmops.runtime.registry import MlflowRegistryReader
     from slmops.tasks import get_task

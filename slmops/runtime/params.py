@@ -2,33 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from slmops.errors import GenerationParamsError, RecordError, describe_validation
+from slmops.records import Record, invalid, spec
 
-from slmops.errors import GenerationParamsError, describe_validation
 
-
-class GenerationParams(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class GenerationParams(Record):
     """Sampling and stopping options for :meth:`slmops.runtime.TextModel.generate`.
 
-    ``temperature=0`` is greedy decoding. ``top_k=0`` and ``top_p=1`` disable those filters.
+    ``temperature=0`` is greedy decoding. ``top_k=0`` and ``top_p=1`` disable those filters. Building one with
+    a bad value raises :class:`~slmops.errors.RecordError`; :meth:`build` raises GenerationParamsError instead.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_tokens: int = Field(default=256, ge=1, le=1_000_000)
-    temperature: float = Field(default=0.7, ge=0.0, le=100.0)
-    top_k: int = Field(default=0, ge=0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
+    max_tokens: int = spec(256, ge=1, le=1_000_000)
+    temperature: float = spec(0.7, ge=0.0, le=100.0)
+    top_k: int = spec(0, ge=0)
+    top_p: float = spec(1.0, gt=0.0, le=1.0)
+    repetition_penalty: float = spec(1.0, gt=0.0, le=10.0)
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
-    seed: int | None = Field(default=None, ge=0, lt=2**64)  # numpy's generators take no negative seed
-    truncate: bool = Field(default=False, description="Drop the start of a too-long prompt instead of raising.")
-    ignore_eos: bool = Field(default=False, description="Keep generating past end tokens (benchmarks).")
-    prompt_lookup_tokens: int = Field(
-        default=0,
+    seed: int | None = spec(None, ge=0, lt=2**64)  # numpy's generators take no negative seed
+    truncate: bool = spec(False, description="Drop the start of a too-long prompt instead of raising.")
+    ignore_eos: bool = spec(False, description="Keep generating past end tokens (benchmarks).")
+    prompt_lookup_tokens: int = spec(
+        0,
         ge=0,
         le=16,
         description="Greedy only: draft up to this many tokens per step by finding the last few tokens earlier in the "
@@ -37,27 +37,30 @@ class GenerationParams(BaseModel):
         "`slmops serve` decode plainly. 0: off.",
     )
 
-    @field_validator("stop", mode="before")
     @classmethod
-    def _stop_list(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = (value,)
-        if value is not None and any((not isinstance(s, str)) or s == "" for s in value):
-            raise ValueError("stop strings must be non-empty strings")
-        return value
+    def _before(cls, values: dict[str, Any]) -> dict[str, Any]:
+        stop = values["stop"]
+        if isinstance(stop, str):
+            values["stop"] = stop = (stop,)
+        if isinstance(stop, list | tuple) and any((not isinstance(s, str)) or s == "" for s in stop):
+            raise invalid(cls, ("stop",), stop, "stop strings must be non-empty strings")
+        return values
 
-    @field_validator("prompt_lookup_tokens")
-    @classmethod
-    def _greedy_drafts(cls, value: int, info: ValidationInfo) -> int:
-        if value and info.data.get("temperature", 0.0) != 0.0:
-            raise ValueError("drafts are checked against greedy decoding only: pass temperature=0, or leave this at 0")
-        return value
+    def _after(self) -> list[tuple[str, str]]:
+        if self.prompt_lookup_tokens and self.temperature != 0.0:
+            return [
+                (
+                    "prompt_lookup_tokens",
+                    "drafts are checked against greedy decoding only: pass temperature=0, or leave this at 0",
+                )
+            ]
+        return []
 
     @classmethod
     def build(cls, **kwargs: Any) -> GenerationParams:
         """Validate keyword options; raises GenerationParamsError naming each bad option and its value."""
         try:
-            return cls(**{k: v for k, v in kwargs.items() if v is not None})
-        except ValidationError as exc:
-            detail = describe_validation(exc, known=cls.model_fields, root="params")
+            return cls.from_dict({k: v for k, v in kwargs.items() if v is not None})
+        except RecordError as exc:
+            detail = describe_validation(exc, known=cls.field_names(), root="params")
             raise GenerationParamsError(f"invalid generation parameters: {detail}") from None

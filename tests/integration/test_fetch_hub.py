@@ -43,7 +43,7 @@ def _variant(tiny_models, **overrides) -> Variant:
 
 
 def _fetch(variant: Variant, out: Path, **config) -> dict:
-    return fetch(variant, out=out, config=FetchConfig(source="hub", **config)).model_dump()
+    return fetch(variant, out=out, config=FetchConfig(source="hub", **config)).to_dict()
 
 
 def _corrupt_files(out: Path, truth: Path) -> int:

@@ -37,7 +37,7 @@ def test_first_listed_variable_wins_and_names_ignore_case(monkeypatch: pytest.Mo
 
 
 def test_unset_variables_give_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in Settings.model_fields:
+    for name in Settings.field_names():
         for var in env_vars(name):
             monkeypatch.delenv(var, raising=False)
     settings = Settings()
