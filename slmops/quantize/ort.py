@@ -73,36 +73,45 @@ def matmul_nbits(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None =
     )
 
     model = onnx.load(str(src))
-    exclude = [] if recipe.lm_head else output_projections(model)
+    heads = output_projections(model)
     block = recipe.block_size or 32
-    if recipe.algorithm == "rtn":
-        config = DefaultWeightOnlyQuantConfig(
+    head_block = recipe.lm_head_block_size or block
+
+    def quantize(model, block: int, exclude: list[str]):
+        if recipe.algorithm == "rtn":
+            config = DefaultWeightOnlyQuantConfig(
+                block_size=block,
+                is_symmetric=recipe.symmetric,
+                accuracy_level=recipe.accuracy_level,
+                bits=recipe.bits or 4,
+                op_types_to_quantize=("MatMul",),
+            )
+        elif recipe.algorithm == "hqq":  # asymmetric by construction
+            config = HQQWeightOnlyQuantConfig(block_size=block, bits=recipe.bits or 4, op_types_to_quantize=("MatMul",))
+        else:
+            config = KQuantWeightOnlyQuantConfig(op_types_to_quantize=("MatMul",))
+        quantizer = MatMulNBitsQuantizer(
+            model,
             block_size=block,
             is_symmetric=recipe.symmetric,
             accuracy_level=recipe.accuracy_level,
-            bits=recipe.bits or 4,
-            op_types_to_quantize=("MatMul",),
+            nodes_to_exclude=exclude,
+            algo_config=config,
         )
-    elif recipe.algorithm == "hqq":  # asymmetric by construction
-        config = HQQWeightOnlyQuantConfig(block_size=block, bits=recipe.bits or 4, op_types_to_quantize=("MatMul",))
-    else:
-        config = KQuantWeightOnlyQuantConfig(op_types_to_quantize=("MatMul",))
-    quantizer = MatMulNBitsQuantizer(
-        model,
-        block_size=block,
-        is_symmetric=recipe.symmetric,
-        accuracy_level=recipe.accuracy_level,
-        nodes_to_exclude=exclude,
-        algo_config=config,
-    )
-    quantizer.process()
+        quantizer.process()
+        return quantizer.model
+
+    if not recipe.lm_head or head_block == block:
+        quantized = quantize(model, block, [] if recipe.lm_head else heads)
+    else:  # the body at block_size, then the lm_head (the one MatMul with a constant weight left) at its own
+        quantized = quantize(quantize(model, block, heads).model, head_block, [])
     if recipe.embedding:
         from slmops.quantize.tied import gather_from_quantized_head
 
-        if not gather_from_quantized_head(quantizer.model.model):
+        if not gather_from_quantized_head(quantized.model):
             logger.info("%s: no token embedding tied to the quantized lm_head; the table stays fp32", src.parent.name)
-    quantizer.model.topological_sort()
-    save_onnx(quantizer.model.model, dst)
+    quantized.topological_sort()
+    save_onnx(quantized.model, dst)
 
 
 @QUANTIZERS.register("gguf_blocks")

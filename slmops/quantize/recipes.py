@@ -31,6 +31,9 @@ class Recipe(BaseModel):
     accuracy_level: Literal[0, 1, 2, 3, 4] | None = None
     algorithm: Literal["rtn", "k_quant", "hqq"] = "rtn"  # matmul_nbits: how the 4/8-bit codes are chosen
     lm_head: bool = True  # quantize the output projection (tied to the embedding in SmolLM2) as well
+    # matmul_nbits: the output projection's own block size (default: block_size). A tied embedding gathers the
+    # lm_head's blocks, so they must divide the hidden size (576 for SmolLM2-135M: 32 or 64, not 128)
+    lm_head_block_size: int | None = Field(default=None, ge=16)
     # gather the token embedding quantized (GatherBlockQuantized) where the graph allows: an exact Q8_0 table
     # (gguf_blocks) or a table tied to the quantized lm_head (matmul_nbits); elsewhere it stays fp32
     embedding: bool = False
@@ -46,14 +49,18 @@ class Recipe(BaseModel):
         if self.method == "matmul_nbits":
             if self.bits is None or self.block_size is None:
                 raise ValueError("matmul_nbits needs bits (4 or 8) and block_size")
-            if self.block_size & (self.block_size - 1):
-                raise ValueError(f"block_size={self.block_size} must be a power of two")
+            for key in ("block_size", "lm_head_block_size"):
+                size = getattr(self, key)
+                if size is not None and size & (size - 1):
+                    raise ValueError(f"{key}={size} must be a power of two")
             if self.precision != f"int{self.bits}":
                 raise ValueError(f"precision {self.precision!r} does not match bits={self.bits}")
             if self.algorithm == "k_quant" and self.bits != 4:
                 raise ValueError("algorithm k_quant only builds 4-bit weights; use rtn for bits=8")
-        elif self.bits is not None or self.block_size is not None:
-            raise ValueError(f"bits/block_size only apply to method matmul_nbits, not {self.method!r}")
+        elif self.bits is not None or self.block_size is not None or self.lm_head_block_size is not None:
+            raise ValueError(
+                f"bits/block_size/lm_head_block_size only apply to method matmul_nbits, not {self.method!r}"
+            )
         if self.embedding and not (self.method == "gguf_blocks" or (self.method == "matmul_nbits" and self.lm_head)):
             raise ValueError(
                 "embedding: true needs method gguf_blocks, or matmul_nbits with lm_head: true "
@@ -80,9 +87,11 @@ class Recipe(BaseModel):
 
     @property
     def granularity(self) -> str:
-        """What one scale covers: ``block-<n>`` weights, ``per-channel``, ``per-tensor``, or ``none``."""
+        """What one scale covers: ``block-<n>`` weights (``block-128, lm_head block-64`` where the lm_head's
+        differ), ``per-channel``, ``per-tensor``, or ``none``."""
         if self.block_size is not None:
-            return f"block-{self.block_size}"
+            head = self.lm_head_block_size
+            return f"block-{self.block_size}" + (f", lm_head block-{head}" if head and head != self.block_size else "")
         if self.method == "gguf_blocks":
             return f"block-{GGUF_BLOCK}"
         if self.method == "dynamic_int8":

@@ -151,6 +151,15 @@ def test_tied_embedding_gathers_the_quantized_head(exported) -> None:
         head = next(n for n in graph.node if n.op_type == "MatMulNBits" and n.output[0] == "logits")
         gather = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
         attrs = {a.name: helper.get_attribute_value(a) for a in head.attribute}
+        body = {
+            helper.get_attribute_value(a)
+            for n in graph.node
+            if n.op_type == "MatMulNBits" and n is not head
+            for a in n.attribute
+            if a.name == "block_size"
+        }
+        assert body == {RECIPES[recipe].block_size}
+        assert attrs["block_size"] == (RECIPES[recipe].lm_head_block_size or RECIPES[recipe].block_size)
         inits = [i for i in graph.initializer if i.name in set(head.input) | set(gather.input)]
         probe = helper.make_graph(
             [

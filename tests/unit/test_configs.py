@@ -11,7 +11,7 @@ import yaml
 from slmops.errors import ConfigError
 from slmops.evaluate.gates import load_gates
 from slmops.project import Project
-from slmops.quantize.recipes import load_recipes
+from slmops.quantize.recipes import Recipe, load_recipes
 from slmops.recommend.usecases import load_usecases
 from slmops.settings import Settings
 
@@ -216,7 +216,7 @@ def test_every_recipe_says_its_bits_and_granularity() -> None:
     recipes = load_recipes(REAL / "recipes.yaml")
     expected = {
         "fp32": (32, "none"),
-        "wo-int8": (8, "block-32"),
+        "wo-int8": (8, "block-128, lm_head block-64"),
         "wo-int4": (4, "block-32"),
         "gguf-q4": (4, "block-32"),
         "fp16": (16, "none"),
@@ -224,3 +224,12 @@ def test_every_recipe_says_its_bits_and_granularity() -> None:
     }
     for name, (bits, granularity) in expected.items():
         assert (recipes[name].weight_bits, recipes[name].granularity) == (bits, granularity), name
+
+
+def test_a_separate_lm_head_block_size_is_a_power_of_two_for_matmul_nbits_only() -> None:
+    base = load_recipes(REAL / "recipes.yaml")["wo-int8"].model_dump()
+    with pytest.raises(ValueError, match="lm_head_block_size=48 must be a power of two"):
+        Recipe.model_validate({**base, "lm_head_block_size": 48})
+    gguf = load_recipes(REAL / "recipes.yaml")["gguf-q4"].model_dump()
+    with pytest.raises(ValueError, match="only apply to method matmul_nbits"):
+        Recipe.model_validate({**gguf, "lm_head_block_size": 64})

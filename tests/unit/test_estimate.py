@@ -91,7 +91,7 @@ def test_chunked_prefill_bounds_the_logits() -> None:
     assert optimum.activations - genai.activations > (1024 - 1) * v.vocab_size * 4 * ARENA_FACTOR
 
 
-# Peak RSS (MiB, VmHWM) measured by benchmarks/memory.py on 2026-12-01 (tokenizer read before the session, no
+# Peak RSS (MiB, VmHWM) measured by benchmarks/memory.py on 2026-12-01 (12:55, loader without pydantic; tokenizer read before the session, no
 # second tokenizer in the measured process, unread weight pages released after the open), onnxruntime 1.32, 2 threads, each
 # candidate opened as slmops.load opens it (optimized-graph cache, weights memory-mapped): decoders (the genai
 # candidates gguf-q4 = int4, wo-int8 = int8, fp32, with logits_to_keep) at a 512-token prompt + 64 new tokens,
@@ -99,13 +99,13 @@ def test_chunked_prefill_bounds_the_logits() -> None:
 # encoders at batch 32 of a 15-token sentence. The estimate must stay within 10%. (optimum's decoder layout was
 # last measured before the mapped cache, 669-963 MiB, and is no longer checked here.)
 MEASURED = [
-    ("smollm2-135m-instruct", "fp32", 512, 724.8),
-    ("smollm2-135m-instruct", "int8", 512, 325.3),
-    ("smollm2-135m-instruct", "int4", 512, 288.2),
-    ("smollm2-135m-instruct", "int4", 128, 271.5),
-    ("smollm2-135m-instruct", "int8", 128, 306.8),
-    ("all-minilm-l6-v2", "fp32", 16, 159.0),
-    ("all-minilm-l6-v2", "int8", 16, 118.9),
+    ("smollm2-135m-instruct", "fp32", 512, 712.6),
+    ("smollm2-135m-instruct", "int8", 512, 312.3),
+    ("smollm2-135m-instruct", "int4", 512, 274.8),
+    ("smollm2-135m-instruct", "int4", 128, 258.4),
+    ("smollm2-135m-instruct", "int8", 128, 294.1),
+    ("all-minilm-l6-v2", "fp32", 16, 145.8),
+    ("all-minilm-l6-v2", "int8", 16, 105.5),
 ]
 
 
