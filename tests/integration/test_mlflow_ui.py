@@ -42,7 +42,7 @@ def test_recipes_log_bits_and_granularity() -> None:
     assert logged["gguf-q4"] == (4, "block-32")
     assert logged["fp32"] == (32, "none")
     assert logged["fp16"] == (16, "none")
-    assert logged["wo-int8"] == (8, "block-32")
+    assert logged["wo-int8"] == (8, "block-128, lm_head block-64")
     assert logged["wo-int4"] == (4, "block-32")
     assert logged["dyn-int8-pc"] == (8, "per-channel")
     for name, (bits, granularity) in logged.items():
@@ -80,7 +80,7 @@ def test_experiment_runs_and_versions_for_comparison(llama, isolated: Path, monk
         params = run.data.params
         assert "None" not in params.values(), params
         assert params["bits"] == {"fp32": "32", "wo-int8": "8"}[params["recipe"]]
-        assert params["granularity"] == {"fp32": "none", "wo-int8": "block-32"}[params["recipe"]]
+        assert params["granularity"] == {"fp32": "none", "wo-int8": "block-128, lm_head block-64"}[params["recipe"]]
         assert run.info.run_name.startswith(params["recipe"] + " · ")
 
     by_build = {(r.data.tags[names.TAG_BUILD_ID], r.data.params["recipe"]): r.info.run_id for r in runs}
