@@ -70,13 +70,13 @@ class _Invalid(Exception):
 
 
 class Record:
-    """Base of the records: subclasses are ``@dataclasses.dataclass(frozen=True)``; building one validates it.
+    """Base of the records: subclasses are ``@dataclasses.dataclass(frozen=True, kw_only=True)``; building one
+    validates it and raises RecordError naming every bad field.
 
-    ``from_dict`` is the way in for untrusted mappings (JSON files, keyword options): an unknown key is an error
-    unless ``extra_ignored``. Override ``_before`` to reshape raw values and ``_after`` for rules across fields.
+    ``from_dict`` is the way in for untrusted mappings (JSON files, keyword options): an unknown key is an error.
+    Override ``_before`` to reshape raw values and ``_after`` for rules across fields.
     """
 
-    extra_ignored: ClassVar[bool] = False
     _types: ClassVar[dict[str, Any]]
 
     def __post_init__(self) -> None:
@@ -116,9 +116,8 @@ class Record:
             raise invalid(cls, (), data, "must be an object", kind="dict_type")
         known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         problems: list[dict[str, Any]] = []
-        if not cls.extra_ignored:
-            problems += [{"loc": (k,), "type": "extra_forbidden", "input": v, "msg": "unknown field"}
-                         for k, v in data.items() if k not in known]  # fmt: skip
+        problems += [{"loc": (k,), "type": "extra_forbidden", "input": v, "msg": "unknown field"}
+                     for k, v in data.items() if k not in known]  # fmt: skip
         problems += [
             {"loc": (name,), "type": "missing", "input": None, "msg": "is required"}
             for name, f in known.items()
