@@ -28,6 +28,7 @@ from slmops.errors import RecordError
 R = TypeVar("R", bound="Record")
 _TRUE = {"1", "true", "t", "yes", "y", "on"}
 _FALSE = {"0", "false", "f", "no", "n", "off"}
+_BOOL_WORDS = _TRUE | _FALSE
 _BOUNDS: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
     "ge": (lambda v, b: v >= b, "greater than or equal to"),
     "gt": (lambda v, b: v > b, "greater than"),
@@ -183,6 +184,22 @@ def _each(items: Iterable[tuple[Any, Any]], convert: Callable[[Any], Any]) -> di
     return out
 
 
+def _number(tp: type, value: Any) -> Any:
+    """An int or float field's value: a number of that kind (an int-valued float for an int), or its text."""
+    if isinstance(value, bool):
+        pass  # a bool is an int to Python, never a number here
+    elif isinstance(value, int) or (isinstance(value, float) and (tp is float or value.is_integer())):
+        return tp(value)
+    elif isinstance(value, str):
+        try:
+            return tp(value.strip())
+        except ValueError:
+            pass
+    if tp is int:
+        raise _Invalid.one("int_parsing", "must be an integer", value)
+    raise _Invalid.one("float_parsing", "must be a number", value)
+
+
 def _convert(tp: Any, value: Any) -> Any:  # noqa: C901, PLR0911, PLR0912  # one branch per supported type
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
@@ -219,29 +236,11 @@ def _convert(tp: Any, value: Any) -> Any:  # noqa: C901, PLR0911, PLR0912  # one
             return value
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
             return value.strip().lower() in _TRUE
         raise _Invalid.one("bool_parsing", "must be a boolean (true/false, 1/0, yes/no)", value)
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise _Invalid.one("int_parsing", "must be an integer", value)
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise _Invalid.one("float_parsing", "must be a number", value)
+    if tp is int or tp is float:
+        return _number(tp, value)
     if tp is str:
         if isinstance(value, str):
             return value

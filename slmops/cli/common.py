@@ -57,9 +57,8 @@ def project() -> Any:
 
 def print_json(data: Any) -> None:
     """``data`` (a stage result or plain data) as indented JSON on stdout."""
-    if isinstance(data, dict):
-        data = {k: _plain(v) for k, v in data.items()}
-    typer.echo(json.dumps(_plain(data), indent=2, default=str))
+    data = {k: _plain(v) for k, v in data.items()} if isinstance(data, dict) else _plain(data)
+    typer.echo(json.dumps(data, indent=2, default=str))
 
 
 def _plain(value: Any) -> Any:
