@@ -91,3 +91,51 @@ def test_the_cpu_and_a_llama_build_below_it_are_named(harness, tmp_path: Path) -
     assert cpu_description(tmp_path / "absent")[1] == []
     note = compare.llama_build_note(["SSE3", "AVX", "AVX2", "F16C", "FMA"], ["avx2", "avx512f"])
     assert note == "llama.cpp build: SSE3 AVX AVX2 F16C FMA (CPU: avx2 avx512f)"
+
+
+class _Turn:
+    """Stands in for a loaded runtime in take_turns: records when it was asked, answers from a list."""
+
+    def __init__(self, name: str, log: list[str], answers: list[tuple[float, float]]) -> None:
+        self.name, self.log, self.answers = name, log, iter(answers)
+
+    def run(self) -> dict:
+        self.log.append(self.name)
+        ttft, rate = next(self.answers)
+        return {"ttft_ms": ttft, "decode_tok_s": rate}
+
+
+def test_paired_rounds_take_turns_and_count_every_token(harness) -> None:
+    compare, _ = harness
+    log: list[str] = []
+    ours = _Turn("ours", log, [(100.0, 100.0), (300.0, 50.0), (200.0, 100.0)])
+    llama = _Turn("llama", log, [(400.0, 80.0)] * 3)
+    results = compare.take_turns([ours, llama], repeats=3)
+    assert log == ["ours", "llama"] * 3  # one generation each, in turn, not all of one first
+    # tokens over time, as one long generation: 3 equal generations at 100, 50, 100 tok/s -> 75, not the mean 83.3
+    assert results[0]["decode_tok_s"] == pytest.approx(75.0) and results[0]["ttft_ms"] == 200.0
+    assert results[0]["decode_tok_s_runs"] == [100.0, 50.0, 100.0] and results[1]["decode_tok_s"] == pytest.approx(80.0)
+
+
+def test_the_paired_table_prints_each_ratio_and_its_spread(harness, capsys: pytest.CaptureFixture[str]) -> None:
+    compare, _ = harness
+    llama = [_round(100, 0.2), _round(100, 0.2)]
+    ours = [_round(110, 0.2), _round(120, 0.2)]
+    rows = {name: compare._aggregate(r, llama, keep=[0, 1]) for name, r in (("slmops wo-int8", ours), ("llama", llama))}
+    rows["slmops gguf-q4"] = {"error": ["the slmops process failed: KeyError: 'recipe'"]}
+    compare._print_paired(rows, {"prompt_tokens": 128, "new_tokens": 64, "rounds": 2, "repeats": 8, "machine": "m"})
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("slmops wo-int8"))
+    assert "1.15x (1.10-1.20)" in line and line.endswith("+-4.3%")  # (1.20 - 1.10) / (1.20 + 1.10)
+    assert "8 generations each" in out and "KeyError: 'recipe'" in out
+    assert compare.spread([0.95, 1.05]) == pytest.approx(0.05)
+
+
+def test_a_contestant_that_cannot_load_reports_why(harness) -> None:
+    compare, _ = harness
+    contestant = compare.Contestant("slmops", {"new_tokens": 4, "prompt_ids": [1, 2]})  # no recipe in the spec
+    try:
+        assert "KeyError: 'recipe'" in contestant.info["error"][-1]
+        assert contestant.proc.poll() is not None  # it ended; nothing is left waiting on its pipe
+    finally:
+        contestant.close()
