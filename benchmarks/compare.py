@@ -367,8 +367,8 @@ def llama_build_features() -> list[str]:
     return [part.split("=")[0].split(":")[-1].strip() for part in info.split("|") if part.strip().endswith("= 1")]
 
 
-def peer_encoder(spec: dict) -> dict:
-    import numpy as np
+def _encoder(spec: dict) -> tuple[Callable[[list[str]], np.ndarray], list[str], float, float]:
+    """(embed(batch) -> unit vectors, the 256 benchmark sentences, load seconds, size MB) of one encoder peer."""
 
     from slmops.taskdefs.base import eval_sentences
 
@@ -400,16 +400,31 @@ def peer_encoder(spec: dict) -> dict:
         t0 = time.perf_counter()
         model = open_folder(folder, threads=THREADS, verify=False, optimized_dir=OPTIMIZED)
         load_s = time.perf_counter() - t0
-        if spec.get("warm_only"):
-            return {"load_s": load_s}
         embed = model.embed
         size = _size_mb(folder)
+    return embed, texts, load_s, size
+
+
+def _embed_all(embed: Callable[[list[str]], np.ndarray], texts: list[str]) -> tuple[np.ndarray, float]:
+    """Every text in batches of 32: (vectors, sentences/s)."""
+    import numpy as np
+
+    t0 = time.perf_counter()
+    vectors = np.concatenate([embed(texts[i : i + 32]) for i in range(0, len(texts), 32)])
+    return vectors, len(texts) / (time.perf_counter() - t0)
+
+
+def peer_encoder(spec: dict) -> dict:
+    import numpy as np
+
+    embed, texts, load_s, size = _encoder(spec)
+    if spec.get("warm_only"):
+        return {"load_s": load_s}
     rates = []
     for run in range(4):
-        t0 = time.perf_counter()
-        vectors = np.concatenate([embed(texts[i : i + 32]) for i in range(0, len(texts), 32)])
+        vectors, rate = _embed_all(embed, texts)
         if run:
-            rates.append(len(texts) / (time.perf_counter() - t0))
+            rates.append(rate)
     latency = []  # batch 1: one sentence per call, as a search query arrives
     for text in texts[: spec.get("latency_items", 128)]:
         t0 = time.perf_counter()
@@ -438,34 +453,42 @@ PEERS = {
 
 
 # ----------------------------------------------------------------------------- paired rounds (child side)
-def _contestant(name: str, spec: dict) -> tuple[Callable[[], tuple[float, float]], dict]:
-    """A loaded peer of the paired rounds: its one-generation timer, and what it reports once loaded."""
+def _contestant(name: str, spec: dict) -> tuple[Callable[[], dict], dict]:
+    """A loaded peer of the paired rounds: its timer of one generation (decoders: TTFT and decode tok/s) or one
+    pass over the sentences (encoders: sentences/s), and what it reports once loaded."""
+    timings = ("ttft_ms", "decode_tok_s")
+    if name == "encoder":
+        embed, texts, load_s, _ = _encoder(spec)
+        # three passes a run: one pass is 0.3-1 s, and one slow second (a pass of torch at 166 sent/s among
+        # 250-300) moved a round's ratio by 10%
+        return (lambda: {"items_per_s": _embed_all(embed, texts * 3)[1]}), {"load_s": load_s}
     if name == "llamacpp":
         _, first, step, load_s = _llama()
-        return (lambda: _decode_once(first, step, spec["prompt_ids"], spec["new_tokens"])), {"load_s": load_s}
+        once = lambda: _decode_once(first, step, spec["prompt_ids"], spec["new_tokens"])  # noqa: E731
+        return (lambda: dict(zip(timings, once(), strict=True))), {"load_s": load_s}
     if name == "load":
         import slmops
 
         model = slmops.load(spec["alias"])
-        return (lambda: _stream_once(model, spec)), {"resolved_recipe": model.card.recipe}
-    from slmops.runtime.open import open_folder
+        info = {"resolved_recipe": model.card.recipe}
+    else:
+        from slmops.runtime.open import open_folder
 
-    folder = ROOT / "artifacts" / "candidates" / DECODER / spec["recipe"]
-    model = open_folder(folder, threads=THREADS, verify=False, optimized_dir=OPTIMIZED)
-    return (lambda: _stream_once(model, spec)), {}
+        folder = ROOT / "artifacts" / "candidates" / DECODER / spec["recipe"]
+        model, info = open_folder(folder, threads=THREADS, verify=False, optimized_dir=OPTIMIZED), {}
+    return (lambda: dict(zip(timings, _stream_once(model, spec), strict=True))), info
 
 
 def contestant_loop(name: str, spec: dict) -> int:
-    """Load, generate once to warm up, say ``ready``; then one timed generation per ``run`` line on stdin (TTFT
-    and decode tok/s from this process's own clock), until EOF."""
+    """Load, run once to warm up, say ``ready``; then one timed run per ``run`` line on stdin (timed by this
+    process's own clock), until EOF."""
     once, info = _contestant(name, spec)
     once()
     print(json.dumps({"ready": True, **info}), flush=True)
     for line in sys.stdin:
         if line.strip() != "run":
             break
-        ttft_ms, decode_tok_s = once()
-        print(json.dumps({"ttft_ms": ttft_ms, "decode_tok_s": decode_tok_s}), flush=True)
+        print(json.dumps(once()), flush=True)
     return 0
 
 
@@ -542,8 +565,9 @@ class Contestant:
 
 
 def take_turns(order: list[Contestant], repeats: int) -> list[dict]:
-    """``repeats`` generations in every contestant, one at a time, in turn (A B C A B C ...), so all of them see
-    the machine of the same seconds. Per contestant: median TTFT, and decode tok/s over all its tokens."""
+    """``repeats`` runs in every contestant, one at a time, in turn (A B C A B C ...), so all of them see the
+    machine of the same seconds. Per contestant: each rate (``*_per_s``, ``*_tok_s``) over all its runs' work, as
+    one long run would give it (with every run's in ``<rate>_runs``), the median of anything else (TTFT)."""
     import numpy as np
 
     runs: list[list[dict]] = [[] for _ in order]
@@ -551,15 +575,49 @@ def take_turns(order: list[Contestant], repeats: int) -> list[dict]:
         for mine, c in zip(runs, order, strict=True):
             time.sleep(0.05)  # the previous runtime's threads stop spinning
             mine.append(c.run())
-    return [
-        {
-            "ttft_ms": float(np.median([g["ttft_ms"] for g in mine])),
-            # the harmonic mean: total tokens over total time, as one long generation would give
-            "decode_tok_s": len(mine) / sum(1 / g["decode_tok_s"] for g in mine),
-            "decode_tok_s_runs": [g["decode_tok_s"] for g in mine],
-        }
-        for mine in runs
-    ]
+    results = []
+    for mine in runs:
+        row: dict = {}
+        for key in mine[0]:
+            values = [run[key] for run in mine]
+            if key.endswith(("_per_s", "_tok_s")):  # equal work per run: the harmonic mean
+                row[key], row[f"{key}_runs"] = len(values) / sum(1 / v for v in values), values
+            else:
+                row[key] = float(np.median(values))
+        results.append(row)
+    return results
+
+
+def turn_rounds(
+    args: argparse.Namespace, limits: quiet.Limits, contestants: dict[str, Contestant]
+) -> tuple[dict[str, list[dict]], list[bool], list[int]]:
+    """``args.paired_rounds`` rounds of :func:`take_turns` over the contestants that loaded, the order rotating by
+    round; a round that starts on a busy machine is run again up to ``args.retries`` times, then kept and marked.
+    As :func:`interleaved_rounds`: each contestant's round results, which rounds were busy, the rounds to use.
+    A contestant that dies raises RuntimeError."""
+    labels = [label for label, c in contestants.items() if "error" not in c.info]
+    runs: dict[str, list[dict]] = {label: [] for label in labels}
+    busy_rounds: list[bool] = []
+    # The rounds follow each other without a pause, so the 1-minute load average counts this table's own work
+    # (1.0-1.7 on 2 cores); the others' CPU in the sample before each round and the steal judge it.
+    limits = dataclasses.replace(limits, max_load=float("inf"))
+    for r in range(args.paired_rounds):
+        order = labels[r % len(labels) :] + labels[: r % len(labels)]
+        for attempt in range(args.retries + 1):
+            print(f"paired round {r + 1}/{args.paired_rounds} (try {attempt + 1})", file=sys.stderr, flush=True)
+            before = quiet.wait_for_quiet(limits, max_wait_s=args.settle_s)
+            why = limits.why_busy(before)
+            window = quiet.Window()
+            results = take_turns([contestants[label] for label in order], args.paired_repeats)
+            machine = {"before": before.as_dict(), "after": window.close().as_dict()}
+            if not why:
+                break
+            print(f"paired round {r + 1} started on a busy machine ({why})", file=sys.stderr, flush=True)
+        for label, result in zip(order, results, strict=True):
+            runs[label].append({**result, "machine": machine, "busy": [why] if why else []})
+        busy_rounds.append(bool(why))
+    keep = [i for i, busy in enumerate(busy_rounds) if not busy] or list(range(args.paired_rounds))
+    return runs, busy_rounds, keep
 
 
 def paired_rounds(
@@ -583,35 +641,14 @@ def paired_rounds(
         contestants.update({f"slmops {r}": Contestant("slmops", {**spec, "recipe": r}) for r in recipes})
         contestants["llama.cpp Q4_1"] = Contestant("llamacpp", spec)
         rows = {label: c.info for label, c in contestants.items() if "error" in c.info}
-        labels = [label for label in contestants if label not in rows]
-        if "llama.cpp Q4_1" not in labels:
+        if "llama.cpp Q4_1" in rows:
             return rows, "machine: not recorded"
-        runs: dict[str, list[dict]] = {label: [] for label in labels}
-        busy_rounds: list[bool] = []
-        # The rounds follow each other without a pause, so the 1-minute load average counts this table's own
-        # decoding (1.0-1.7 on 2 cores); the others' CPU in the sample before each round and the steal judge it.
-        limits = dataclasses.replace(limits, max_load=float("inf"))
-        for r in range(args.paired_rounds):  # a contestant that dies ends the table (RuntimeError, caught below)
-            order = labels[r % len(labels) :] + labels[: r % len(labels)]
-            for attempt in range(args.retries + 1):
-                print(f"paired round {r + 1}/{args.paired_rounds} (try {attempt + 1})", file=sys.stderr, flush=True)
-                before = quiet.wait_for_quiet(limits, max_wait_s=args.settle_s)
-                why = limits.why_busy(before)
-                window = quiet.Window()
-                results = take_turns([contestants[label] for label in order], args.paired_repeats)
-                machine = {"before": before.as_dict(), "after": window.close().as_dict()}
-                if not why:
-                    break
-                print(f"paired round {r + 1} started on a busy machine ({why})", file=sys.stderr, flush=True)
-            for label, result in zip(order, results, strict=True):
-                runs[label].append({**result, "machine": machine, "busy": [why] if why else []})
-            busy_rounds.append(bool(why))
+        runs, busy_rounds, keep = turn_rounds(args, limits, contestants)
     except RuntimeError as exc:
         return {**rows, "paired rounds": {"error": [str(exc)]}}, "machine: not recorded"
     finally:
         for c in contestants.values():
             c.close()
-    keep = [i for i, busy in enumerate(busy_rounds) if not busy] or list(range(args.paired_rounds))
     base = runs["llama.cpp Q4_1"]
     for label, results in runs.items():
         row = _aggregate(results, base, keep)
@@ -655,7 +692,9 @@ def main() -> int:
         default="gguf-q4",
         help="comma-separated candidates in the paired table besides the one the alias resolves to",
     )
-    parser.add_argument("--paired-only", action="store_true", help="only the paired decode table")
+    parser.add_argument(
+        "--paired-only", action="store_true", help="only the paired decode table (with --encoders-only: MiniLM's)"
+    )
     parser.add_argument("--contestant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer:
@@ -675,9 +714,22 @@ def main() -> int:
         if not (ROOT / "artifacts" / "candidates" / ENCODER).is_dir():
             print("error: no MiniLM candidates under artifacts/; run `make run` first", file=sys.stderr)
             return 1
-        enc_rows, enc_header = encoder_rows(args, limits)
-        _print_encoders(enc_rows, args.rounds, enc_header)
-        return _write(args.out, {"threads": THREADS, "encoder_machine": enc_header, "encoder": enc_rows})
+        enc_rows, enc_header = encoder_rows(args, limits) if not args.paired_only else ({}, "")
+        enc_paired, enc_paired_header = encoder_paired(args, limits) if args.paired_rounds else ({}, "")
+        if enc_rows:
+            _print_encoders(enc_rows, args.rounds, enc_header)
+        if enc_paired:
+            _print_encoders_paired(enc_paired, paired_spec(args, enc_paired_header))
+        return _write(
+            args.out,
+            {
+                "threads": THREADS,
+                "encoder_machine": enc_header,
+                "encoder": enc_rows,
+                "encoder_paired_machine": enc_paired_header,
+                "encoder_paired": enc_paired,
+            },
+        )
     if not (ROOT / "artifacts" / "candidates" / DECODER).is_dir():
         print("error: no candidates under artifacts/; run `make run` first", file=sys.stderr)
         return 1
@@ -703,8 +755,7 @@ def main() -> int:
         for r in recipes:  # as below: the first open optimizes and caches the graph
             run_peer("slmops", {**spec, "recipe": r, "warm_only": True})
         paired, paired_header = paired_rounds(args, limits, spec, paired_recipes)
-        paired_spec = {**spec, "rounds": args.paired_rounds, "repeats": args.paired_repeats, "machine": paired_header}
-        _print_paired(paired, paired_spec)
+        _print_paired(paired, {**spec, **paired_spec(args, paired_header)})
         return _write(
             args.out,
             {
@@ -761,14 +812,16 @@ def main() -> int:
         paired_rounds(args, limits, spec, paired_recipes) if have_llama and args.paired_rounds else ({}, "")
     )
     enc_rows, enc_header = encoder_rows(args, limits)
+    enc_paired, enc_paired_header = encoder_paired(args, limits) if args.paired_rounds else ({}, "")
     header = machine_header(runs, busy_rounds)
     _print_tables(rows, base, {**spec, "rounds": args.rounds, "machine": header})
     if base.get("build"):
         print(llama_build_note(base["build"], cpu_description()[1]))
     if paired:
-        paired_spec = {**spec, "rounds": args.paired_rounds, "repeats": args.paired_repeats, "machine": paired_header}
-        _print_paired(paired, paired_spec)
+        _print_paired(paired, {**spec, **paired_spec(args, paired_header)})
     _print_encoders(enc_rows, args.rounds, enc_header)
+    if enc_paired:
+        _print_encoders_paired(enc_paired, paired_spec(args, enc_paired_header))
     return _write(
         args.out,
         {
@@ -781,8 +834,14 @@ def main() -> int:
             "paired": paired,
             "encoder_machine": enc_header,
             "encoder": enc_rows,
+            "encoder_paired_machine": enc_paired_header,
+            "encoder_paired": enc_paired,
         },
     )
+
+
+def paired_spec(args: argparse.Namespace, header: str) -> dict:
+    return {"rounds": args.paired_rounds, "repeats": args.paired_repeats, "machine": header}
 
 
 def _has_alias(alias: str) -> bool:
@@ -887,6 +946,58 @@ def encoder_rows(args: argparse.Namespace, limits: quiet.Limits) -> tuple[dict[s
             row["cosine_mean"], row["cosine_min"] = float(cos.mean()), float(cos.min())
         rows[label] = row
     return rows, machine_header(runs, busy_rounds)
+
+
+def encoder_paired(args: argparse.Namespace, limits: quiet.Limits) -> tuple[dict[str, dict], str]:
+    """The MiniLM throughput ratios as the paired decode table takes them: torch and each slmops candidate stay
+    loaded in their own processes and embed the 256 sentences in turn (:func:`turn_rounds`); ratio to torch
+    within each round, median over the rounds."""
+    import numpy as np
+
+    recipes = sorted(p.name for p in (ROOT / "artifacts" / "candidates" / ENCODER).iterdir() if p.is_dir())
+    specs = {"torch fp32": {"runtime": "torch"}} | {f"slmops {r}": {"runtime": "slmops", "recipe": r} for r in recipes}
+    contestants: dict[str, Contestant] = {}
+    rows: dict[str, dict] = {}
+    try:
+        contestants = {label: Contestant("encoder", spec) for label, spec in specs.items()}
+        rows = {label: c.info for label, c in contestants.items() if "error" in c.info}
+        if "torch fp32" in rows:
+            return rows, "machine: not recorded"
+        runs, busy_rounds, keep = turn_rounds(args, limits, contestants)
+    except RuntimeError as exc:
+        return {**rows, "paired rounds": {"error": [str(exc)]}}, "machine: not recorded"
+    finally:
+        for c in contestants.values():
+            c.close()
+    base = runs["torch fp32"]
+    for label, results in runs.items():
+        ratios = [results[i]["items_per_s"] / base[i]["items_per_s"] for i in keep]
+        rows[label] = {
+            "items_per_s": float(np.median([results[i]["items_per_s"] for i in keep])),
+            "vs_torch": float(np.median(ratios)),
+            "vs_torch_rounds": ratios,
+            "passes_items_per_s_rounds": [r["items_per_s_runs"] for r in results],
+            "machine_rounds": [r["machine"] for r in results],
+            "busy_rounds": [r["busy"] for r in results],
+        }
+    return rows, machine_header(runs, busy_rounds)
+
+
+def _print_encoders_paired(rows: dict, spec: dict) -> None:
+    print(
+        f"\nall-MiniLM-L6-v2, paired: 768 sentences a run, batch 32, {THREADS} threads, every runtime loaded in its "
+        f"own process; a round is {spec['repeats']} runs each, taking turns (order rotating by round); ratios to torch "
+        f"within each round, medians of {spec['rounds']} rounds\n{spec['machine']}"
+    )
+    head = f"{'runtime':22} {'sent/s':>7} {'vs torch (range)':>18} {'range':>7}"
+    print(head + "\n" + "-" * len(head))
+    for name, r in rows.items():
+        if "error" in r:
+            print(f"{name:22} error: {r['error'][-1][:90]}")
+            continue
+        values = r["vs_torch_rounds"]
+        cell = f"{r['vs_torch']:.2f}x ({min(values):.2f}-{max(values):.2f})"
+        print(f"{name:22} {r['items_per_s']:7.1f} {cell:>18} {f'+-{100 * spread(values):.1f}%':>7}")
 
 
 def _aggregate(results: list[dict], base: list[dict] | None, keep: list[int]) -> dict:

@@ -96,25 +96,30 @@ def test_the_cpu_and_a_llama_build_below_it_are_named(harness, tmp_path: Path) -
 class _Turn:
     """Stands in for a loaded runtime in take_turns: records when it was asked, answers from a list."""
 
-    def __init__(self, name: str, log: list[str], answers: list[tuple[float, float]]) -> None:
+    def __init__(self, name: str, log: list[str], answers: list[dict]) -> None:
         self.name, self.log, self.answers = name, log, iter(answers)
 
     def run(self) -> dict:
         self.log.append(self.name)
-        ttft, rate = next(self.answers)
-        return {"ttft_ms": ttft, "decode_tok_s": rate}
+        return next(self.answers)
+
+
+def _gen(ttft: float, rate: float) -> dict:
+    return {"ttft_ms": ttft, "decode_tok_s": rate}
 
 
 def test_paired_rounds_take_turns_and_count_every_token(harness) -> None:
     compare, _ = harness
     log: list[str] = []
-    ours = _Turn("ours", log, [(100.0, 100.0), (300.0, 50.0), (200.0, 100.0)])
-    llama = _Turn("llama", log, [(400.0, 80.0)] * 3)
+    ours = _Turn("ours", log, [_gen(100.0, 100.0), _gen(300.0, 50.0), _gen(200.0, 100.0)])
+    llama = _Turn("llama", log, [_gen(400.0, 80.0)] * 3)
     results = compare.take_turns([ours, llama], repeats=3)
     assert log == ["ours", "llama"] * 3  # one generation each, in turn, not all of one first
     # tokens over time, as one long generation: 3 equal generations at 100, 50, 100 tok/s -> 75, not the mean 83.3
     assert results[0]["decode_tok_s"] == pytest.approx(75.0) and results[0]["ttft_ms"] == 200.0
     assert results[0]["decode_tok_s_runs"] == [100.0, 50.0, 100.0] and results[1]["decode_tok_s"] == pytest.approx(80.0)
+    encoder = _Turn("encoder", log, [{"items_per_s": 300.0}, {"items_per_s": 100.0}])
+    assert compare.take_turns([encoder], repeats=2)[0]["items_per_s"] == pytest.approx(150.0)  # a rate too
 
 
 def test_the_paired_table_prints_each_ratio_and_its_spread(harness, capsys: pytest.CaptureFixture[str]) -> None:
@@ -139,3 +144,14 @@ def test_a_contestant_that_cannot_load_reports_why(harness) -> None:
         assert contestant.proc.poll() is not None  # it ended; nothing is left waiting on its pipe
     finally:
         contestant.close()
+
+
+def test_the_encoder_paired_table_prints_ratios_to_torch(harness, capsys: pytest.CaptureFixture[str]) -> None:
+    compare, _ = harness
+    rows = {
+        "torch fp32": {"items_per_s": 250.0, "vs_torch": 1.0, "vs_torch_rounds": [1.0, 1.0]},
+        "slmops dyn-int8-pc": {"items_per_s": 760.0, "vs_torch": 3.05, "vs_torch_rounds": [2.9, 3.1, 3.05]},
+    }
+    compare._print_encoders_paired(rows, {"rounds": 3, "repeats": 8, "machine": "m"})
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("slmops dyn-int8-pc"))
+    assert "3.05x (2.90-3.10)" in line and line.endswith("+-3.3%")
