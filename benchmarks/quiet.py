@@ -54,7 +54,7 @@ def sample(seconds: float = 1.0) -> Snapshot:
 
 def _between(before: tuple[float, float, float], after: tuple[float, float, float]) -> Snapshot:
     total = max(after[0] - before[0], 1e-9)
-    busy = 100 * (total - (after[1] - before[1])) / total
+    busy = max(0.0, 100 * (total - (after[1] - before[1])) / total)  # not -0.0 from float rounding
     steal = 100 * (after[2] - before[2]) / total
     return Snapshot(*load_average(), busy_pct=round(busy, 1), steal_pct=round(steal, 1))
 
