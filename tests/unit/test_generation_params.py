@@ -98,3 +98,31 @@ def test_draft_sizer_drafts_more_as_drafts_hit_and_stops_when_they_miss() -> Non
         sizer.observe(0, 0)
         steps += 1
     assert 1 < steps < 200 and sizer.size() == 1
+
+
+def _reference(params: GenerationParams, logits: np.ndarray, rng: np.random.Generator) -> int:
+    """The sampler as first written: a stable sort of the whole row, numpy's own choice()."""
+    logits = logits.astype(np.float32) / params.temperature
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    if params.top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        keep = order[: int(np.searchsorted(np.cumsum(probs[order]), params.top_p)) + 1]
+        mask = np.zeros_like(probs, dtype=bool)
+        mask[keep] = True
+        probs = np.where(mask, probs, 0.0)
+        probs /= probs.sum()
+    return int(rng.choice(probs.size, p=probs))
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.9, 0.5, 0.999])
+def test_sampling_picks_what_a_full_sort_and_numpys_choice_pick(top_p: float) -> None:
+    rng = np.random.default_rng(0)
+    for case in range(20):
+        # a 49k row like SmolLM2's: peaked, flat, and with many ties (rounded logits) at the nucleus' edge
+        logits = rng.normal(size=49152).astype(np.float32) * (0.5 if case % 3 == 0 else 4.0)
+        if case % 2:
+            logits = np.round(logits)
+        params = GenerationParams(temperature=0.8, top_p=top_p, seed=case)
+        ours, theirs = Sampler(params), np.random.default_rng(case)
+        assert [ours(logits, np.array([])) for _ in range(5)] == [_reference(params, logits, theirs) for _ in range(5)]
