@@ -620,6 +620,29 @@ def turn_rounds(
     return runs, busy_rounds, keep
 
 
+def _paired(
+    args: argparse.Namespace,
+    limits: quiet.Limits,
+    start: Callable[[dict[str, Contestant]], None],
+    *,
+    base: str,
+) -> tuple[dict[str, dict], tuple[dict[str, list[dict]], list[bool], list[int]] | None]:
+    """Start the contestants (``start`` adds each to the dict once started, so every one started is closed) and
+    run :func:`turn_rounds`. Returns the rows of those that failed, and the rounds: None when ``base`` did not
+    load or a contestant died (its error is then a row too)."""
+    contestants: dict[str, Contestant] = {}
+    failed: dict[str, dict] = {}
+    try:
+        start(contestants)
+        failed = {label: c.info for label, c in contestants.items() if "error" in c.info}
+        return failed, None if base in failed else turn_rounds(args, limits, contestants)
+    except RuntimeError as exc:
+        return {**failed, "paired rounds": {"error": [str(exc)]}}, None
+    finally:
+        for c in contestants.values():
+            c.close()
+
+
 def paired_rounds(
     args: argparse.Namespace, limits: quiet.Limits, spec: dict, recipes: list[str]
 ) -> tuple[dict[str, dict], str]:
@@ -628,27 +651,24 @@ def paired_rounds(
     round. On a shared 2-core VM a runtime's speed moves by 10-20% from one second to the next
     (measured 2026-12-01: generations of the same runtime a few seconds apart at 88-114 tok/s), which rows in
     fresh processes, seconds to minutes apart, cannot separate from the runtimes' difference."""
-    contestants: dict[str, Contestant] = {}
-    rows: dict[str, dict] = {}
-    try:
+
+    def start(contestants: dict[str, Contestant]) -> None:
+        ordered = recipes
         if _has_alias(args.alias):
             load = Contestant("load", {**spec, "alias": args.alias})
-            label = f"slmops.load('{args.alias}')"
-            if resolved := load.info.get("resolved_recipe"):
-                label += f" -> {resolved}"
-                recipes = [resolved] + [r for r in recipes if r != resolved]
+            resolved = load.info.get("resolved_recipe")
+            label = f"slmops.load('{args.alias}')" + (f" -> {resolved}" if resolved else "")
             contestants[label] = load
-        contestants.update({f"slmops {r}": Contestant("slmops", {**spec, "recipe": r}) for r in recipes})
+            if resolved:
+                ordered = [resolved] + [r for r in recipes if r != resolved]
+        for r in ordered:
+            contestants[f"slmops {r}"] = Contestant("slmops", {**spec, "recipe": r})
         contestants["llama.cpp Q4_1"] = Contestant("llamacpp", spec)
-        rows = {label: c.info for label, c in contestants.items() if "error" in c.info}
-        if "llama.cpp Q4_1" in rows:
-            return rows, "machine: not recorded"
-        runs, busy_rounds, keep = turn_rounds(args, limits, contestants)
-    except RuntimeError as exc:
-        return {**rows, "paired rounds": {"error": [str(exc)]}}, "machine: not recorded"
-    finally:
-        for c in contestants.values():
-            c.close()
+
+    rows, rounds = _paired(args, limits, start, base="llama.cpp Q4_1")
+    if rounds is None:
+        return rows, "machine: not recorded"
+    runs, busy_rounds, keep = rounds
     base = runs["llama.cpp Q4_1"]
     for label, results in runs.items():
         row = _aggregate(results, base, keep)
@@ -950,25 +970,21 @@ def encoder_rows(args: argparse.Namespace, limits: quiet.Limits) -> tuple[dict[s
 
 def encoder_paired(args: argparse.Namespace, limits: quiet.Limits) -> tuple[dict[str, dict], str]:
     """The MiniLM throughput ratios as the paired decode table takes them: torch and each slmops candidate stay
-    loaded in their own processes and embed the 256 sentences in turn (:func:`turn_rounds`); ratio to torch
+    loaded in their own processes and embed the sentences in turn (:func:`turn_rounds`); ratio to torch
     within each round, median over the rounds."""
     import numpy as np
 
     recipes = sorted(p.name for p in (ROOT / "artifacts" / "candidates" / ENCODER).iterdir() if p.is_dir())
     specs = {"torch fp32": {"runtime": "torch"}} | {f"slmops {r}": {"runtime": "slmops", "recipe": r} for r in recipes}
-    contestants: dict[str, Contestant] = {}
-    rows: dict[str, dict] = {}
-    try:
-        contestants = {label: Contestant("encoder", spec) for label, spec in specs.items()}
-        rows = {label: c.info for label, c in contestants.items() if "error" in c.info}
-        if "torch fp32" in rows:
-            return rows, "machine: not recorded"
-        runs, busy_rounds, keep = turn_rounds(args, limits, contestants)
-    except RuntimeError as exc:
-        return {**rows, "paired rounds": {"error": [str(exc)]}}, "machine: not recorded"
-    finally:
-        for c in contestants.values():
-            c.close()
+
+    def start(contestants: dict[str, Contestant]) -> None:
+        for label, enc in specs.items():
+            contestants[label] = Contestant("encoder", enc)
+
+    rows, rounds = _paired(args, limits, start, base="torch fp32")
+    if rounds is None:
+        return rows, "machine: not recorded"
+    runs, busy_rounds, keep = rounds
     base = runs["torch fp32"]
     for label, results in runs.items():
         ratios = [results[i]["items_per_s"] / base[i]["items_per_s"] for i in keep]
