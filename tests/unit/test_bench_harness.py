@@ -93,6 +93,19 @@ def test_the_cpu_and_a_llama_build_below_it_are_named(harness, tmp_path: Path) -
     assert note == "llama.cpp build: SSE3 AVX AVX2 F16C FMA (CPU: avx2 avx512f)"
 
 
+def test_another_llama_build_must_be_a_folder_holding_llama_cpp(harness, tmp_path: Path) -> None:
+    compare, _ = harness
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match="give NAME=FOLDER"):
+        compare._llama_build_arg(str(tmp_path))
+    with pytest.raises(argparse.ArgumentTypeError, match="holds no llama_cpp package"):
+        compare._llama_build_arg(f"native={tmp_path}")
+    (tmp_path / "llama_cpp").mkdir()
+    (tmp_path / "llama_cpp" / "__init__.py").write_text("")
+    assert compare._llama_build_arg(f"native={tmp_path}") == ("native", str(tmp_path.resolve()))
+
+
 class _Turn:
     """Stands in for a loaded runtime in take_turns: records when it was asked, answers from a list."""
 
@@ -133,6 +146,9 @@ def test_the_paired_table_prints_each_ratio_and_its_spread(harness, capsys: pyte
     line = next(x for x in out.splitlines() if x.startswith("slmops wo-int8"))
     assert "1.15x (1.10-1.20)" in line and line.endswith("+-4.3%")  # (1.20 - 1.10) / (1.20 + 1.10)
     assert "8 generations each" in out and "KeyError: 'recipe'" in out
+    rows["llama"]["build"] = "llama-cpp-python 0.3.36 in /x: AVX2 FMA"
+    compare._print_paired(rows, {"prompt_tokens": 128, "new_tokens": 64, "rounds": 2, "repeats": 8, "machine": "m"})
+    assert "llama: llama-cpp-python 0.3.36 in /x: AVX2 FMA" in capsys.readouterr().out.splitlines()
     assert compare.spread([0.95, 1.05]) == pytest.approx(0.05)
 
 
