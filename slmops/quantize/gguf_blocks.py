@@ -224,13 +224,11 @@ def convert(
     remainder_mode: str = "side",
     lm_head: bool = True,
     embedding: bool = False,
-    pack: bool = True,
 ) -> dict[str, int]:
     """Rewrite the MatMuls of ``src`` whose weights came from ``gguf_path`` as MatMulNBits; save to ``dst``.
 
     With ``embedding``, a token-embedding Gather whose table came from a Q8_0 tensor becomes an
-    exact GatherBlockQuantized (SmolLM2: 113 MB of fp32 table -> 28 MB). With ``pack``, MatMulNBits
-    reading the same activation become one (:mod:`slmops.quantize.packed`). Returns counts
+    exact GatherBlockQuantized (SmolLM2: 113 MB of fp32 table -> 28 MB). Returns counts
     (converted per kind, kept fp32). Raises QuantizeError when no MatMul weight matches the
     GGUF (the graph was not exported from these weights).
     """
@@ -390,10 +388,6 @@ def convert(
     graph.initializer.extend(kept + new_inits)
     if not any(op.domain == "com.microsoft" for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    if pack:
-        from slmops.quantize.packed import pack_shared_input
-
-        pack_shared_input(model)
     save_onnx(model, dst)
     logger.info(
         "mapped GGUF blocks onto %d MatMulNBits (Q4_1 %d, Q8_0 %d), kept %d MatMul fp32",

@@ -110,10 +110,6 @@ def matmul_nbits(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None =
 
         if not gather_from_quantized_head(quantized.model):
             logger.info("%s: no token embedding tied to the quantized lm_head; the table stays fp32", src.parent.name)
-    if recipe.packed:
-        from slmops.quantize.packed import pack_shared_input
-
-        pack_shared_input(quantized.model)
     quantized.topological_sort()
     save_onnx(quantized.model, dst)
 
@@ -138,7 +134,6 @@ def gguf_blocks(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None = 
         remainder_mode=recipe.remainder,
         lm_head=recipe.lm_head,
         embedding=recipe.embedding,
-        pack=recipe.packed,
     )
 
 

@@ -38,9 +38,6 @@ class Recipe(BaseModel):
     # (gguf_blocks) or a table tied to the quantized lm_head (matmul_nbits); elsewhere it stays fp32
     embedding: bool = False
     remainder: Literal["side", "augment", "drop"] = "side"  # gguf_blocks: see slmops/quantize/gguf_blocks.py
-    # matmul_nbits, gguf_blocks: MatMulNBits reading the same activation (an MLP's gate and up) packed into one
-    # and split after it; same outputs bit for bit, decode +5-8% on SmolLM2 (slmops/quantize/packed.py)
-    packed: bool = True
     per_channel: bool = False
     reduce_range: bool = False
     # dynamic_int8: onnxruntime.transformers' fusions for this model type (EmbedLayerNormalization, Attention,

@@ -110,7 +110,7 @@ def test_recipe_flags_shape_the_graph(exported) -> None:
     assert {n.op_type for n in kquant.node} >= {"MatMulNBits"} and "MatMul" not in {n.op_type for n in kquant.node}
     head = [n for n in body.node if n.output[0] == body.output[0].name]
     assert head and head[0].op_type == "MatMul"  # lm_head kept fp32 ...
-    assert sum(n.op_type == "MatMulNBits" for n in body.node) == 2 * 4  # ... the body is 4-bit (gate+up packed)
+    assert sum(n.op_type == "MatMulNBits" for n in body.node) == 2 * 5  # ... the body is 4-bit
     assert {i.data_type for i in half.initializer if i.data_type in (1, 10)} == {10}  # every float weight fp16
     assert {
         i.type.tensor_type.elem_type for i in list(half.input) + list(half.output) if i.name in ("logits", "input_ids")
