@@ -532,13 +532,16 @@ class Contestant:
 
     def __init__(self, name: str, spec: dict, *, path: str | None = None) -> None:
         """``path``: a folder put first on the process's PYTHONPATH (another build of a peer's package)."""
-        self.name = name
+        self.name, self.spec, self.path = name, spec, path
+        self._start()
+
+    def _start(self) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
-        if path:
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (path, env.get("PYTHONPATH")) if p)
+        if self.path:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (self.path, env.get("PYTHONPATH")) if p)
         self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115  # lives with the process; close() closes it
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--contestant", name, "--spec", json.dumps(spec)],
+            [sys.executable, __file__, "--contestant", self.name, "--spec", json.dumps(self.spec)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
@@ -547,6 +550,13 @@ class Contestant:
         )
         line = self.proc.stdout.readline()
         self.info = json.loads(line) if line.startswith("{") else {"error": [self._failure()]}
+
+    def restart(self) -> None:
+        """The same contestant in a fresh process; RuntimeError with its last words if it no longer loads."""
+        self.close()
+        self._start()
+        if "error" in self.info:
+            raise RuntimeError(f"the {self.name} process failed to load again: {self.info['error'][-1]}")
 
     def _failure(self) -> str:
         try:
@@ -604,7 +614,11 @@ def turn_rounds(
     args: argparse.Namespace, limits: quiet.Limits, contestants: dict[str, Contestant]
 ) -> tuple[dict[str, list[dict]], list[bool], list[int]]:
     """``args.paired_rounds`` rounds of :func:`take_turns` over the contestants that loaded, the order rotating by
-    round; a round that starts on a busy machine is run again up to ``args.retries`` times, then kept and marked.
+    round, each round in fresh processes (``args.paired_fresh``): one process's speed stays a few percent above
+    or below another's of the same runtime for its whole life (2026-12-01: two processes of the same wo-int8
+    graph at 103.9 and 99.3 tok/s over five rounds of turns), so a table of long-lived processes reads that
+    draw as a difference between runtimes, and its rounds' range hides it. A round that starts on a busy
+    machine is run again up to ``args.retries`` times, then kept and marked.
     As :func:`interleaved_rounds`: each contestant's round results, which rounds were busy, the rounds to use.
     A contestant that dies raises RuntimeError."""
     labels = [label for label, c in contestants.items() if "error" not in c.info]
@@ -615,6 +629,9 @@ def turn_rounds(
     limits = dataclasses.replace(limits, max_load=float("inf"))
     for r in range(args.paired_rounds):
         order = labels[r % len(labels) :] + labels[: r % len(labels)]
+        if r and args.paired_fresh:
+            for label in order:
+                contestants[label].restart()
         for attempt in range(args.retries + 1):
             print(f"paired round {r + 1}/{args.paired_rounds} (try {attempt + 1})", file=sys.stderr, flush=True)
             before = quiet.wait_for_quiet(limits, max_wait_s=args.settle_s)
@@ -738,6 +755,13 @@ def main() -> int:
     )
     # 6 x 8: the rounds' decode ratios within +-3.0-3.7% on the shared VNNI Xeon (2026-12-01); 5 x 5 gave +-2.5-10%
     parser.add_argument("--paired-repeats", type=int, default=8, help="generations per runtime in each paired round")
+    parser.add_argument(
+        "--paired-fresh",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start every contestant again in a fresh process for each paired round (--no-paired-fresh: one "
+        "process each for the whole table)",
+    )
     parser.add_argument(
         "--paired-recipes",
         default="gguf-q4",
@@ -901,7 +925,12 @@ def main() -> int:
 
 
 def paired_spec(args: argparse.Namespace, header: str) -> dict:
-    return {"rounds": args.paired_rounds, "repeats": args.paired_repeats, "machine": header}
+    return {
+        "rounds": args.paired_rounds,
+        "repeats": args.paired_repeats,
+        "fresh": args.paired_fresh,
+        "machine": header,
+    }
 
 
 def _has_alias(alias: str) -> bool:
@@ -1157,7 +1186,8 @@ def spread(values: list[float]) -> float:
 def _print_paired(rows: dict, spec: dict) -> None:
     print(
         f"\nPaired decode: the same prompt ({spec['prompt_tokens']} tokens, {spec['new_tokens']} new, greedy, "
-        f"{THREADS} threads), every runtime loaded in its own process; a round is {spec['repeats']} generations "
+        f"{THREADS} threads), every runtime loaded in its own process"
+        f"{', started again for each round' if spec.get('fresh') else ''}; a round is {spec['repeats']} generations "
         f"each, taking turns (order rotating by round); ratios to llama.cpp within each round, medians of "
         f"{spec['rounds']} rounds\n"
         f"{spec['machine']}"

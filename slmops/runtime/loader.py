@@ -91,6 +91,7 @@ class Located:
                 threads=self.settings.threads,
                 verify=False,
                 optimized_dir=self.settings.cache_dir / "optimized",
+                huge_pages=self.settings.huge_pages,
             )
         except SlmopsError as exc:
             self.notify(LoadingEvent(LoadingState.FAILED, self.label, detail=str(exc)))

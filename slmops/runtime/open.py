@@ -38,10 +38,12 @@ def open_folder(
     threads: int | None = None,
     verify: bool = True,
     optimized_dir: Path | None = None,
+    huge_pages: bool = True,
 ) -> Model:
     """The runtime model for an artifact folder. Raises IntegrityError on a bad manifest/hash, ModelLoadError otherwise.
 
-    ``optimized_dir`` keeps onnxruntime's optimized graph between opens (see :mod:`slmops.runtime.session`).
+    ``optimized_dir`` keeps onnxruntime's optimized graph between opens (see :mod:`slmops.runtime.session`);
+    ``huge_pages`` moves the prepacked CPU weights onto 2 MB pages (:mod:`slmops.runtime.pages`).
     """
     folder = Path(folder)
     read_manifest(folder, verify=verify)
@@ -59,5 +61,7 @@ def open_folder(
     # The tokenizer first: the 13 MB its JSON parse frees is then reused by the session's allocations instead of
     # staying on the heap beside them. SmolLM2 gguf-q4, one request: peak RSS 279 MB against 293 (2026-12-01).
     tokenizer = Tokenizer(folder)
-    session = create_session(folder / card.onnx_file, device=device, threads=threads, optimized_dir=optimized_dir)
+    session = create_session(
+        folder / card.onnx_file, device=device, threads=threads, optimized_dir=optimized_dir, huge_pages=huge_pages
+    )
     return cls(folder, card, session, tokenizer=tokenizer)

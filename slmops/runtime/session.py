@@ -30,6 +30,7 @@ from typing import Any
 
 from slmops.artifacts import file_identity
 from slmops.errors import ModelLoadError
+from slmops.runtime.pages import anonymous_mappings, collapse_new_mappings
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +47,13 @@ def create_session(
     threads: int | None = None,
     optimized_dir: Path | None = None,
     config: dict[str, str] | None = None,
+    huge_pages: bool = True,
 ):
     """An InferenceSession for ``path`` on ``device``; raises ModelLoadError if the device or file is unusable.
 
     With ``optimized_dir``, the graph optimized by a previous open is reused (and written on the first),
     its weights in an external file that onnxruntime memory-maps. ``config``: extra session config entries.
+    ``huge_pages``: on CPU, move the prepacked weights onto 2 MB pages after the open (:mod:`slmops.runtime.pages`).
     """
     import onnxruntime as ort
 
@@ -78,19 +81,25 @@ def create_session(
         return opts
 
     path = Path(path)
+    before = anonymous_mappings() if huge_pages and device == "cpu" else None
+
+    def opened(session, files: list[Path]):
+        release_clean_pages(files)
+        if before is not None:
+            collapse_new_mappings(before)
+        return session
+
     if optimized_dir is not None:
         entry = Path(optimized_dir) / _key(path, device)
         session = _open_optimized(path, options, providers, entry)
         if session is not None:
-            release_clean_pages(_graph_files(entry / "model.onnx"))
-            return session
+            return opened(session, _graph_files(entry / "model.onnx"))
     try:
         opts = options(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
         session = ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
     except Exception as exc:  # ort raises its own Fail/InvalidGraph types
         raise ModelLoadError(f"onnxruntime cannot open {path}: {exc}") from None
-    release_clean_pages(_graph_files(path))
-    return session
+    return opened(session, _graph_files(path))
 
 
 MADV_DONTNEED = 4  # Linux <sys/mman.h>

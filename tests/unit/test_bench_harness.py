@@ -135,6 +135,43 @@ def test_paired_rounds_take_turns_and_count_every_token(harness) -> None:
     assert compare.take_turns([encoder], repeats=2)[0]["items_per_s"] == pytest.approx(150.0)  # a rate too
 
 
+class _Restartable(_Turn):
+    def __init__(self, name: str, log: list[str], answers: list[dict]) -> None:
+        super().__init__(name, log, answers)
+        self.info: dict = {}
+
+    def restart(self) -> None:
+        self.log.append(f"restart {self.name}")
+
+
+def test_each_paired_round_starts_fresh_processes(harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    compare, quiet = harness
+    import argparse
+
+    calm = quiet.Snapshot(0.1, 0.1, 0.1, busy_pct=0, steal_pct=0)
+    monkeypatch.setattr(quiet, "wait_for_quiet", lambda limits, max_wait_s: calm)
+    limits = quiet.Limits(max_load=1.0, max_busy_pct=20, max_steal_pct=5)
+    for fresh in (True, False):
+        log: list[str] = []
+        contestants = {n: _Restartable(n, log, [_gen(100.0, 100.0)] * 4) for n in ("a", "b")}
+        args = argparse.Namespace(paired_rounds=2, paired_repeats=2, paired_fresh=fresh, retries=0, settle_s=0)
+        runs, busy, keep = compare.turn_rounds(args, limits, contestants)
+        restarts = ["restart b", "restart a"] if fresh else []  # round 2's order: b, a; round 1 keeps the first load
+        assert log == ["a", "b", "a", "b", *restarts, "b", "a", "b", "a"]
+        assert len(runs["a"]) == 2 and busy == [False, False] and keep == [0, 1]
+
+
+def test_a_contestant_that_no_longer_loads_stops_the_table(harness) -> None:
+    compare, _ = harness
+    contestant = compare.Contestant("slmops", {"new_tokens": 4, "prompt_ids": [1, 2]})  # no recipe in the spec
+    try:
+        with pytest.raises(RuntimeError, match="failed to load again: .*KeyError: 'recipe'"):
+            contestant.restart()
+        assert contestant.proc.poll() is not None
+    finally:
+        contestant.close()
+
+
 def test_the_paired_table_prints_each_ratio_and_its_spread(harness, capsys: pytest.CaptureFixture[str]) -> None:
     compare, _ = harness
     llama = [_round(100, 0.2), _round(100, 0.2)]

@@ -1,0 +1,74 @@
+"""slmops.runtime.pages against the real kernel: what an open allocated moves onto 2 MB pages, content unchanged;
+mappings that were there before, and mostly untouched ones, are left as they are."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+
+import pytest
+
+from slmops.runtime.pages import HUGE_PAGE, anonymous_mappings, collapse_new_mappings, huge_pages_available
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="needs Linux /proc/self/smaps")
+
+
+def _huge_kb(start: int, end: int) -> int:
+    """AnonHugePages kB of this process's mapping [start, end)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if not fields[0].endswith(":"):
+            s, e = (int(x, 16) for x in fields[0].split("-"))
+            inside = s <= start < e
+        elif inside and fields[0] == "AnonHugePages:":
+            return int(fields[1])
+    return 0
+
+
+def _private(size: int) -> mmap.mmap:
+    """Anonymous private memory, as malloc maps it (mmap's default, MAP_SHARED, is shared memory)."""
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+
+def _address(buffer: mmap.mmap) -> int:
+    import ctypes
+
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+
+
+def test_anonymous_mappings_see_a_new_allocation() -> None:
+    before = {(s, e) for s, e, _ in anonymous_mappings()}
+    block = _private(8 * HUGE_PAGE)
+    block.write(os.urandom(len(block)))
+    start = _address(block)
+    found = [(s, e, anon) for s, e, anon in anonymous_mappings() if s <= start < e]
+    assert found and (found[0][0], found[0][1]) not in before and found[0][2] >= 8 * HUGE_PAGE
+    assert anonymous_mappings(Path("/nonexistent/smaps")) == []
+    block.close()
+
+
+def test_collapse_moves_a_new_resident_mapping_onto_huge_pages() -> None:
+    if not huge_pages_available():
+        pytest.skip("transparent huge pages are 'never' on this machine")
+    data = os.urandom(8 * HUGE_PAGE)
+    before = anonymous_mappings()
+    full = _private(9 * HUGE_PAGE)
+    full[: len(data)] = data
+    full[len(data) :] = b"\1" * HUGE_PAGE
+    collapsed = collapse_new_mappings(before)
+    if collapsed == 0:
+        pytest.skip("this kernel has no MADV_COLLAPSE (Linux 6.1+)")
+    start = _address(full)
+    assert _huge_kb(start, start + len(full)) >= 8 * HUGE_PAGE // 1024  # its aligned interior at least
+    assert full[: len(data)] == data  # the same bytes, now on huge pages
+    assert collapse_new_mappings(anonymous_mappings()) == 0  # nothing new since
+
+    before = anonymous_mappings()
+    sparse = _private(16 * HUGE_PAGE)
+    sparse[:4096] = b"\1" * 4096  # one page of 16 MB in memory: not filled in
+    assert collapse_new_mappings(before) == 0
+    assert _huge_kb(_address(sparse), _address(sparse) + len(sparse)) == 0
+    full.close()
+    sparse.close()
