@@ -1071,7 +1071,7 @@ def encoder_paired(args: argparse.Namespace, limits: quiet.Limits) -> tuple[dict
 def _print_encoders_paired(rows: dict, spec: dict) -> None:
     print(
         f"\nall-MiniLM-L6-v2, paired: 768 sentences a run, batch 32, {THREADS} threads, every runtime loaded in its "
-        f"own process; a round is {spec['repeats']} runs each, taking turns (order rotating by round); ratios to torch "
+        f"own process{', started again for each round' if spec.get('fresh') else ''}; a round is {spec['repeats']} runs each, taking turns (order rotating by round); ratios to torch "
         f"within each round, medians of {spec['rounds']} rounds\n{spec['machine']}"
     )
     head = f"{'runtime':22} {'sent/s':>7} {'vs torch (range)':>18} {'range':>7}"
