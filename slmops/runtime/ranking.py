@@ -63,6 +63,9 @@ class Candidate:
     rejected: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # limits passed only through the incumbent's noise allowance
     measured_on: str | None = None  # the ranked profile's run tag (slmops.bench.<profile>); None: no profile asked
+    # when its latest run started (ms since the epoch): a rebuild that reproduces an older version's artifact
+    # points that version's latest run at the new build, so it is again the newest build of its kind
+    built_at: int = 0
 
     @property
     def busy(self) -> bool:
@@ -99,9 +102,11 @@ def registered_candidates(client: Any, task: str, *, profile: str | None = None)
     out = []
     for v in versions:
         run_id = v.tags.get(names.TAG_LATEST_RUN) or v.run_id
-        data = client.get_run(run_id).data if run_id else None
+        run = client.get_run(run_id) if run_id else None
+        data = run.data if run else None
         metrics = dict(data.metrics) if data else {}
         candidate = Candidate(model_name, str(v.version), dict(v.tags), metrics)
+        candidate.built_at = int(run.info.start_time or 0) if run else 0
         if profile is not None:
             candidate.metrics = names.profile_metrics(metrics, profile)
             tags = data.tags if data else {}
@@ -175,15 +180,19 @@ def rank(
     def build(c: Candidate) -> tuple[str | None, ...]:
         return tuple(c.tags.get(tag) for tag in (names.TAG_VARIANT, names.TAG_RECIPE, names.TAG_DEVICE))
 
-    newest: dict[tuple[str | None, ...], int] = {}
+    # the newest build of each kind: the version whose latest run is newest (a version re-registered by a later
+    # build counts as that build), the higher version number among equals
+    newest: dict[tuple[str | None, ...], Candidate] = {}
     for c in candidates:
-        newest[build(c)] = max(newest.get(build(c), 0), int(c.version))
+        other = newest.get(build(c))
+        if other is None or (c.built_at, int(c.version)) > (other.built_at, int(other.version)):
+            newest[build(c)] = c
     for c in candidates:
         c.notes = []
         c.rejected = _check(c, constraints, incumbent=c.version == incumbent)
         latest = newest[build(c)]
-        if int(c.version) < latest:  # an older build: its numbers describe artifacts the pipeline replaced
-            c.rejected.append(f"superseded by v{latest} (a newer build of the same variant, recipe and device)")
+        if latest is not c:  # an older build: its numbers describe artifacts the pipeline replaced
+            c.rejected.append(f"superseded by v{latest.version} (a newer build of the same variant, recipe and device)")
         if metric not in c.metrics and not c.rejected:
             c.rejected.append(f"no {metric} measurement")
 

@@ -197,3 +197,33 @@ def test_a_real_benchmark_records_the_machine_state_and_the_spread_of_its_repeat
     runs = report.profiles["cpu-1t"]["by_prompt_tokens"]["8"]["decode_tok_s_runs"]
     assert len(runs) == 3 and min(runs) <= report.decode_tok_s <= max(runs)
     assert read_result(out, BenchReport).machine == machine
+
+
+def test_a_rebuild_that_reverts_an_artifact_makes_its_earlier_version_current_again(candidates, tmp_path: Path) -> None:
+    """A change ships a new wo-int8 version; reverting it rebuilds the earlier artifact, which register finds as
+    the earlier version (same digest): that version is then the newest build, and the alias goes back to it."""
+    import shutil
+
+    from slmops.quantize import load_recipes, quantize
+    from slmops.recommend import recommend
+    from tests.support.tiny import CONFIGS
+
+    variant, root = candidates
+    folder = root / "cand" / "wo-int8"
+    first = _build(candidates, fp32=_bench(80), int8=_bench(100))["wo-int8"]
+    kept = tmp_path / "wo-int8"
+    shutil.copytree(folder, kept)
+    try:
+        changed = load_recipes(CONFIGS / "recipes.yaml")["wo-int8"].model_copy(update={"block_size": 16})
+        shutil.rmtree(folder)
+        quantize(variant, changed, src=root / "export", out=folder)
+        second = _build(candidates, fp32=_bench(80), int8=_bench(120))["wo-int8"]
+        assert second not in (None, first)
+        assert recommend(_chat()).usecases["chat"].chosen == f"models:/slmops-causal-lm/{second}"
+    finally:  # the revert: the earlier artifact again
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(kept, folder)
+    assert _build(candidates, fp32=_bench(80), int8=_bench(100))["wo-int8"] == first  # found, not registered again
+    decision = recommend(_chat()).usecases["chat"]
+    assert (decision.chosen, _alias()) == (f"models:/slmops-causal-lm/{first}", first)
+    assert decision.moved and f"superseded by v{first}" in decision.reason, decision.reason

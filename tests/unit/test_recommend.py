@@ -73,6 +73,13 @@ def test_older_builds_of_the_same_candidate_are_superseded() -> None:
     assert reasons["3"] == ["benchmarked on cuda, not cpu"]  # another device is another build
     assert [c.version for c in ranked][:2] == ["7", "6"]
 
+    # a later build reproduced v2's artifact (a change reverted): register pointed v2's latest run at that build,
+    # so v2 is the newest build now and v6 the superseded one
+    cands[0].built_at, cands[1].built_at = 2_000, 1_000
+    reasons = {c.version: c.rejected for c in rank(cands, Constraints(task="causal-lm", device="cpu"), "decode_speed")}
+    assert reasons["6"] == ["superseded by v2 (a newer build of the same variant, recipe and device)"]
+    assert reasons["2"] == []
+
 
 def test_every_constraint_names_its_reason() -> None:
     cands = [
