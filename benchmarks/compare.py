@@ -21,9 +21,11 @@ and writes JSON to benchmarks/results/.
 
 The paired decode table (``--paired-rounds``, ``--paired-repeats``; ``--paired-only`` alone) is where the speed
 ratios to llama.cpp are read: the runtime ``chat-cpu`` resolves to (through ``slmops.load`` and opened directly),
-``--paired-recipes`` and llama.cpp stay loaded in their own processes and generate in turn, so every ratio
-compares generations seconds apart. On this shared 2-core VM one runtime's speed moves by 10% from one
-generation to the next, and rows in fresh processes sit up to minutes apart: their ratios span +-10-20%.
+``--paired-recipes`` and llama.cpp (and any ``--llama-build``) each load in their own process and generate in
+turn, so every ratio compares generations seconds apart; each round starts them all again in new processes, since
+a process keeps its own speed, a few percent off another's of the same runtime, for its whole life. On this
+shared 2-core VM one runtime's speed moves by 10% from one generation to the next, and rows in fresh processes
+sit up to minutes apart: their ratios span +-10-20%.
 """
 
 from __future__ import annotations
@@ -528,7 +530,8 @@ def _run_peer(name: str, spec: dict) -> dict:
 
 
 class Contestant:
-    """A peer kept loaded in its own process for the paired rounds, driven one command at a time."""
+    """A peer loaded in its own process for the paired rounds, driven one command at a time (``restart`` loads it
+    again in a new process)."""
 
     def __init__(self, name: str, spec: dict, *, path: str | None = None) -> None:
         """``path``: a folder put first on the process's PYTHONPATH (another build of a peer's package)."""
@@ -675,9 +678,9 @@ def _paired(
 def paired_rounds(
     args: argparse.Namespace, limits: quiet.Limits, spec: dict, recipes: list[str]
 ) -> tuple[dict[str, dict], str]:
-    """The decode ratio with the machine's drift taken out: slmops and llama.cpp stay loaded in their own processes
-    and take turns (:func:`take_turns`), the order rotating every round; ratios to llama.cpp are taken within each
-    round. On a shared 2-core VM a runtime's speed moves by 10-20% from one second to the next
+    """The decode ratio with the machine's drift taken out: slmops and llama.cpp load in their own processes and
+    take turns (:func:`take_turns`), the order rotating every round, each round in new processes; ratios to
+    llama.cpp are taken within each round. On a shared 2-core VM a runtime's speed moves by 10-20% from one second to the next
     (measured 2026-12-01: generations of the same runtime a few seconds apart at 88-114 tok/s), which rows in
     fresh processes, seconds to minutes apart, cannot separate from the runtimes' difference."""
 
