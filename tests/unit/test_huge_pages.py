@@ -63,12 +63,12 @@ def test_collapse_moves_a_new_resident_mapping_onto_huge_pages() -> None:
     start = _address(full)
     assert _huge_kb(start, start + len(full)) >= 8 * HUGE_PAGE // 1024  # its aligned interior at least
     assert full[: len(data)] == data  # the same bytes, now on huge pages
-    assert collapse_new_mappings(anonymous_mappings()) == 0  # nothing new since
 
+    # (no "nothing else collapsed" check: in a big test process, reading smaps itself can map new resident memory)
     before = anonymous_mappings()
     sparse = _private(16 * HUGE_PAGE)
     sparse[:4096] = b"\1" * 4096  # one page of 16 MB in memory: not filled in
-    assert collapse_new_mappings(before) == 0
+    collapse_new_mappings(before)
     assert _huge_kb(_address(sparse), _address(sparse) + len(sparse)) == 0
     full.close()
     sparse.close()
