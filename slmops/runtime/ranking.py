@@ -105,8 +105,8 @@ def registered_candidates(client: Any, task: str, *, profile: str | None = None)
         run = client.get_run(run_id) if run_id else None
         data = run.data if run else None
         metrics = dict(data.metrics) if data else {}
-        candidate = Candidate(model_name, str(v.version), dict(v.tags), metrics)
-        candidate.built_at = int(run.info.start_time or 0) if run else 0
+        built_at = int(run.info.start_time or 0) if run else 0
+        candidate = Candidate(model_name, str(v.version), dict(v.tags), metrics, built_at=built_at)
         if profile is not None:
             candidate.metrics = names.profile_metrics(metrics, profile)
             tags = data.tags if data else {}

@@ -30,7 +30,7 @@ from typing import Any
 
 from slmops.artifacts import file_identity
 from slmops.errors import ModelLoadError
-from slmops.runtime.pages import anonymous_mappings, collapse_new_mappings
+from slmops.runtime.pages import anonymous_mappings, collapse_new_mappings, read_regions, release_clean_pages
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +84,10 @@ def create_session(
     before = anonymous_mappings() if huge_pages and device == "cpu" else None
 
     def opened(session, files: list[Path]):
-        release_clean_pages(files)
+        regions = read_regions()  # once for both: the release touches file mappings, the collapse anonymous ones
+        release_clean_pages(files, regions=regions)
         if before is not None:
-            collapse_new_mappings(before)
+            collapse_new_mappings(before, regions=regions)
         return session
 
     if optimized_dir is not None:
@@ -100,55 +101,6 @@ def create_session(
     except Exception as exc:  # ort raises its own Fail/InvalidGraph types
         raise ModelLoadError(f"onnxruntime cannot open {path}: {exc}") from None
     return opened(session, _graph_files(path))
-
-
-MADV_DONTNEED = 4  # Linux <sys/mman.h>
-
-
-def release_clean_pages(files: list[Path]) -> int:
-    """Unmap the resident pages of ``files``' memory mappings that were never written; returns the bytes released.
-
-    onnxruntime maps external weights (private, writable) and reads each while prepacking it. The weights it
-    packed are unmapped, but MatMulNBits keeps its scales and zero points as inputs (``is_packed = false``
-    in onnxruntime's prepack) although its packed copy holds them: those pages stay in RSS, unread. SmolLM2
-    gguf-q4 (2026-12-01): 18.7 MB of scales and zero points; after release, the decode of 64 tokens touched
-    none of them again, and one request's RSS fell from 281 to 262 MB (peak 281 -> 271, the rest of the peak is
-    the open itself). A page that is read again is mapped again from the page cache, so this is safe for any
-    clean page; a mapping with copied-on-write (``Anonymous``) pages is left alone, as their content would be
-    lost. Linux only; elsewhere a no-op.
-    """
-    wanted = {os.path.realpath(f) for f in files}
-    smaps = Path("/proc/self/smaps")
-    if not wanted or not smaps.is_file():
-        return 0
-    maps: list[list[int]] = []  # [start, end, rss kB, anonymous kB] of the wanted files' mappings
-    current: list[int] | None = None
-    try:
-        for line in smaps.read_text().splitlines():
-            head, _, rest = line.partition(" ")
-            if not head.endswith(":"):  # "start-end perms offset dev inode path"
-                fields = line.split(maxsplit=5)
-                current = None
-                if len(fields) == 6 and fields[5] in wanted:
-                    start, end = (int(x, 16) for x in fields[0].split("-"))
-                    current = [start, end, 0, 0]
-                    maps.append(current)
-            elif current is not None and head in ("Rss:", "Anonymous:"):
-                current[2 if head == "Rss:" else 3] = int(rest.split()[0])
-    except (OSError, ValueError) as exc:
-        logger.debug("cannot read %s: %s", smaps, exc)
-        return 0
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    madvise = libc.madvise
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    released = 0
-    for start, end, rss, anonymous in maps:
-        if rss and not anonymous and madvise(start, end - start, MADV_DONTNEED) == 0:
-            released += rss * 1024
-    logger.debug("released %.1f MB of clean weight pages of %s", released / 2**20, ", ".join(sorted(wanted)))
-    return released
 
 
 def _graph_files(path: Path) -> list[Path]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from slmops.runtime.session import release_clean_pages
+from slmops.runtime.pages import release_clean_pages
 
 PAGES = 64
 pytestmark = pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="needs Linux /proc/self/smaps")
