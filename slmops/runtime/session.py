@@ -32,7 +32,13 @@ from typing import Any
 
 from slmops.artifacts import file_identity
 from slmops.errors import ModelLoadError
-from slmops.runtime.pages import anonymous_mappings, collapse_new_mappings, read_regions, release_clean_pages
+from slmops.runtime.pages import (
+    anonymous_mappings,
+    collapse_new_mappings,
+    read_regions,
+    read_sparsely,
+    release_clean_pages,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +94,7 @@ def create_session(
     def opened(session, files: list[Path]):
         regions = read_regions()  # once for both: the release touches file mappings, the collapse anonymous ones
         release_clean_pages(files, regions=regions)
+        read_sparsely(files, regions=regions)
         if before is not None:
             collapse_new_mappings(before, regions=regions)
         return session
@@ -179,6 +186,11 @@ def _write_optimized(path: Path, options, providers: tuple[str, ...], entry: Pat
         options.add_session_config_entry("session.disable_prepacking", "1")
         ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
         _largest_weights_first(tmp / "model.onnx")
+        for written in _graph_files(tmp / "model.onnx"):
+            # on disk before the entry appears; also, dirty pages cannot be dropped, and read_sparsely drops the
+            # cached pages of the embedding table when the entry is opened right after this
+            with written.open("rb") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, entry)
         (entry / "stamp.json").write_text(
             json.dumps({p.name: file_identity(p) for p in _graph_files(entry / "model.onnx")})

@@ -66,3 +66,42 @@ def test_files_without_mappings_release_nothing(tmp_path: Path) -> None:
     other.write_bytes(b"\0" * mmap.PAGESIZE)
     assert release_clean_pages([other]) == 0
     assert release_clean_pages([]) == 0
+
+
+def _filesystem(path: Path) -> str:
+    """The type of the filesystem holding ``path`` (the longest mount point above it in /proc/mounts)."""
+    best, kind = "", ""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _, point, fstype, *_ = line.split()
+        if str(path.resolve()).startswith(point.rstrip("/") + "/") and len(point) > len(best):
+            best, kind = point, fstype
+    return kind
+
+
+def test_a_table_read_sparsely_maps_one_page_per_row(tmp_path: Path) -> None:
+    """The embedding case: a large mapped table, read a row here and there. After read_sparsely each row costs
+    its own page; before it, the kernel maps what the page cache holds around each row (fault-around: up to 16
+    pages; a whole large folio where the filesystem caches those)."""
+    from slmops.runtime.pages import read_sparsely
+
+    if _filesystem(tmp_path) in ("tmpfs", "ramfs"):
+        pytest.skip(f"{tmp_path} is on {_filesystem(tmp_path)}, whose cached pages cannot be dropped")
+    size, stride = 8 << 20, 256 << 10  # 32 rows, 256 kB apart
+    data = os.urandom(size)
+    table = tmp_path / "model.onnx.data"
+    with table.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())  # written back: dirty pages cannot be dropped
+    with table.open("rb") as fh:
+        mapping = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+    rows = range(0, size, stride)
+    assert [mapping[i] for i in rows] == [data[i] for i in rows]
+    before_kb = _resident_kb(table)
+    assert before_kb >= 2 * len(rows) * mmap.PAGESIZE // 1024  # what the fix is for: more than a page per row
+    release_clean_pages([table])
+    assert read_sparsely([table]) >= size
+    assert read_sparsely([table], min_bytes=size + 1) == 0  # smaller mappings are left alone
+    assert [mapping[i + 7] for i in rows] == [data[i + 7] for i in rows]  # the content is unchanged
+    assert _resident_kb(table) <= len(rows) * mmap.PAGESIZE // 1024 + 8, before_kb
+    mapping.close()
