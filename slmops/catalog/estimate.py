@@ -28,13 +28,14 @@ class PrecisionSpec:
     decoder_prepacked: bool = False  # MatMulNBits prepacks its weights (GRAPH_LAYOUTS' prepack_factor applies)
 
 
-# Weight-only MatMulNBits with block 32 stores one fp32 scale per block (+4/32 byte) and, asymmetric,
-# a packed zero point; embeddings stay fp32. Quantized decoders use MatMulNBits (prepacked at load);
-# quantized encoders use dynamic int8 (MatMulInteger, no extra copy).
+# Weight-only MatMulNBits stores one fp32 scale per block and, asymmetric, a packed zero point: int8 is wo-int8's
+# blocks of 128 (+4/128 + 1/128 byte; the prepacked copy adds MLAS's per-block sum instead of the zero point),
+# int4 gguf-q4's blocks of 32. Quantized decoders use MatMulNBits (prepacked at load); quantized encoders use
+# dynamic int8 (MatMulInteger, no extra copy).
 PRECISIONS: dict[str, PrecisionSpec] = {
     "fp32": PrecisionSpec(4.0, 4.0, 4, ("cpu", "cuda")),
     "fp16": PrecisionSpec(2.0, 2.0, 2, ("cuda",)),
-    "int8": PrecisionSpec(1.0 + 4 / 32 + 1 / 32, 4.0, 4, ("cpu", "cuda"), decoder_prepacked=True),
+    "int8": PrecisionSpec(1.0 + 4 / 128 + 1 / 128, 4.0, 4, ("cpu", "cuda"), decoder_prepacked=True),
     "int4": PrecisionSpec(0.5 + 4 / 32 + 0.5 / 32, 4.0, 4, ("cpu", "cuda"), decoder_prepacked=True),
 }
 
@@ -71,16 +72,14 @@ GRAPH_LAYOUTS: dict[str, GraphLayout] = {
     ),
 }
 ARENA_FACTOR = 1.5  # onnxruntime's arena grows by doubling: activations cost ~1.5x their size
-# The embedding table stays in the mapped file; a request touches (and keeps resident) about this share of
-# it: rows it gathers plus the pages the kernel maps around each fault (measured: 22-24 MB of SmolLM2's 108 fp32;
-# of gguf-q4's 30 MB 8-bit table, 16 MB: fault-around maps as many pages per row whatever its width, so the share
-# is underestimated there; the other terms keep every calibrated case within 10%).
-EMBEDDING_RESIDENT = 0.22
+# The embedding table stays in the mapped file, read a page per row (slmops.runtime.pages.read_sparsely): a request
+# keeps at most one page resident per position it gathers (SmolLM2, 192 positions: 0.3 MB of a 27 MB table).
+EMBEDDING_PAGE_BYTES = 4096
 # A decoder's first request, whatever its length, per vocabulary entry: onnxruntime's per-run buffers and the
-# mapped weights it touches, beyond the logits (SmolLM2's 49152 entries: about 38 MB of a 128-token prompt's
-# 48 MB once the LM head runs on the last position only; the tiny test Llama's: next to nothing). Calibrated,
-# like the rest, on the measurements in test_estimate.py.
-DECODER_FIRST_RUN_BYTES_PER_ENTRY = 1000
+# code and mapped weights it touches, beyond the logits (SmolLM2's 49152 entries: about 23 MB; the tiny test
+# Llama's: next to nothing). Calibrated, like the rest, on the measurements in test_estimate.py (2026-12-01 21:00,
+# after the embedding went to a page per row: 1000 -> 500).
+DECODER_FIRST_RUN_BYTES_PER_ENTRY = 500
 # HF tokenizers in memory, per vocabulary entry: byte-level BPE (vocab + merges; SmolLM2's 49152: 29.5 MB) and
 # WordPiece (MiniLM's 30522: 8.9 MB), read before the session (benchmarks/memory.py, 2026-12-01)
 TOKENIZER_BYTES_PER_ENTRY = {"bpe": 630, "wordpiece": 305}
@@ -143,7 +142,8 @@ def estimate_memory(
     decoder = get_task(variant.task).generative
     copies = layout.prepack_factor if decoder and spec.decoder_prepacked else 1.0
     embedding_bytes = spec.weight_bytes if decoder and layout.quantized_embedding else spec.embedding_bytes
-    weights = embed * embedding_bytes * EMBEDDING_RESIDENT + other * spec.weight_bytes * copies
+    table = embed * embedding_bytes
+    weights = min(table, ctx * batch * EMBEDDING_PAGE_BYTES) + other * spec.weight_bytes * copies
     if decoder and variant.tie_word_embeddings:
         weights += embed * 4 if layout.tied_lm_head_fp32_copy else embed * spec.weight_bytes * copies
     h, heads = variant.hidden_size, variant.attention_heads
