@@ -529,22 +529,17 @@ def _run_peer(name: str, spec: dict) -> dict:
     return json.loads(lines[-1])
 
 
-class Contestant:
-    """A peer loaded in its own process for the paired rounds, driven one command at a time (``restart`` loads it
-    again in a new process)."""
+class _Process:
+    """One process of a contestant: the peer loaded, driven one command at a time."""
 
-    def __init__(self, name: str, spec: dict, *, path: str | None = None) -> None:
-        """``path``: a folder put first on the process's PYTHONPATH (another build of a peer's package)."""
-        self.name, self.spec, self.path = name, spec, path
-        self._start()
-
-    def _start(self) -> None:
+    def __init__(self, name: str, spec: dict, path: str | None) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
-        if self.path:
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (self.path, env.get("PYTHONPATH")) if p)
+        if path:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (path, env.get("PYTHONPATH")) if p)
+        self.name = name
         self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115  # lives with the process; close() closes it
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--contestant", self.name, "--spec", json.dumps(self.spec)],
+            [sys.executable, __file__, "--contestant", name, "--spec", json.dumps(spec)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
@@ -553,13 +548,6 @@ class Contestant:
         )
         line = self.proc.stdout.readline()
         self.info = json.loads(line) if line.startswith("{") else {"error": [self._failure()]}
-
-    def restart(self) -> None:
-        """The same contestant in a fresh process; RuntimeError with its last words if it no longer loads."""
-        self.close()
-        self._start()
-        if "error" in self.info:
-            raise RuntimeError(f"the {self.name} process failed to load again: {self.info['error'][-1]}")
 
     def _failure(self) -> str:
         try:
@@ -571,7 +559,6 @@ class Contestant:
         return lines[-1] if lines else f"the process ended with {self.proc.returncode}"
 
     def run(self) -> dict:
-        """One timed generation in the process; RuntimeError with its last words if it died."""
         self.proc.stdin.write("run\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
@@ -587,6 +574,48 @@ class Contestant:
             self.proc.kill()
             self.proc.wait()
         self.stderr.close()
+
+
+class Contestant:
+    """A peer loaded in ``processes`` processes of its own for the paired rounds, which take turns generating
+    (``run``: the next one's turn), so a round's result averages that many draws of the per-process speed
+    (``restart`` loads them all again in new processes)."""
+
+    def __init__(self, name: str, spec: dict, *, path: str | None = None, processes: int = 1) -> None:
+        """``path``: a folder put first on the processes' PYTHONPATH (another build of a peer's package)."""
+        self.name, self.spec, self.path, self.processes = name, spec, path, processes
+        self._procs: list[_Process] = []
+        self._turn = 0
+        self._start()
+
+    def _start(self) -> None:
+        self._turn = 0
+        for _ in range(self.processes):
+            proc = _Process(self.name, self.spec, self.path)
+            self._procs.append(proc)
+            if "error" in proc.info:
+                self.info = proc.info
+                return
+        self.info = self._procs[0].info
+
+    def restart(self) -> None:
+        """The same contestant in fresh processes; RuntimeError with its last words if it no longer loads."""
+        self.close()
+        self._start()
+        if "error" in self.info:
+            raise RuntimeError(f"the {self.name} process failed to load again: {self.info['error'][-1]}")
+
+    def run(self) -> dict:
+        """One timed generation (or pass), in the next of its processes; RuntimeError with its last words if it
+        died."""
+        proc = self._procs[self._turn % len(self._procs)]
+        self._turn += 1
+        return proc.run()
+
+    def close(self) -> None:
+        for proc in self._procs:
+            proc.close()
+        self._procs = []
 
 
 def take_turns(order: list[Contestant], repeats: int) -> list[dict]:
@@ -689,17 +718,19 @@ def paired_rounds(
     def start(contestants: dict[str, Contestant]) -> None:
         ordered = recipes
         if _has_alias(args.alias):
-            load = Contestant("load", {**spec, "alias": args.alias})
+            load = Contestant("load", {**spec, "alias": args.alias}, processes=args.paired_processes)
             resolved = load.info.get("resolved_recipe")
             label = f"slmops.load('{args.alias}')" + (f" -> {resolved}" if resolved else "")
             contestants[label] = load
             if resolved:
                 ordered = [resolved] + [r for r in recipes if r != resolved]
         for r in ordered:
-            contestants[f"slmops {r}"] = Contestant("slmops", {**spec, "recipe": r})
-        contestants["llama.cpp Q4_1"] = Contestant("llamacpp", spec)
+            contestants[f"slmops {r}"] = Contestant("slmops", {**spec, "recipe": r}, processes=args.paired_processes)
+        contestants["llama.cpp Q4_1"] = Contestant("llamacpp", spec, processes=args.paired_processes)
         for name, path in args.llama_build:
-            contestants[f"llama.cpp Q4_1 ({name})"] = Contestant("llamacpp", spec, path=path)
+            contestants[f"llama.cpp Q4_1 ({name})"] = Contestant(
+                "llamacpp", spec, path=path, processes=args.paired_processes
+            )
         builds.update({label: c.info["build"] for label, c in contestants.items() if "build" in c.info})
 
     rows, rounds = _paired(args, limits, start, base="llama.cpp Q4_1")
@@ -766,6 +797,13 @@ def main() -> int:
         "process each for the whole table)",
     )
     parser.add_argument(
+        "--paired-processes",
+        type=int,
+        default=2,
+        help="processes per contestant in each paired round, taking its turns in turn: a round's result averages "
+        "that many draws of the per-process speed",
+    )
+    parser.add_argument(
         "--paired-recipes",
         default="gguf-q4",
         help="comma-separated candidates in the paired table besides the one the alias resolves to",
@@ -796,6 +834,11 @@ def main() -> int:
         parser.error(f"--paired-rounds {args.paired_rounds}: must be at least {1 if args.paired_only else 0}")
     if args.paired_repeats < 1:
         parser.error(f"--paired-repeats {args.paired_repeats}: must be at least 1")
+    if not 1 <= args.paired_processes <= args.paired_repeats:
+        parser.error(
+            f"--paired-processes {args.paired_processes}: must be 1..--paired-repeats ({args.paired_repeats}), "
+            "as each process takes at least one turn"
+        )
     limits = quiet.Limits(args.max_load, args.max_busy, args.max_steal)
     if args.encoders_only:
         if not (ROOT / "artifacts" / "candidates" / ENCODER).is_dir():
@@ -932,6 +975,7 @@ def paired_spec(args: argparse.Namespace, header: str) -> dict:
         "rounds": args.paired_rounds,
         "repeats": args.paired_repeats,
         "fresh": args.paired_fresh,
+        "processes": args.paired_processes,
         "machine": header,
     }
 
@@ -1051,7 +1095,7 @@ def encoder_paired(args: argparse.Namespace, limits: quiet.Limits) -> tuple[dict
 
     def start(contestants: dict[str, Contestant]) -> None:
         for label, enc in specs.items():
-            contestants[label] = Contestant("encoder", enc)
+            contestants[label] = Contestant("encoder", enc, processes=args.paired_processes)
 
     rows, rounds = _paired(args, limits, start, base="torch fp32")
     if rounds is None:
@@ -1074,7 +1118,7 @@ def encoder_paired(args: argparse.Namespace, limits: quiet.Limits) -> tuple[dict
 def _print_encoders_paired(rows: dict, spec: dict) -> None:
     print(
         f"\nall-MiniLM-L6-v2, paired: 768 sentences a run, batch 32, {THREADS} threads, every runtime loaded in its "
-        f"own process{', started again for each round' if spec.get('fresh') else ''}; a round is {spec['repeats']} runs each, taking turns (order rotating by round); ratios to torch "
+        f"own process{_processes_phrase(spec)}; a round is {spec['repeats']} runs each, taking turns (order rotating by round); ratios to torch "
         f"within each round, medians of {spec['rounds']} rounds\n{spec['machine']}"
     )
     head = f"{'runtime':22} {'sent/s':>7} {'vs torch (range)':>18} {'range':>7}"
@@ -1186,11 +1230,18 @@ def spread(values: list[float]) -> float:
     return (high - low) / (high + low)
 
 
+def _processes_phrase(spec: dict) -> str:
+    n = spec.get("processes", 1)
+    return (f" ({n} processes each, in turn)" if n > 1 else "") + (
+        ", started again for each round" if spec.get("fresh") else ""
+    )
+
+
 def _print_paired(rows: dict, spec: dict) -> None:
     print(
         f"\nPaired decode: the same prompt ({spec['prompt_tokens']} tokens, {spec['new_tokens']} new, greedy, "
         f"{THREADS} threads), every runtime loaded in its own process"
-        f"{', started again for each round' if spec.get('fresh') else ''}; a round is {spec['repeats']} generations "
+        f"{_processes_phrase(spec)}; a round is {spec['repeats']} generations "
         f"each, taking turns (order rotating by round); ratios to llama.cpp within each round, medians of "
         f"{spec['rounds']} rounds\n"
         f"{spec['machine']}"
