@@ -605,6 +605,11 @@ class Contestant:
         if "error" in self.info:
             raise RuntimeError(f"the {self.name} process failed to load again: {self.info['error'][-1]}")
 
+    @property
+    def procs(self) -> list[subprocess.Popen]:
+        """Its processes, as started (the one that failed to load last)."""
+        return [p.proc for p in self._procs]
+
     def run(self) -> dict:
         """One timed generation (or pass), in the next of its processes; RuntimeError with its last words if it
         died."""

@@ -167,7 +167,7 @@ def test_a_contestant_that_no_longer_loads_stops_the_table(harness) -> None:
     try:
         with pytest.raises(RuntimeError, match="failed to load again: .*KeyError: 'recipe'"):
             contestant.restart()
-        assert contestant.proc.poll() is not None
+        assert all(proc.poll() is not None for proc in contestant.procs)
     finally:
         contestant.close()
 
@@ -191,10 +191,11 @@ def test_the_paired_table_prints_each_ratio_and_its_spread(harness, capsys: pyte
 
 def test_a_contestant_that_cannot_load_reports_why(harness) -> None:
     compare, _ = harness
-    contestant = compare.Contestant("slmops", {"new_tokens": 4, "prompt_ids": [1, 2]})  # no recipe in the spec
+    contestant = compare.Contestant("slmops", {"new_tokens": 4, "prompt_ids": [1, 2]}, processes=2)  # no recipe
     try:
         assert "KeyError: 'recipe'" in contestant.info["error"][-1]
-        assert contestant.proc.poll() is not None  # it ended; nothing is left waiting on its pipe
+        assert len(contestant.procs) == 1  # the first process failed: no second one is started
+        assert contestant.procs[0].poll() is not None  # it ended; nothing is left waiting on its pipe
     finally:
         contestant.close()
 
@@ -208,3 +209,29 @@ def test_the_encoder_paired_table_prints_ratios_to_torch(harness, capsys: pytest
     compare._print_encoders_paired(rows, {"rounds": 3, "repeats": 8, "machine": "m"})
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("slmops dyn-int8-pc"))
     assert "3.05x (2.90-3.10)" in line and line.endswith("+-3.3%")
+
+
+def test_a_contestant_with_two_processes_gives_them_turns_in_turn(harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    compare, _ = harness
+    started: list[str] = []
+    count = iter(range(100))
+
+    class Loaded:
+        def __init__(self, name: str, spec: dict, path: str | None) -> None:
+            self.number = next(count)
+            started.append(name)
+            self.info = {"loaded": self.number}
+
+        def run(self) -> dict:
+            return {"process": self.number}
+
+        def close(self) -> None:
+            started.append(f"closed {self.number}")
+
+    monkeypatch.setattr(compare, "_Process", Loaded)
+    contestant = compare.Contestant("slmops", {}, processes=2)
+    assert [contestant.run()["process"] for _ in range(4)] == [0, 1, 0, 1]
+    contestant.restart()
+    assert started == ["slmops", "slmops", "closed 0", "closed 1", "slmops", "slmops"]
+    assert [contestant.run()["process"] for _ in range(2)] == [2, 3]  # the new ones, from the first again
+    contestant.close()
