@@ -19,6 +19,7 @@ from slmops.benchmark.machine import MachineProbe, busy_reasons, cpu_description
 from slmops.errors import BenchmarkError, ConfigError
 from slmops.results import BenchReport, MachineState, write_result
 from slmops.runtime.session import DEVICE_PROVIDERS
+from slmops.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,9 @@ def _measure(folder: Path, config: BenchmarkConfig, profile: DeviceProfile) -> d
     The result carries ``machine``: the state of the machine during the kept run, with ``busy`` and
     its reasons when even the last try was busy (such numbers never move an alias).
     """
-    with tempfile.TemporaryDirectory(prefix="slmops-bench-optimized-") as optimized:
+    cache = get_settings().cache_dir  # on disk: an fp32 graph of a 1.7B model is 7 GB, and /tmp may be in memory
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench-optimized-", dir=cache) as optimized:
         # Measured as slmops.load serves: on onnxruntime's optimized graph, cached by an earlier open. Opening the
         # graph itself optimizes it in the process and holds all of it in memory: SmolLM2 wo-int8 peaked at 392 MB
         # that way against 252 MB through the cache (2026-12-01), and every peak the registry ranked on was that.

@@ -185,7 +185,10 @@ def _write_optimized(path: Path, options, providers: tuple[str, ...], entry: Pat
         # this session only writes the graph: prepacking would cost memory and time for nothing
         options.add_session_config_entry("session.disable_prepacking", "1")
         ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
-        _largest_weights_first(tmp / "model.onnx")
+        try:
+            _largest_weights_first(tmp / "model.onnx")
+        except Exception as exc:  # protobuf's DecodeError and the like: the cache still works in ORT's order
+            logger.warning("kept onnxruntime's node order in %s: %s", entry, exc)
         for written in _graph_files(tmp / "model.onnx"):
             # on disk before the entry appears; also, dirty pages cannot be dropped, and read_sparsely drops the
             # cached pages of the embedding table when the entry is opened right after this
