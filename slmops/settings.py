@@ -17,7 +17,7 @@ from slmops.errors import ConfigError, RecordError
 from slmops.records import Record, spec
 
 
-def _default_threads() -> int:
+def default_threads() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
@@ -123,7 +123,7 @@ class Settings(Record):
     hub_retries: int = spec(default=5, ge=0, description="Retries per file after transient Hub errors.")
     hub_backoff_s: float = spec(default=1.0, ge=0, description="First retry delay; doubles per retry (max 30 s).")
     threads: int = spec(
-        default_factory=_default_threads,
+        default_factory=default_threads,
         ge=1,
         description="Intra-op threads for onnxruntime; default: the CPU count, at most 8.",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from slmops.errors import ModelLoadError
 from slmops.runtime.card import ModelCard
@@ -21,6 +22,9 @@ def weights_bytes(folder: Path, card: ModelCard) -> int:
 
 class LoadedModel:
     """Base of the task models; subclasses drop their onnxruntime session in ``_release``."""
+
+    # whether a call may send several session runs at once: ``open_folder`` then gives the model ``workers``
+    concurrent_runs: ClassVar[bool] = False
 
     def __init__(self, folder: Path, card: ModelCard) -> None:
         self.folder = Path(folder)

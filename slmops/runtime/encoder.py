@@ -1,13 +1,25 @@
 """Encoder runtimes: sentence embeddings (pooling + normalisation as in sentence-transformers) and reranking.
 
 Texts are tokenized once, sorted by length and run in sub-batches of similar length (:func:`length_buckets`),
-so a short sentence is not padded to the longest one in its batch; results come back in input order. With
-``workers`` > 1 those runs go to the session from that many threads at once (onnxruntime runs concurrently on
-one session); ``open_folder`` leaves it at 1. Measured on all-MiniLM-L6-v2 dyn-int8-pc, calls of 32 eval
-sentences, quiet 2-core machine (1-min load 1.3 after the run), medians of 5 rounds interleaved with torch fp32
-in one process: 2 intra-op threads and one run at a time 3.17x torch, 2 threads x 2 runs 2.50x (oversubscribed),
-1 thread x 2 runs 3.26x but twice the batch-1 latency. On a machine loaded 2.8-3.4 by other jobs two runs at once
-had won (3.45x -> 4.18x), so ``workers`` stays for callers on shared machines.
+so a short sentence is not padded to the longest one in its batch; results come back in input order.
+
+On CPU a call's runs go to the session ``workers`` at a time (``open_folder`` sets it to the thread count; onnxruntime
+runs concurrently on one session), from a session whose intra-op threads sleep rather than spin between parallel
+sections. An encoder run is a few hundred tokens through small ops (all-MiniLM-L6-v2: 130 tokens a run on
+average), where splitting each op over two threads gains little; two runs at once keep both cores busy instead.
+all-MiniLM-L6-v2 dyn-int8-pc, 2 threads, calls of 32 eval sentences, each runtime in its own processes taking
+turns with torch fp32 (benchmarks/compare.py's paired machinery, 4 rounds, quiet: no busy round), 2026-12-01:
+
+    intra-op threads, spinning, runs at once    sentences/s vs torch    batch-1 p50 / p95    one 256-token text
+    2, spinning, 1 (before)                     2.97x (2.67-3.07)       2.43 / 3.68 ms       24.9 ms
+    2, spinning, 2                              2.83x (2.72-2.92)       (oversubscribed)
+    1, -, 2                                     4.02-4.04x              2.81 / 4.06 ms       41.0 ms
+    2, sleeping, 2 (this)                       3.96x (3.63-4.12)       2.91 / 4.05 ms       27.5 ms
+    torch fp32, 2 threads                       1.00x                   9.42 / 12.30 ms      47.3 ms
+
+One intra-op thread would give the same throughput but 1.6x the latency of a single long text; sleeping threads
+cost a single short text 0.5 ms. onnxruntime.transformers' BERT fusions measured slower with two runs at once
+(3.44x against 4.02x, same rounds).
 """
 
 from __future__ import annotations
@@ -84,6 +96,8 @@ def length_buckets(lengths: Sequence[int], *, max_batch: int, run_cost: int = RU
 
 
 class _EncoderBase(LoadedModel):
+    concurrent_runs = True  # see the module's docstring
+
     def __init__(
         self, folder: Path, card: ModelCard, session, *, workers: int = 1, tokenizer: Tokenizer | None = None
     ) -> None:
@@ -135,8 +149,12 @@ class _EncoderBase(LoadedModel):
             feed = {name: arrays[name][run, :width] for name in self.input_names}  # fancy indexing: contiguous copies
             return head(session.run(None, feed)[0], arrays["attention_mask"][run, :width])
 
-        runs = length_buckets(lengths, max_batch=batch_size, run_cost=RUN_COST_TOKENS)
+        # at most an equal share of the items per run, so that every worker has a run where the call allows
+        share = -(-len(items) // self.workers)
+        runs = length_buckets(lengths, max_batch=min(batch_size, share), run_cost=RUN_COST_TOKENS)
         if self._pool is not None and len(runs) > 1:
+            # the largest runs first, so the last to start is a small one and the workers end together
+            runs.sort(key=lambda run: -len(run) * int(lengths[run].max()))
             results = list(self._pool.map(one, runs))
         else:
             results = [one(run) for run in runs]

@@ -35,6 +35,8 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 class FillMaskModel(_EncoderBase):
     """Masked-token predictions of a ``fill-mask`` export (BertForMaskedLM and the like)."""
 
+    concurrent_runs = False  # one padded run per batch, in order: nothing to run at once
+
     def __init__(self, folder: Path, card: ModelCard, session, *, tokenizer: Tokenizer | None = None) -> None:
         super().__init__(folder, card, session, tokenizer=tokenizer)
         mask = self.tokenizer.mask_token

@@ -10,6 +10,7 @@ from slmops.errors import ModelLoadError, TaskMismatchError, UnknownTaskError
 from slmops.runtime.card import read_model_card
 from slmops.runtime.session import create_session
 from slmops.runtime.tokenizer import Tokenizer
+from slmops.settings import default_threads
 from slmops.tasks import get_task
 
 if TYPE_CHECKING:
@@ -61,7 +62,18 @@ def open_folder(
     # The tokenizer first: the 13 MB its JSON parse frees is then reused by the session's allocations instead of
     # staying on the heap beside them. SmolLM2 gguf-q4, one request: peak RSS 279 MB against 293 (2026-12-01).
     tokenizer = Tokenizer(folder)
+    # A runtime that sends several runs at once (the encoders' length buckets) gets them on CPU, ``threads`` at a
+    # time, from one session whose intra-op threads sleep instead of spinning between parallel sections (a
+    # spinning pool oversubscribes the cores once two runs share them); see slmops/runtime/encoder.py.
+    concurrent = device == "cpu" and getattr(cls, "concurrent_runs", False)
     session = create_session(
-        folder / card.onnx_file, device=device, threads=threads, optimized_dir=optimized_dir, huge_pages=huge_pages
+        folder / card.onnx_file,
+        device=device,
+        threads=threads,
+        optimized_dir=optimized_dir,
+        huge_pages=huge_pages,
+        config={"session.intra_op.allow_spinning": "0"} if concurrent else None,
     )
+    if concurrent:
+        return cls(folder, card, session, tokenizer=tokenizer, workers=threads or default_threads())
     return cls(folder, card, session, tokenizer=tokenizer)

@@ -107,7 +107,14 @@ def test_embeddings_match_torch_whatever_the_batch_size(bert: Path) -> None:
         hidden, mask = ref(**enc).last_hidden_state, enc["attention_mask"].unsqueeze(-1).float()
         expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1).numpy()
     model = open_folder(bert / "cand" / "fp32", threads=2)
-    assert model.workers == 1  # one run at a time: measured faster on a quiet machine (runtime/encoder.py)
+    assert model.workers == 2  # on CPU a call's runs go two at a time (runtime/encoder.py)
+    # texts of one length still make a run per worker: each run holds at most an equal share
+    shapes: list[tuple[int, ...]] = []
+    run = model.session.run
+    model.session.run = lambda out, feed: shapes.append(feed["input_ids"].shape) or run(out, feed)
+    model.embed(["the same words"] * 8)
+    assert [rows for rows, _ in shapes] == [4, 4]
+    model.session.run = run
     for batch_size in (1, 3, 32):
         assert np.abs(model.embed(TEXTS, batch_size=batch_size) - expected).max() < 1e-5
     with pytest.raises(GenerationParamsError, match="batch_size=0"):
