@@ -80,6 +80,10 @@ EMBEDDING_PAGE_BYTES = 4096
 # Llama's: next to nothing). Calibrated, like the rest, on the measurements in test_estimate.py (2026-12-01 21:00,
 # after the embedding went to a page per row: 1000 -> 500).
 DECODER_FIRST_RUN_BYTES_PER_ENTRY = 500
+# An encoder's first batch beyond its activations: onnxruntime's code pages and per-run buffers it touches
+# (all-MiniLM-L6-v2 at batch 32 of 15 tokens, benchmarks/memory.py: the first batch adds 12.8 MB int8 and 15.6 fp32
+# against 5.3 MB of activations with the arena's factor). Calibrated on test_estimate.py's rows of two machines.
+ENCODER_FIRST_RUN_BYTES = 8 * 2**20
 # HF tokenizers in memory, per vocabulary entry: byte-level BPE (vocab + merges; SmolLM2's 49152: 29.5 MB) and
 # WordPiece (MiniLM's 30522: 8.9 MB), read before the session (benchmarks/memory.py, 2026-12-01)
 TOKENIZER_BYTES_PER_ENTRY = {"bpe": 630, "wordpiece": 305}
@@ -161,7 +165,7 @@ def estimate_memory(
         weights=int(weights),
         kv_cache=kv,
         activations=int(activations * ARENA_FACTOR)
-        + (DECODER_FIRST_RUN_BYTES_PER_ENTRY * variant.vocab_size if decoder else 0),
+        + (DECODER_FIRST_RUN_BYTES_PER_ENTRY * variant.vocab_size if decoder else ENCODER_FIRST_RUN_BYTES),
         overhead=RUNTIME_OVERHEAD_BYTES + tokenizer,
     )
 

