@@ -5,6 +5,7 @@ MLflow server) and reports the device without a worker as not measured; `slmops 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -303,7 +304,10 @@ def test_a_benchmark_worker_killed_mid_run_is_started_again_and_the_run_complete
             time.sleep(0.05)
         assert measuring, f"no benchmark subprocess under the cpu-1t worker within {RUN_TIMEOUT_S} s"
         for proc in doomed:
-            proc.kill()
+            # the bench stage's first subprocess only warms the optimized-graph cache and may end between the
+            # scan above and here; killing the worker itself is what the test needs
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
         psutil.wait_procs(doomed, timeout=30)
         up = stack_cli("up", env=distributed.env)
         assert up.returncode == 0, up.stdout + up.stderr
