@@ -75,6 +75,8 @@ def matmul_nbits(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None =
     model = onnx.load(str(src))
     heads = output_projections(model)
     block = recipe.block_size or 32
+    if recipe.low_bits is not None:
+        _low_bits(model, src, recipe, heads)
     head_block = recipe.lm_head_block_size or block
 
     def quantize(model, block: int, exclude: list[str]):
@@ -112,6 +114,28 @@ def matmul_nbits(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None =
             logger.info("%s: no token embedding tied to the quantized lm_head; the table stays fp32", src.parent.name)
     quantized.topological_sort()
     save_onnx(quantized.model, dst)
+
+
+def _low_bits(model, src: Path, recipe: Recipe, heads: list[str]) -> None:
+    """The recipe's ``low_bits`` MatMuls (never the lm_head) as calibrated GPTQ MatMulNBits, in place."""
+    from slmops.errors import QuantizeError
+    from slmops.quantize.gptq import quantize_matching
+    from slmops.runtime.card import read_model_card
+    from slmops.settings import default_threads
+
+    card = read_model_card(src.parent)
+    if card.graph not in ("genai-decoder", "optimum-decoder"):
+        raise QuantizeError(f"low_bits calibrates decoder graphs; {src.parent} holds a {card.graph!r} graph")
+    quantize_matching(
+        model,
+        exclude=heads,
+        folder=src.parent,
+        kv=(card.kv_heads or 0, card.head_dim or 0),
+        context_length=card.context_length,
+        options=recipe.low_bits,
+        accuracy_level=recipe.accuracy_level if recipe.accuracy_level is not None else 0,
+        threads=default_threads(),
+    )
 
 
 @QUANTIZERS.register("gguf_blocks")

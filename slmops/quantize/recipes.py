@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -12,6 +13,31 @@ from slmops.tasks import TaskName
 
 Method = Literal["none", "matmul_nbits", "gguf_blocks", "dynamic_int8", "fp16"]
 GGUF_BLOCK = 32  # weights per Q4_1 / Q8_0 block (ggml's QK4_1 = QK8_0 = 32)
+
+
+class LowBits(BaseModel):
+    """Some MatMuls of a matmul_nbits recipe at fewer bits, their codes chosen by GPTQ on the shipped calibration
+    text (slmops/quantize/gptq.py); the rest of the recipe stays as it is."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    nodes: str = Field(min_length=1)  # a regular expression searched in MatMul node names, e.g. "mlp/gate_proj"
+    bits: Literal[4] = 4
+    block_size: int = Field(default=32, ge=16)
+    algorithm: Literal["gptq"] = "gptq"
+    calibration_tokens: int = Field(default=32768, ge=64)
+    act_order: bool = True
+    damp: float = Field(default=0.01, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _valid(self) -> LowBits:
+        if self.block_size & (self.block_size - 1):
+            raise ValueError(f"low_bits.block_size={self.block_size} must be a power of two")
+        try:
+            re.compile(self.nodes)
+        except re.error as exc:
+            raise ValueError(f"low_bits.nodes {self.nodes!r} is not a regular expression ({exc})") from None
+        return self
 
 
 class Recipe(BaseModel):
@@ -43,6 +69,8 @@ class Recipe(BaseModel):
     # dynamic_int8: onnxruntime.transformers' fusions for this model type (EmbedLayerNormalization, Attention,
     # SkipLayerNormalization, BiasGelu) applied to the exported graph before quantizing it
     fusion: Literal["bert"] | None = None
+    # matmul_nbits: the MatMuls whose names match low_bits.nodes at low_bits.bits, by GPTQ (calibrated)
+    low_bits: LowBits | None = None
 
     @model_validator(mode="after")
     def _method_fields(self) -> Recipe:
@@ -72,6 +100,11 @@ class Recipe(BaseModel):
             raise ValueError("method fp16 has precision fp16")
         if self.method == "dynamic_int8" and self.precision != "int8":
             raise ValueError("dynamic_int8 has precision int8")
+        if self.low_bits is not None and (self.method != "matmul_nbits" or self.bits == self.low_bits.bits):
+            raise ValueError(
+                f"low_bits applies to method matmul_nbits with bits above {self.low_bits.bits}, "
+                f"not {self.method!r} with bits={self.bits}"
+            )
         if self.fusion is not None and self.method != "dynamic_int8":
             raise ValueError(f"fusion applies to method dynamic_int8 only, not {self.method!r}")
         if self.method == "none" and self.precision != "fp32":
@@ -91,7 +124,12 @@ class Recipe(BaseModel):
         differ), ``per-channel``, ``per-tensor``, or ``none``."""
         if self.block_size is not None:
             head = self.lm_head_block_size
-            return f"block-{self.block_size}" + (f", lm_head block-{head}" if head and head != self.block_size else "")
+            low = self.low_bits
+            return (
+                f"block-{self.block_size}"
+                + (f", lm_head block-{head}" if head and head != self.block_size else "")
+                + (f", {low.nodes} {low.bits}-bit block-{low.block_size} {low.algorithm}" if low else "")
+            )
         if self.method == "gguf_blocks":
             return f"block-{GGUF_BLOCK}"
         if self.method == "dynamic_int8":

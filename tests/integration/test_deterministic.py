@@ -1,4 +1,4 @@
-"""The default build's route (GGUF -> HF folder -> genai graph -> gguf-q4 / wo-int8) twice, in two places:
+"""The default build's route (GGUF -> HF folder -> genai graph -> gguf-q4 / wo-int8 / wo-int8-gptq4) twice, in two places:
 byte-identical stage folders, so DVC sees a rebuild with the same inputs as no change (test_dvc.py covers the
 Hub source, the optimum exporter and the gate/metrics files)."""
 
@@ -31,11 +31,11 @@ def test_gguf_genai_route_builds_byte_identical_folders(tiny_models, tmp_path: P
         gguf_to_hf(gguf, root / "fetch")
         variant = as_fetched(root / "fetch", "tiny-llama", facts, source="gguf")
         export(variant, src=root / "fetch", out=root / "export", exporter="genai")
-        for name in ("gguf-q4", "wo-int8"):
+        for name in ("gguf-q4", "wo-int8", "wo-int8-gptq4"):  # the last calibrates: same text, same codes
             quantize(variant, RECIPES[name], src=root / "export", out=root / "cand" / name, fetched=root / "fetch")
         built.append(root)
     a, b = built
-    for stage in ("fetch", "export", "cand/gguf-q4", "cand/wo-int8"):
+    for stage in ("fetch", "export", "cand/gguf-q4", "cand/wo-int8", "cand/wo-int8-gptq4"):
         assert (a / stage / MANIFEST_NAME).is_file()
         first, second = _files(a / stage), _files(b / stage)
         assert first.keys() == second.keys(), stage

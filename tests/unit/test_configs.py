@@ -221,6 +221,7 @@ def test_every_recipe_says_its_bits_and_granularity() -> None:
         "gguf-q4": (4, "block-32"),
         "fp16": (16, "none"),
         "dyn-int8-pc": (8, "per-channel"),
+        "wo-int8-gptq4": (8, "block-128, lm_head block-64, mlp/gate_proj 4-bit block-32 gptq"),
     }
     for name, (bits, granularity) in expected.items():
         assert (recipes[name].weight_bits, recipes[name].granularity) == (bits, granularity), name
@@ -233,3 +234,18 @@ def test_a_separate_lm_head_block_size_is_a_power_of_two_for_matmul_nbits_only()
     gguf = load_recipes(REAL / "recipes.yaml")["gguf-q4"].model_dump()
     with pytest.raises(ValueError, match="only apply to method matmul_nbits"):
         Recipe.model_validate({**gguf, "lm_head_block_size": 64})
+
+
+def test_low_bits_apply_to_a_wider_matmul_nbits_recipe_with_a_valid_pattern() -> None:
+    recipes = load_recipes(REAL / "recipes.yaml")
+    mixed = recipes["wo-int8-gptq4"].model_dump()
+    with pytest.raises(ValueError, match="low_bits applies to method matmul_nbits with bits above 4"):
+        Recipe.model_validate({**mixed, "bits": 4, "precision": "int4"})
+    with pytest.raises(ValueError, match="not 'dynamic_int8'"):
+        Recipe.model_validate({**recipes["dyn-int8-pc"].model_dump(), "low_bits": mixed["low_bits"]})
+    with pytest.raises(ValueError, match=r"low_bits.nodes 'mlp/\(gate' is not a regular expression"):
+        Recipe.model_validate({**mixed, "low_bits": {**mixed["low_bits"], "nodes": "mlp/(gate"}})
+    with pytest.raises(ValueError, match="low_bits.block_size=48 must be a power of two"):
+        Recipe.model_validate({**mixed, "low_bits": {**mixed["low_bits"], "block_size": 48}})
+    with pytest.raises(ValueError, match="Extra inputs are not permitted"):
+        Recipe.model_validate({**mixed, "low_bits": {**mixed["low_bits"], "group": 32}})
