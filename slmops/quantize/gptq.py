@@ -145,24 +145,34 @@ def gptq(
 
 
 def hessians(
-    model: Any, *, inputs: list[str], folder: Path, kv: tuple[int, int], tokens: int, window: int, threads: int
-) -> dict[str, np.ndarray]:
-    """``X^T X`` of each named tensor of the decoder graph ``model`` (a loaded ModelProto, weights in memory) over
-    the first ``tokens`` tokens of the calibration text, tokenized by ``folder``'s tokenizer.json.
+    model: Any,
+    *,
+    inputs: list[tuple[str, float]],
+    folder: Path,
+    card: Any,
+    tokens: int,
+    window: int,
+    threads: int,
+) -> dict[tuple[str, float], np.ndarray]:
+    """``X^T W X`` of each named tensor of the decoder graph ``model`` (a loaded ModelProto, weights in memory) over
+    the first ``tokens`` tokens of the calibration text, tokenized by ``folder``'s tokenizer.json, for each
+    (tensor, first-token weight) in ``inputs``: W weighs each window's first position that much, the others 1.
 
-    Each forward is ``window`` tokens from position 0. ``kv`` is (kv_heads, head_dim) for the empty past.
-    Raises QuantizeError for a graph input it cannot feed.
+    Each forward is ``window`` tokens from position 0, every position's logits kept (the lm_head's input is
+    sliced by ``logits_to_keep`` where the graph has it). ``card`` is the folder's model card (symbolic KV shapes).
     """
     import onnx
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
     from slmops.quantize.ort import MAX_PROTO_BYTES
+    from slmops.runtime.decoder import LOGITS_TO_KEEP, OnnxDecoderGraph
 
+    names = sorted({name for name, _ in inputs})
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     declared = {o.name for o in probe.graph.output}
-    for name in inputs:
+    for name in names:
         if name not in declared:
             probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     options = ort.SessionOptions()
@@ -173,33 +183,26 @@ def hessians(
         onnx.save_model(probe, "calibration.onnx", save_as_external_data=True, location="calibration.onnx.data")
         session = ort.InferenceSession("calibration.onnx", options, providers=["CPUExecutionProvider"])
     del probe
+    graph = OnnxDecoderGraph(session, card)
     ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(calibration_text()).ids[:tokens]
-    sums: dict[str, np.ndarray] = {}
+    sums: dict[tuple[str, float], np.ndarray] = {}
     for start in range(0, len(ids), window):
         chunk = np.asarray(ids[start : start + window], dtype=np.int64)[None]
-        for name, x in zip(inputs, session.run(inputs, _feed(session, chunk, kv)), strict=True):
+        feed = graph.feed(chunk, graph.empty_cache())
+        if graph.keeps_logits:
+            feed[LOGITS_TO_KEEP] = np.array([0], dtype=np.int64)  # every position: the lm_head's input
+        unfed = [arg.name for arg in session.get_inputs() if arg.name not in feed]
+        if unfed:
+            raise QuantizeError(f"calibration cannot feed the graph inputs {unfed}; use a recipe without low_bits")
+        for name, x in zip(names, session.run(names, feed), strict=True):
             x = x.reshape(-1, x.shape[-1]).astype(np.float64)
-            sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
-    logger.info("calibrated %d MatMul inputs on %d tokens", len(inputs), len(ids))
+            plain = x.T @ x
+            for key in inputs:
+                if key[0] == name:
+                    h = plain + (key[1] - 1.0) * np.outer(x[0], x[0]) if key[1] != 1.0 else plain
+                    sums[key] = sums[key] + h if key in sums else h
+    logger.info("calibrated %d MatMul inputs on %d tokens", len(names), len(ids))
     return sums
-
-
-def _feed(session, ids: np.ndarray, kv: tuple[int, int]) -> dict[str, np.ndarray]:
-    feed: dict[str, np.ndarray] = {}
-    for arg in session.get_inputs():
-        if arg.name == "input_ids":
-            feed[arg.name] = ids
-        elif arg.name in ("attention_mask", "position_ids"):
-            feed[arg.name] = np.ones_like(ids) if arg.name == "attention_mask" else np.arange(ids.shape[1])[None]
-        elif arg.name.startswith("past_key_values."):  # [batch, kv_heads, past, head_dim], some dims symbolic
-            heads = arg.shape[1] if isinstance(arg.shape[1], int) else kv[0]
-            dim = arg.shape[3] if isinstance(arg.shape[3], int) else kv[1]
-            feed[arg.name] = np.zeros((1, heads, 0, dim), dtype=np.float32)
-        elif arg.name == "logits_to_keep":
-            feed[arg.name] = np.array([1], dtype=np.int64)
-        else:
-            raise QuantizeError(f"calibration cannot feed the graph input {arg.name!r}; use a recipe without low_bits")
-    return feed
 
 
 def quantize_matching(
@@ -207,49 +210,60 @@ def quantize_matching(
     *,
     exclude: list[str],
     folder: Path,
-    kv: tuple[int, int],
-    context_length: int,
-    options: Any,
+    card: Any,
+    entries: list[Any],
     accuracy_level: int,
     threads: int,
 ) -> int:
-    """Replace every MatMul of ``model`` whose name matches ``pattern`` (and is not in ``exclude``) by a GPTQ
-    MatMulNBits, in place; returns how many. ``options`` is the recipe's ``low_bits`` (its ``nodes`` is the pattern).
+    """Replace every MatMul of ``model`` whose name matches an entry's ``nodes`` (and is not in ``exclude``) by a
+    GPTQ MatMulNBits with that entry's options, in place; returns how many. ``entries`` is the recipe's
+    ``low_bits``; one calibration pass serves them all.
 
-    Raises QuantizeError when the pattern matches no MatMul with a constant weight.
+    Raises QuantizeError when a pattern matches no MatMul with a constant weight, or a MatMul matches two.
     """
     from onnx import helper, numpy_helper
 
-    pattern = options.nodes
     inits = {i.name: i for i in model.graph.initializer}
-    rx = re.compile(pattern)
-    targets = [
+    candidates = [
         node
         for node in model.graph.node
         if node.op_type == "MatMul"
         and node.name not in exclude
-        and rx.search(node.name)
         and node.input[1] in inits
         and len(inits[node.input[1]].dims) == 2
     ]
-    if not targets:
-        names = [n.name for n in model.graph.node if n.op_type == "MatMul"][:5]
-        raise QuantizeError(f"low_bits.nodes {pattern!r} matches no MatMul with a constant weight (some: {names})")
+    targets: dict[str, tuple[Any, Any]] = {}  # node name -> (node, entry)
+    for entry in entries:
+        rx = re.compile(entry.nodes)
+        matched = [node for node in candidates if rx.search(node.name)]
+        if not matched:
+            names = [n.name for n in model.graph.node if n.op_type == "MatMul"][:5]
+            raise QuantizeError(
+                f"low_bits.nodes {entry.nodes!r} matches no MatMul with a constant weight (some: {names})"
+            )
+        for node in matched:
+            if node.name in targets:
+                raise QuantizeError(
+                    f"MatMul {node.name!r} matches two low_bits entries ({targets[node.name][1].nodes!r} and "
+                    f"{entry.nodes!r}); make the patterns disjoint"
+                )
+            targets[node.name] = (node, entry)
+    tokens = max(entry.calibration_tokens for entry in entries)  # one per recipe (Recipe validates it)
     h = hessians(
         model,
-        inputs=sorted({n.input[0] for n in targets}),
+        inputs=sorted({(node.input[0], entry.first_token_weight) for node, entry in targets.values()}),
         folder=folder,
-        kv=kv,
-        tokens=options.calibration_tokens,
-        window=min(CALIBRATION_WINDOW, context_length),
+        card=card,
+        tokens=tokens,
+        window=min(CALIBRATION_WINDOW, card.context_length),
         threads=threads,
     )
     replaced, used = {}, set()
-    for node in targets:
+    for node, options in targets.values():
         weight = numpy_helper.to_array(inits[node.input[1]])
         codes = gptq(
             weight,
-            h[node.input[0]],
+            h[(node.input[0], options.first_token_weight)],
             bits=options.bits,
             block=options.block_size,
             damp=options.damp,
@@ -288,5 +302,5 @@ def quantize_matching(
     model.graph.initializer.extend(kept)
     if not any(op.domain == "com.microsoft" for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    logger.info("GPTQ %d-bit codes for %d MatMuls matching %r", options.bits, len(replaced), pattern)
+    logger.info("GPTQ codes for %d MatMuls (%s)", len(replaced), ", ".join(e.nodes for e in entries))
     return len(replaced)

@@ -75,8 +75,8 @@ def matmul_nbits(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None =
     model = onnx.load(str(src))
     heads = output_projections(model)
     block = recipe.block_size or 32
-    if recipe.low_bits is not None:
-        _low_bits(model, src, recipe, heads)
+    if recipe.low_bits:
+        _low_bits(model, src, recipe, [] if recipe.lm_head else heads)
     head_block = recipe.lm_head_block_size or block
 
     def quantize(model, block: int, exclude: list[str]):
@@ -116,8 +116,9 @@ def matmul_nbits(src: Path, dst: Path, recipe: Recipe, *, fetched: Path | None =
     save_onnx(quantized.model, dst)
 
 
-def _low_bits(model, src: Path, recipe: Recipe, heads: list[str]) -> None:
-    """The recipe's ``low_bits`` MatMuls (never the lm_head) as calibrated GPTQ MatMulNBits, in place."""
+def _low_bits(model, src: Path, recipe: Recipe, exclude: list[str]) -> None:
+    """The recipe's ``low_bits`` MatMuls as calibrated GPTQ MatMulNBits, in place (the lm_head too where a pattern
+    matches it and the recipe quantizes it; the tied embedding then gathers those codes)."""
     from slmops.errors import QuantizeError
     from slmops.quantize.gptq import quantize_matching
     from slmops.runtime.card import read_model_card
@@ -128,11 +129,10 @@ def _low_bits(model, src: Path, recipe: Recipe, heads: list[str]) -> None:
         raise QuantizeError(f"low_bits calibrates decoder graphs; {src.parent} holds a {card.graph!r} graph")
     quantize_matching(
         model,
-        exclude=heads,
+        exclude=exclude,
         folder=src.parent,
-        kv=(card.kv_heads or 0, card.head_dim or 0),
-        context_length=card.context_length,
-        options=recipe.low_bits,
+        card=card,
+        entries=recipe.low_bits,
         accuracy_level=recipe.accuracy_level if recipe.accuracy_level is not None else 0,
         threads=default_threads(),
     )

@@ -67,6 +67,13 @@ class OnnxDecoderGraph:
         ``keep`` and ``borrow`` are for :class:`SharedKVDecoderGraph`'s callers: this graph always returns every
         position's logits, fresh.
         """
+        logits, *present = self.session.run(self.output_names, self.feed(ids, cache, attention_mask=attention_mask))
+        return logits, present
+
+    def feed(
+        self, ids: np.ndarray, cache: list[np.ndarray], *, attention_mask: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """The inputs that run ``ids`` (batch, seq) after ``cache`` (``logits_to_keep`` aside: see ``keeps_logits``)."""
         past = cache[0].shape[2]
         batch, seq = ids.shape
         mask = np.ones((batch, past + seq), dtype=np.int64) if attention_mask is None else attention_mask
@@ -78,8 +85,7 @@ class OnnxDecoderGraph:
                 positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)[:, -seq:]
             feed["position_ids"] = np.ascontiguousarray(positions, dtype=np.int64)
         feed.update(zip(self.past_names, cache, strict=False))
-        logits, *present = self.session.run(self.output_names, feed)
-        return logits, present
+        return feed
 
     def prefill(self, ids: np.ndarray, cache: Any) -> tuple[np.ndarray, Any]:
         """The last position's logits (batch, vocab) of ``ids`` run after ``cache``, and the grown cache."""

@@ -239,13 +239,21 @@ def test_a_separate_lm_head_block_size_is_a_power_of_two_for_matmul_nbits_only()
 def test_low_bits_apply_to_a_wider_matmul_nbits_recipe_with_a_valid_pattern() -> None:
     recipes = load_recipes(REAL / "recipes.yaml")
     mixed = recipes["wo-int8-gptq4"].model_dump()
+    low = mixed["low_bits"][0]
     with pytest.raises(ValueError, match="low_bits applies to method matmul_nbits with bits above 4"):
         Recipe.model_validate({**mixed, "bits": 4, "precision": "int4"})
     with pytest.raises(ValueError, match="not 'dynamic_int8'"):
         Recipe.model_validate({**recipes["dyn-int8-pc"].model_dump(), "low_bits": mixed["low_bits"]})
     with pytest.raises(ValueError, match=r"low_bits.nodes 'mlp/\(gate' is not a regular expression"):
-        Recipe.model_validate({**mixed, "low_bits": {**mixed["low_bits"], "nodes": "mlp/(gate"}})
+        Recipe.model_validate({**mixed, "low_bits": {**low, "nodes": "mlp/(gate"}})
     with pytest.raises(ValueError, match="low_bits.block_size=48 must be a power of two"):
-        Recipe.model_validate({**mixed, "low_bits": {**mixed["low_bits"], "block_size": 48}})
+        Recipe.model_validate({**mixed, "low_bits": [low, {**low, "block_size": 48}]})
+    with pytest.raises(ValueError, match="first_token_weight"):
+        Recipe.model_validate({**mixed, "low_bits": {**low, "first_token_weight": 0.5}})
+    with pytest.raises(ValueError, match=r"one calibration_tokens, not \[32768, 1024\]"):
+        Recipe.model_validate({**mixed, "low_bits": [low, {**low, "nodes": "o_proj", "calibration_tokens": 1024}]})
+    # one mapping is a list of one; none is an empty list
+    assert Recipe.model_validate({**mixed, "low_bits": low}).low_bits == recipes["wo-int8-gptq4"].low_bits[:1]
+    assert Recipe.model_validate({**mixed, "low_bits": None}).low_bits == []
     with pytest.raises(ValueError, match="Extra inputs are not permitted"):
-        Recipe.model_validate({**mixed, "low_bits": {**mixed["low_bits"], "group": 32}})
+        Recipe.model_validate({**mixed, "low_bits": {**low, "group": 32}})
