@@ -24,6 +24,23 @@ fp32 14.39), one projection kind at 4 bits in every layer, 2026-12-02:
   gate + up + o      --                      1.0450                    1.0606
   =================  ======================  =======================  ==============================
 
+The attention sink. qkv_proj is the one projection GPTQ makes worse than round-to-nearest: a mean over tokens
+hardly weighs the first token, whose keys and values every later query reads. ``first_token_weight`` scales
+each calibration window's first position in the Hessian (``X^T W X``); at 512 (as much as the other 511 of the
+window together), 2026-12-02 04:10, same eval text:
+
+  ==========================================================  ==========  ======
+  4-bit projections (GPTQ, 33k tokens, act-order)              PPL ratio   top-1
+  ==========================================================  ==========  ======
+  qkv, weighted                                                1.0048      --
+  gate + qkv weighted                                          1.0193      0.909
+  gate + qkv weighted + o (**wo-int8-gptq4**)                  **1.0270**  0.887
+  gate + qkv weighted + o weighted                             1.0282      0.900
+  gate + qkv weighted + lm_head (tied embedding 4-bit too)     1.0555      0.856
+  gate weighted + qkv weighted                                 1.0319      --
+  every projection weighted                                    1.1545      --
+  ==========================================================  ==========  ======
+
 Calibrating on Python's documentation (pydoc topics) instead of general text overfit it: 16.9 against RTN's
 18.7 on that text, 20.1 against 18.3 on the eval text, all projections at 4 bits. The shipped calibration text
 (``data/calibration.txt``, 33k SmolLM2 tokens) is SmolLM2-135M-Instruct's own sampled continuations (wo-int8,

@@ -138,15 +138,17 @@ class Recipe(BaseModel):
     @property
     def granularity(self) -> str:
         """What one scale covers: ``block-<n>`` weights (``block-128, lm_head block-64`` where the lm_head's
-        differ), ``per-channel``, ``per-tensor``, or ``none``."""
+        differ; then ``; 4-bit block-32 gptq: <patterns>`` for the low_bits entries), ``per-channel``,
+        ``per-tensor``, or ``none``."""
         if self.block_size is not None:
             head = self.lm_head_block_size
+            groups: dict[str, list[str]] = {}
+            for low in self.low_bits:
+                groups.setdefault(f"{low.bits}-bit block-{low.block_size} {low.algorithm}", []).append(low.nodes)
             return (
                 f"block-{self.block_size}"
                 + (f", lm_head block-{head}" if head and head != self.block_size else "")
-                + "".join(
-                    f", {low.nodes} {low.bits}-bit block-{low.block_size} {low.algorithm}" for low in self.low_bits
-                )
+                + "".join(f"; {kind}: {', '.join(nodes)}" for kind, nodes in groups.items())
             )
         if self.method == "gguf_blocks":
             return f"block-{GGUF_BLOCK}"

@@ -42,22 +42,35 @@ def _logits(folder: Path) -> np.ndarray:
 
 
 @pytest.mark.parametrize("exporter", ["genai", "optimum"])
-def test_gate_projections_are_4_bit_the_rest_8_bit_and_the_logits_stay_close(built, exporter: str) -> None:
+def test_gate_and_attention_projections_are_4_bit_the_rest_8_bit_and_the_logits_stay_close(
+    built, exporter: str
+) -> None:
     _, root, recipe = built
     graph = onnx.load(str(root / exporter / recipe.name / "model.onnx")).graph
     bits = {
         n.name: next(a.i for a in n.attribute if a.name == "bits") for n in graph.node if n.op_type == "MatMulNBits"
     }
     low = sorted(name for name, b in bits.items() if b == 4)
-    assert len(low) == 2 and all("mlp/gate_proj" in name for name in low), bits  # one per layer of the tiny Llama
+    # per layer of the tiny Llama: the MLP's gate, attention's o and its fused qkv (genai) or q, k and v (optimum)
+    kinds = [
+        "mlp/gate_proj",
+        "attn/o_proj",
+        *(["attn/qkv_proj"] if exporter == "genai" else ["q_proj", "k_proj", "v_proj"]),
+    ]
+    assert sorted(next(k for k in kinds if k in name) for name in low) == sorted(kinds * 2), bits
     assert len(bits) > len(low) and all(b == 8 for name, b in bits.items() if name not in low)
     plain = {n.name for n in graph.node if n.op_type == "MatMul"}
     int8_graph = onnx.load(str(root / exporter / "wo-int8" / "model.onnx"), load_external_data=False).graph
     assert plain == {n.name for n in int8_graph.node if n.op_type == "MatMul"}  # the rest exactly as wo-int8
     ref, int8, mixed = (_logits(root / exporter / name) for name in ("fp32", "wo-int8", recipe.name))
-    scale = np.abs(ref).max()
-    assert np.abs(int8 - ref).max() / scale < np.abs(mixed - ref).max() / scale < 0.15
-    assert (mixed.argmax(-1) == ref.argmax(-1)).mean() >= 0.8
+    # a tiny random Llama has no redundancy for 4 bits to hide in (SmolLM2: PPL +2.7%): mean error 0.04-0.05
+    # (wo-int8) and 0.32 (this recipe) of the mean |logit|, argmax agreement 0.63, both graphs, 2026-12-02
+    assert _error(int8, ref) < _error(mixed, ref) < 0.45
+    assert (mixed.argmax(-1) == ref.argmax(-1)).mean() >= 0.5
+
+
+def _error(logits: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(logits - ref).mean() / np.abs(ref).mean())
 
 
 def test_a_pattern_matching_no_matmul_fails_and_leaves_nothing(built, tmp_path: Path) -> None:
@@ -101,12 +114,9 @@ def test_a_4_bit_lm_head_is_calibrated_and_the_tied_embedding_gathers_its_codes(
         _logits(f) for f in (root / exporter / "fp32", root / exporter / recipe.name, tmp_path / "head4")
     )
 
-    def error(logits: np.ndarray) -> float:
-        return float(np.abs(logits - ref).mean() / np.abs(ref).mean())
-
-    # the tiny random model's 4-bit head (and, tied, its 4-bit embedding) costs more than its 4-bit gates alone,
-    # and still predicts: genai 0.30 mean error, argmax 0.68 on 2026-12-02
-    assert error(mixed) < error(both) < 0.5
+    # the tiny random model's 4-bit head (and, tied, its 4-bit embedding) beside 4-bit gates: mean error 0.30 of
+    # the mean |logit|, argmax agreement 0.68 (2026-12-02); only its gates at 4 bits: 0.09, 0.97
+    assert _error(both, ref) < 0.5
     assert (both.argmax(-1) == ref.argmax(-1)).mean() >= 0.5
 
 

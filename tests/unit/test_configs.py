@@ -221,7 +221,10 @@ def test_every_recipe_says_its_bits_and_granularity() -> None:
         "gguf-q4": (4, "block-32"),
         "fp16": (16, "none"),
         "dyn-int8-pc": (8, "per-channel"),
-        "wo-int8-gptq4": (8, "block-128, lm_head block-64, mlp/gate_proj 4-bit block-32 gptq"),
+        "wo-int8-gptq4": (
+            8,
+            "block-128, lm_head block-64; 4-bit block-32 gptq: mlp/gate_proj, attn/(qkv|q|k|v)_proj/, attn/o_proj/",
+        ),
     }
     for name, (bits, granularity) in expected.items():
         assert (recipes[name].weight_bits, recipes[name].granularity) == (bits, granularity), name
