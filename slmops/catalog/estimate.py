@@ -6,7 +6,7 @@ which devices run which precision are data (``PRECISIONS``), not branches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from slmops.catalog.schema import Variant
@@ -119,8 +119,13 @@ def estimate_memory(
     batch: int = 1,
     prompt_tokens: int | None = None,
     graph: str = "optimum",
+    weight_bytes: float | None = None,
 ) -> MemoryEstimate:
     """Estimate peak memory for ``batch`` sequences of ``context_length`` tokens at ``precision``.
+
+    ``weight_bytes``: a built candidate's bytes per quantized MatMul weight (``slmops.quantize.footprint``), in
+    place of the precision's nominal one: recipes mixing bit widths (wo-int8-gptq4: 0.88 bytes, labelled int8)
+    and GGUF blocks (gguf-q4: 0.74 with its 8-bit head, labelled int4) sit between the nominal widths.
 
     Decoders: weights (each MatMul weight once, as its prepacked copy; a tied lm_head becomes its own fp32
     copy in optimum's graph; the embedding table mapped, partly resident) + fp32 KV cache + the prefill of
@@ -132,6 +137,10 @@ def estimate_memory(
     from slmops.runtime.decoder import PREFILL_CHUNK
 
     spec = precision_spec(precision)
+    if weight_bytes is not None:
+        if not 0 < weight_bytes <= 4:
+            raise ConfigError(f"weight_bytes={weight_bytes} is not a size per weight; use a value in (0, 4]")
+        spec = replace(spec, weight_bytes=weight_bytes)
     try:
         layout = GRAPH_LAYOUTS[graph]
     except KeyError:

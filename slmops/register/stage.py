@@ -15,6 +15,7 @@ from slmops.artifacts import GATE_NAME, Manifest, link_or_copy, read_manifest, w
 from slmops.catalog.estimate import estimate_memory
 from slmops.catalog.schema import Variant
 from slmops.errors import RegistryError
+from slmops.quantize.footprint import matmul_weight_bytes
 from slmops.quantize.recipes import Recipe
 from slmops.register.store import build_tags, ensure_experiment, run_url
 from slmops.results import BenchReport, CandidateGate
@@ -100,7 +101,13 @@ def register(
     }
     card = read_model_card(folder)
     graph = card.graph.split("-")[0]  # "genai-decoder" -> "genai"
-    estimate_mb = _estimate_for(variant, recipe, benchmark, graph if graph in ("optimum", "genai") else "optimum")
+    estimate_mb = _estimate_for(
+        variant,
+        recipe,
+        benchmark,
+        graph if graph in ("optimum", "genai") else "optimum",
+        matmul_weight_bytes(folder / card.onnx_file),
+    )
     existing = _find_version(client, model_name, digest, device)
     try:
         run_name = f"{recipe.name} · {variant.id} · {device}"  # the recipe first: what a cut-off column still shows
@@ -188,24 +195,42 @@ def _version_note(note: str, card: ModelCard, experiment_id: str, run_id: str, r
     )
 
 
-def _estimate_for(variant: Variant, recipe: Recipe, bench: BenchReport | None, graph: str) -> float:
-    """The catalog's memory estimate (MiB) for the settings the benchmark measured, to compare with its peak RSS."""
+def _estimate_for(
+    variant: Variant, recipe: Recipe, bench: BenchReport | None, graph: str, weight_bytes: float | None
+) -> float:
+    """The catalog's memory estimate (MiB) for the settings the benchmark measured, to compare with its peak RSS;
+    ``weight_bytes``: the candidate's own bytes per MatMulNBits weight, where it has them."""
     if bench is None:
-        est = estimate_memory(variant, precision=recipe.precision, context_length=min(2048, variant.context_length))
+        est = estimate_memory(
+            variant,
+            precision=recipe.precision,
+            weight_bytes=weight_bytes,
+            context_length=min(2048, variant.context_length),
+        )
     elif get_task(variant.task).generative and bench.max_context:
         est = estimate_memory(
             variant,
             precision=recipe.precision,
+            weight_bytes=weight_bytes,
             context_length=min(bench.max_context, variant.context_length),
             prompt_tokens=bench.max_prompt_tokens or 0,
             graph=graph,
         )
     elif bench.max_seq_tokens:
         est = estimate_memory(
-            variant, precision=recipe.precision, context_length=bench.max_seq_tokens, batch=bench.batch_size or 1
+            variant,
+            precision=recipe.precision,
+            weight_bytes=weight_bytes,
+            context_length=bench.max_seq_tokens,
+            batch=bench.batch_size or 1,
         )
     else:
-        est = estimate_memory(variant, precision=recipe.precision, context_length=min(2048, variant.context_length))
+        est = estimate_memory(
+            variant,
+            precision=recipe.precision,
+            weight_bytes=weight_bytes,
+            context_length=min(2048, variant.context_length),
+        )
     return est.total / 2**20
 
 

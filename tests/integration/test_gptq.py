@@ -142,3 +142,14 @@ def test_the_first_token_weight_adds_each_window_first_position_to_the_hessian(b
     x0 = first[:, np.argmax(np.diag(first))] / np.sqrt(np.diag(first).max())
     np.testing.assert_allclose(first, np.outer(x0, x0), atol=1e-6 * np.abs(first).max())
     assert np.diag(first).sum() > 0 and np.linalg.matrix_rank(plain) > 1
+
+
+def test_bytes_per_weight_follow_the_bit_widths(built) -> None:
+    from slmops.quantize.footprint import matmul_weight_bytes
+
+    _, root, recipe = built
+    fp32, int8, mixed = (
+        matmul_weight_bytes(root / "genai" / name / "model.onnx") for name in ("fp32", "wo-int8", recipe.name)
+    )
+    # tiny Llama, hidden 64: wo-int8's blocks of 128 hold 64 weights (one fp32 scale each, the padding not counted)
+    assert fp32 is None and int8 == pytest.approx(1 + 4 / 64, rel=0.02) and 0.6 < mixed < int8
