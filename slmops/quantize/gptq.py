@@ -186,20 +186,24 @@ def hessians(
     from slmops.runtime.decoder import LOGITS_TO_KEEP, OnnxDecoderGraph
 
     names = sorted({name for name, _ in inputs})
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    declared = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in declared:
-            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    declared = {o.name for o in model.graph.output}
+    added = [name for name in names if name not in declared]
+    # the calibration outputs go on ``model`` itself for as long as the session takes to read it, not on a copy
+    # (SmolLM2-135M: 540 MB less at the quantize stage's peak)
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in added)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    if probe.ByteSize() < MAX_PROTO_BYTES:
-        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    else:  # the caller runs quantizers in a throw-away working directory
-        onnx.save_model(probe, "calibration.onnx", save_as_external_data=True, location="calibration.onnx.data")
-        session = ort.InferenceSession("calibration.onnx", options, providers=["CPUExecutionProvider"])
-    del probe
+    try:
+        if model.ByteSize() < MAX_PROTO_BYTES:
+            session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        else:  # saving with external data rewrites the initializers: save a copy, in the caller's throw-away cwd
+            probe = onnx.ModelProto()
+            probe.CopyFrom(model)
+            onnx.save_model(probe, "calibration.onnx", save_as_external_data=True, location="calibration.onnx.data")
+            del probe
+            session = ort.InferenceSession("calibration.onnx", options, providers=["CPUExecutionProvider"])
+    finally:
+        del model.graph.output[len(model.graph.output) - len(added) :]
     graph = OnnxDecoderGraph(session, card)
     ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(calibration_text()).ids[:tokens]
     sums: dict[tuple[str, float], np.ndarray] = {}

@@ -128,6 +128,7 @@ def test_the_first_token_weight_adds_each_window_first_position_to_the_hessian(b
     export = root / "genai" / "export"
     model = onnx.load(str(export / "model.onnx"))
     (name,) = {n.input[0] for n in model.graph.node if "layers.0/mlp/gate_proj" in n.name}
+    outputs = [o.name for o in model.graph.output]
     h = hessians(
         model,
         inputs=[(name, 1.0), (name, 9.0)],
@@ -137,6 +138,7 @@ def test_the_first_token_weight_adds_each_window_first_position_to_the_hessian(b
         window=64,
         threads=1,
     )
+    assert [o.name for o in model.graph.output] == outputs  # the calibration outputs were added for the session only
     plain, weighted = h[(name, 1.0)], h[(name, 9.0)]
     first = weighted - plain  # one window: 8 * x0 x0^T, rank one
     x0 = first[:, np.argmax(np.diag(first))] / np.sqrt(np.diag(first).max())
