@@ -206,13 +206,14 @@ def hessians(
         del model.graph.output[len(model.graph.output) - len(added) :]
     graph = OnnxDecoderGraph(session, card)
     ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(calibration_text()).ids[:tokens]
+    required = [arg.name for arg in session.get_inputs()]
     sums: dict[tuple[str, float], np.ndarray] = {}
     for start in range(0, len(ids), window):
         chunk = np.asarray(ids[start : start + window], dtype=np.int64)[None]
         feed = graph.feed(chunk, graph.empty_cache())
         if graph.keeps_logits:
             feed[LOGITS_TO_KEEP] = np.array([0], dtype=np.int64)  # every position: the lm_head's input
-        unfed = [arg.name for arg in session.get_inputs() if arg.name not in feed]
+        unfed = [name for name in required if name not in feed]
         if unfed:
             raise QuantizeError(f"calibration cannot feed the graph inputs {unfed}; use a recipe without low_bits")
         for name, x in zip(names, session.run(names, feed), strict=True):

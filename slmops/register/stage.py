@@ -200,37 +200,16 @@ def _estimate_for(
 ) -> float:
     """The catalog's memory estimate (MiB) for the settings the benchmark measured, to compare with its peak RSS;
     ``weight_bytes``: the candidate's own bytes per MatMulNBits weight, where it has them."""
-    if bench is None:
-        est = estimate_memory(
-            variant,
-            precision=recipe.precision,
-            weight_bytes=weight_bytes,
-            context_length=min(2048, variant.context_length),
-        )
-    elif get_task(variant.task).generative and bench.max_context:
-        est = estimate_memory(
-            variant,
-            precision=recipe.precision,
-            weight_bytes=weight_bytes,
-            context_length=min(bench.max_context, variant.context_length),
-            prompt_tokens=bench.max_prompt_tokens or 0,
-            graph=graph,
-        )
-    elif bench.max_seq_tokens:
-        est = estimate_memory(
-            variant,
-            precision=recipe.precision,
-            weight_bytes=weight_bytes,
-            context_length=bench.max_seq_tokens,
-            batch=bench.batch_size or 1,
-        )
-    else:
-        est = estimate_memory(
-            variant,
-            precision=recipe.precision,
-            weight_bytes=weight_bytes,
-            context_length=min(2048, variant.context_length),
-        )
+    shape: dict[str, Any] = {"context_length": min(2048, variant.context_length)}  # nothing measured: defaults
+    if bench is not None and get_task(variant.task).generative and bench.max_context:
+        shape = {
+            "context_length": min(bench.max_context, variant.context_length),
+            "prompt_tokens": bench.max_prompt_tokens or 0,
+            "graph": graph,
+        }
+    elif bench is not None and bench.max_seq_tokens:
+        shape = {"context_length": bench.max_seq_tokens, "batch": bench.batch_size or 1}
+    est = estimate_memory(variant, precision=recipe.precision, weight_bytes=weight_bytes, **shape)
     return est.total / 2**20
 
 
