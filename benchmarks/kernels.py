@@ -1,0 +1,181 @@
+"""What one decode step's MatMulNBits calls cost per weight format: onnxruntime's kernel throughput, not the model's.
+
+    python benchmarks/kernels.py                      # the served candidate's shapes (after `make run`)
+    python benchmarks/kernels.py --rounds 6 --formats 4/32,4/64,8/64,8/128
+
+A decode step multiplies one row of activations by every weight matrix once. For each MatMul shape (K, N) of
+``--folder``'s graph and each format ``bits/block`` in ``--formats`` this builds a graph of independent
+MatMulNBits nodes (random codes: the kernel does the same work whatever their values; accuracy level 4, int8
+activations, as the recipes use), as many as make ``--mb`` MB of weights so that, as in a real step, the
+weights stream from memory rather than from a core's own cache, and times one row through all of them. Each round
+runs in a fresh process (a process keeps its own speed for its whole life on this VM), the formats in turn
+within it, the order rotating by round. Prints microseconds per call and the ratio to ``--reference``'s format in
+the same round (medians of the rounds, their range in brackets), then what the graph's own MatMulNBits calls add
+up to per token in each format, against the graph as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import quiet
+
+from slmops.benchmark.machine import cpu_description
+
+ROOT = Path(__file__).resolve().parents[1]
+# before each round: others' CPU and steal in a 1 s sample (the load average counts the previous round's own work)
+LIMITS = quiet.Limits(max_load=float("inf"), max_busy_pct=10.0, max_steal_pct=5.0)
+FOLDER = ROOT / "artifacts" / "candidates" / "smollm2-135m-instruct" / "wo-int8-gptq4"
+
+
+def graph_shapes(folder: Path) -> Counter:
+    """(K, N, bits, block) -> how many MatMulNBits nodes of the folder's model.onnx have it."""
+    import onnx
+
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    shapes: Counter = Counter()
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
+            shapes[(a["K"], a["N"], a["bits"], a["block_size"])] += 1
+    if not shapes:
+        raise SystemExit(f"{folder / 'model.onnx'} has no MatMulNBits node: pass --folder a matmul_nbits candidate")
+    return shapes
+
+
+def _session(k: int, n: int, bits: int, block: int, mb: float, threads: int):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    blocks = -(-k // block)
+    per_node = n * blocks * (block * bits // 8 + 4)
+    count = max(1, round(mb * 2**20 / per_node))
+    nodes, inits = [], []
+    for i in range(count):
+        inits += [
+            numpy_helper.from_array(rng.integers(0, 256, (n, blocks, block * bits // 8), dtype=np.uint8), f"b{i}"),
+            numpy_helper.from_array(rng.uniform(1e-3, 1e-2, n * blocks).astype(np.float32), f"s{i}"),
+            numpy_helper.from_array(rng.integers(0, 256, n * -(-blocks * bits // 8), dtype=np.uint8), f"z{i}"),
+        ]
+        nodes.append(
+            helper.make_node(
+                "MatMulNBits", ["x", f"b{i}", f"s{i}", f"z{i}"], [f"y{i}"], domain="com.microsoft",
+                K=k, N=n, bits=bits, block_size=block, accuracy_level=4,
+            )
+        )  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "kernels",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+        [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1, n]) for i in range(count)],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]), count
+
+
+def child(spec: dict) -> dict:
+    """One round: every (shape, format) in turn, in this process; microseconds per call of each."""
+    x = {}
+    sessions = {}
+    for k, n in spec["shapes"]:
+        x[k] = {"x": np.random.default_rng(1).standard_normal((1, k)).astype(np.float32)}
+        for bits, block in spec["formats"]:
+            sessions[(k, n, bits, block)] = _session(k, n, bits, block, spec["mb"], spec["threads"])
+    keys = list(sessions)
+    shift = spec["round"] % len(keys)
+    out = {}
+    for key in keys[shift:] + keys[:shift]:
+        session, count = sessions[key]
+        for _ in range(3):
+            session.run(None, x[key[0]])
+        start, runs = time.perf_counter(), 0
+        while runs < 5 or time.perf_counter() - start < spec["seconds"]:
+            session.run(None, x[key[0]])
+            runs += 1
+        out[",".join(map(str, key))] = (time.perf_counter() - start) / runs / count * 1e6
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--folder", type=Path, default=FOLDER, help="a matmul_nbits candidate: its shapes and formats")
+    parser.add_argument("--formats", default="4/32,4/64,8/64,8/128", help="bits/block, comma-separated")
+    parser.add_argument("--reference", default="8/128", help="the format the ratios are to")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--mb", type=float, default=64.0, help="MB of weights per (shape, format) graph")
+    parser.add_argument("--seconds", type=float, default=0.5, help="timed seconds per (shape, format) per round")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+    try:
+        formats = [tuple(int(v) for v in f.split("/")) for f in args.formats.split(",")]
+        reference = tuple(int(v) for v in args.reference.split("/"))
+    except ValueError:
+        raise SystemExit(
+            f"--formats {args.formats!r} / --reference {args.reference!r}: write bits/block, e.g. 4/32"
+        ) from None
+    for bits, block in {*formats, reference}:
+        if bits not in (4, 8) or block < 16 or block & (block - 1):
+            raise SystemExit(f"format {bits}/{block}: bits must be 4 or 8, block a power of two >= 16")
+    if reference not in formats:
+        formats.append(reference)
+    counts = graph_shapes(args.folder)
+    shapes = sorted({(k, n) for k, n, _, _ in counts})
+    rounds: list[dict] = []
+    for r in range(args.rounds):
+        print(f"round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
+        spec = {"shapes": shapes, "formats": formats, "mb": args.mb, "seconds": args.seconds,
+                "threads": args.threads, "round": r}  # fmt: skip
+        before = quiet.wait_for_quiet(LIMITS, max_wait_s=30.0)
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, check=False
+        )
+        if done.returncode:
+            raise SystemExit(f"round {r + 1} failed:\n{done.stderr[-2000:]}")
+        busy = LIMITS.why_busy(before)
+        rounds.append({"us": json.loads(done.stdout.splitlines()[-1]), "busy": busy})
+    kept = [r["us"] for r in rounds if not r["busy"]] or [r["us"] for r in rounds]
+
+    def us(k: int, n: int, bits: int, block: int) -> list[float]:
+        return [r[f"{k},{n},{bits},{block}"] for r in kept]
+
+    print(f"\nMatMulNBits, one row (decode), {args.threads} threads, accuracy level 4; {len(kept)} of {len(rounds)} "
+          f"rounds (busy: {[r['busy'] for r in rounds if r['busy']]}); medians (range)")  # fmt: skip
+    print(f"{'K x N':>12} {'calls/token':>11}  " + "  ".join(f"{f'{f[0]}-bit/{f[1]}':>26}" for f in formats))
+    for k, n in shapes:
+        calls = sum(c for (kk, nn, _, _), c in counts.items() if (kk, nn) == (k, n))
+        ref = us(k, n, *reference)
+        cells = []
+        for f in formats:
+            t = us(k, n, *f)
+            ratio = [a / b for a, b in zip(t, ref, strict=True)]
+            cells.append(f"{np.median(t):7.1f} us {np.median(ratio):4.2f}x ({min(ratio):4.2f}-{max(ratio):4.2f})")
+        print(f"{f'{k} x {n}':>12} {calls:>11}  " + "  ".join(f"{c:>26}" for c in cells))
+    as_is = sum(np.median(us(k, n, b, bl)) * c for (k, n, b, bl), c in counts.items() if (b, bl) in formats)
+    print(f"\nper token, this graph's {sum(counts.values())} MatMulNBits calls: as it is {as_is / 1000:.2f} ms", end="")
+    for f in formats:
+        total = sum(np.median(us(k, n, *f)) * c for (k, n, _, _), c in counts.items())
+        print(f"; all {f[0]}-bit/{f[1]} {total / 1000:.2f} ms", end="")
+    cpu, flags = cpu_description()
+    print(f"\nmachine: {os.cpu_count()} x {cpu} ({' '.join(flags)})")
+
+
+if __name__ == "__main__":
+    main()
