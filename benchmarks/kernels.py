@@ -12,6 +12,12 @@ runs in a fresh process (a process keeps its own speed for its whole life on thi
 within it, the order rotating by round. Prints microseconds per call and the ratio to ``--reference``'s format in
 the same round (medians of the rounds, their range in brackets), then what the graph's own MatMulNBits calls add
 up to per token in each format, against the graph as it is.
+
+``--step`` measures the whole decode step instead: the candidate as it is, and a copy whose every MatMulNBits is
+replaced by a Slice (after a Concat of copies where N > K) of its input to the same output shape, so that attention, the norms,
+the executor and the Python around each step still run as they do, on other numbers. Both open in one fresh
+process and take turns (128-token prompt, 64 greedy steps each); the difference is what the MatMulNBits calls
+cost inside the step.
 """
 
 from __future__ import annotations
@@ -110,6 +116,85 @@ def child(spec: dict) -> dict:
     return out
 
 
+def stub_matmuls(src: Path, dst: Path) -> None:
+    """Copy the candidate folder ``src`` to ``dst`` with each MatMulNBits replaced by a Slice of its input (after a
+    Concat of copies where it widens it) to the same output shape, and the weights only they read left out."""
+    import shutil
+
+    import onnx
+    from onnx import helper, numpy_helper
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.onnx*"))
+    model = onnx.load(str(src / "model.onnx"))
+    nodes, consts = [], []
+
+    def const(name: str, values: list[int]) -> str:
+        consts.append(numpy_helper.from_array(np.array(values, dtype=np.int64), name))
+        return name
+
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits":
+            nodes.append(node)
+            continue
+        a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+        x, base = node.input[0], node.name or node.output[0]
+        if a["N"] > a["K"]:
+            copies = [x] * -(-a["N"] // a["K"])
+            nodes.append(helper.make_node("Concat", copies, [f"{base}/wide"], name=f"{base}/Concat", axis=-1))
+            x = f"{base}/wide"
+        bounds = [const(f"{base}/{what}", [v]) for what, v in (("start", 0), ("end", a["N"]), ("axis", -1))]
+        nodes.append(helper.make_node("Slice", [x, *bounds], list(node.output), name=f"{base}/Slice"))
+    read = {name for node in nodes for name in node.input}
+    kept = [i for i in model.graph.initializer if i.name in read] + consts
+    del model.graph.node[:], model.graph.initializer[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(kept)
+    onnx.save(model, str(dst / "model.onnx"))
+
+
+def step_child(spec: dict) -> dict:
+    """Decode step milliseconds of each folder in ``spec``, taking turns in this process."""
+    from slmops.runtime.open import open_folder
+
+    models = {f: open_folder(Path(f), threads=spec["threads"], verify=False) for f in spec["folders"]}
+    ms: dict[str, list[float]] = {f: [] for f in models}
+    for _ in range(spec["turns"]):
+        for folder, model in models.items():
+            graph = model.graph
+            cache = graph.empty_cache(capacity=128 + 64)
+            logits, cache = graph.forward(np.arange(1000, 1128)[None], cache, keep=1)
+            start = time.perf_counter()
+            for _ in range(64):
+                # the stub's logits are not a model's: the token is only kept inside the vocabulary
+                token = int(logits[0, -1].argmax()) % logits.shape[-1]
+                logits, cache = graph.forward(np.array([[token]]), cache, keep=1, borrow=True)
+            ms[folder].append((time.perf_counter() - start) / 64 * 1000)
+    return ms
+
+
+def step(folder: Path, *, turns: int, threads: int) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        stub = Path(tmp) / "stub"
+        stub_matmuls(folder, stub)
+        before = quiet.wait_for_quiet(LIMITS, max_wait_s=30.0)
+        spec = {"folders": [str(folder), str(stub)], "turns": turns, "threads": threads}
+        done = subprocess.run(
+            [sys.executable, __file__, "--step-child", json.dumps(spec)], capture_output=True, text=True, check=False
+        )
+    if done.returncode:
+        raise SystemExit(f"the step run failed:\n{done.stderr[-2000:]}")
+    ms = json.loads(done.stdout.splitlines()[-1])
+    full, rest = ms[str(folder)], ms[str(stub)]
+    share = [(a - b) / a for a, b in zip(full, rest, strict=True)]
+    print(f"decode step of {folder.name} after 128 tokens, {threads} threads, {turns} turns of 64 steps each "
+          f"(others' CPU before: {before.busy_pct:.0f}%, steal {before.steal_pct:.1f}%), medians (range):")  # fmt: skip
+    print(f"  as it is                      {np.median(full):6.2f} ms ({min(full):.2f}-{max(full):.2f})")
+    print(f"  MatMulNBits replaced by Slice {np.median(rest):6.2f} ms ({min(rest):.2f}-{max(rest):.2f})")
+    print(f"  MatMulNBits' share of the step {np.median(share):5.1%} ({min(share):.1%}-{max(share):.1%})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folder", type=Path, default=FOLDER, help="a matmul_nbits candidate: its shapes and formats")
@@ -119,10 +204,20 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=64.0, help="MB of weights per (shape, format) graph")
     parser.add_argument("--seconds", type=float, default=0.5, help="timed seconds per (shape, format) per round")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--step", action="store_true", help="the whole decode step with and without MatMulNBits")
+    parser.add_argument("--turns", type=int, default=8, help="--step: turns of 64 steps per graph")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--step-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
+        return
+    if args.step_child:
+        print(json.dumps(step_child(json.loads(args.step_child))))
+        return
+    if args.step:
+        graph_shapes(args.folder)  # a matmul_nbits candidate, or a clear error
+        step(args.folder, turns=args.turns, threads=args.threads)
         return
     try:
         formats = [tuple(int(v) for v in f.split("/")) for f in args.formats.split(",")]

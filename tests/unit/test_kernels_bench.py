@@ -71,3 +71,20 @@ def test_a_bad_format_is_named(formats: str) -> None:
         [sys.executable, str(BENCHMARKS / "kernels.py"), "--formats", formats], capture_output=True, text=True
     )
     assert done.returncode != 0 and formats.split("/")[0] in done.stderr and "bits" in done.stderr, done.stderr
+
+
+def test_the_stub_keeps_every_output_shape_without_a_matmul_nbits(kernels, tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    folder = _matmul_nbits_folder(tmp_path / "m", [(64, 32, 4, 32), (64, 200, 8, 64)])
+    (folder / "tokenizer.json").write_text("{}")
+    kernels.stub_matmuls(folder, tmp_path / "stub")
+    assert (tmp_path / "stub" / "tokenizer.json").read_text() == "{}"
+    stub = onnx.load(str(tmp_path / "stub" / "model.onnx"))
+    assert not [n for n in stub.graph.node if n.op_type == "MatMulNBits"]
+    assert not [i for i in stub.graph.initializer if i.name in ("b0", "s0", "b1", "s1")]
+    x = {"x": np.ones((1, 64), np.float32)}
+    shapes = [y.shape for y in ort.InferenceSession(str(folder / "model.onnx")).run(None, x)]
+    assert shapes == [(1, 32), (1, 200)]
+    assert [y.shape for y in ort.InferenceSession(str(tmp_path / "stub" / "model.onnx")).run(None, x)] == shapes
