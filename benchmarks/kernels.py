@@ -14,10 +14,10 @@ the same round (medians of the rounds, their range in brackets), then what the g
 up to per token in each format, against the graph as it is.
 
 ``--step`` measures the whole decode step instead: the candidate as it is, and a copy whose every MatMulNBits is
-replaced by a Slice (after a Concat of copies where N > K) of its input to the same output shape, so that attention, the norms,
-the executor and the Python around each step still run as they do, on other numbers. Both open in one fresh
-process and take turns (128-token prompt, 64 greedy steps each); the difference is what the MatMulNBits calls
-cost inside the step.
+replaced by a Slice (after a Concat of copies where N > K) of its input to the same output shape, so that
+attention, the norms, the executor and the Python around each step still run as they do, on other numbers. Both
+open in one fresh process and take turns (128-token prompt, 64 greedy steps each); the difference is what the
+MatMulNBits calls cost inside the step.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ def graph_shapes(folder: Path) -> Counter:
     """(K, N, bits, block) -> how many MatMulNBits nodes of the folder's model.onnx have it."""
     import onnx
 
+    if not (folder / "model.onnx").is_file():
+        raise SystemExit(f"{folder} holds no model.onnx: pass --folder a candidate folder (`make run` builds them)")
     model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
     shapes: Counter = Counter()
     for node in model.graph.node:
@@ -229,9 +231,11 @@ def main() -> None:
     for bits, block in {*formats, reference}:
         if bits not in (4, 8) or block < 16 or block & (block - 1):
             raise SystemExit(f"format {bits}/{block}: bits must be 4 or 8, block a power of two >= 16")
-    if reference not in formats:
-        formats.append(reference)
     counts = graph_shapes(args.folder)
+    # the reference and the graph's own formats are always measured: the per-token sum "as it is" needs them
+    for f in [reference, *sorted({(b, bl) for _, _, b, bl in counts})]:
+        if f not in formats:
+            formats.append(f)
     shapes = sorted({(k, n) for k, n, _, _ in counts})
     rounds: list[dict] = []
     for r in range(args.rounds):
@@ -263,7 +267,7 @@ def main() -> None:
             ratio = [a / b for a, b in zip(t, ref, strict=True)]
             cells.append(f"{np.median(t):7.1f} us {np.median(ratio):4.2f}x ({min(ratio):4.2f}-{max(ratio):4.2f})")
         print(f"{f'{k} x {n}':>12} {calls:>11}  " + "  ".join(f"{c:>26}" for c in cells))
-    as_is = sum(np.median(us(k, n, b, bl)) * c for (k, n, b, bl), c in counts.items() if (b, bl) in formats)
+    as_is = sum(np.median(us(k, n, b, bl)) * c for (k, n, b, bl), c in counts.items())
     print(f"\nper token, this graph's {sum(counts.values())} MatMulNBits calls: as it is {as_is / 1000:.2f} ms", end="")
     for f in formats:
         total = sum(np.median(us(k, n, *f)) * c for (k, n, _, _), c in counts.items())

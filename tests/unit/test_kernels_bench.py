@@ -88,3 +88,8 @@ def test_the_stub_keeps_every_output_shape_without_a_matmul_nbits(kernels, tmp_p
     shapes = [y.shape for y in ort.InferenceSession(str(folder / "model.onnx")).run(None, x)]
     assert shapes == [(1, 32), (1, 200)]
     assert [y.shape for y in ort.InferenceSession(str(tmp_path / "stub" / "model.onnx")).run(None, x)] == shapes
+
+
+def test_a_folder_without_a_graph_is_named(kernels, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"holds no model\.onnx.*make run"):
+        kernels.graph_shapes(tmp_path)
