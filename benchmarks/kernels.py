@@ -42,13 +42,17 @@ LIMITS = quiet.Limits(max_load=float("inf"), max_busy_pct=10.0, max_steal_pct=5.
 FOLDER = ROOT / "artifacts" / "candidates" / "smollm2-135m-instruct" / "wo-int8-gptq4"
 
 
+def _graph_file(folder: Path) -> Path:
+    if not (folder / "model.onnx").is_file():
+        raise SystemExit(f"{folder} holds no model.onnx: pass --folder a candidate folder (`make run` builds them)")
+    return folder / "model.onnx"
+
+
 def graph_shapes(folder: Path) -> Counter:
     """(K, N, bits, block) -> how many MatMulNBits nodes of the folder's model.onnx have it."""
     import onnx
 
-    if not (folder / "model.onnx").is_file():
-        raise SystemExit(f"{folder} holds no model.onnx: pass --folder a candidate folder (`make run` builds them)")
-    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    model = onnx.load(str(_graph_file(folder)), load_external_data=False)
     shapes: Counter = Counter()
     for node in model.graph.node:
         if node.op_type == "MatMulNBits":
@@ -95,6 +99,16 @@ def _session(k: int, n: int, bits: int, block: int, mb: float, threads: int):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]), count
 
 
+def _in_fresh_process(flag: str, spec: dict, what: str) -> dict:
+    """Run this script with ``flag`` and ``spec`` in a new process; the JSON it prints last."""
+    done = subprocess.run(
+        [sys.executable, __file__, flag, json.dumps(spec)], capture_output=True, text=True, check=False
+    )
+    if done.returncode:
+        raise SystemExit(f"{what} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def child(spec: dict) -> dict:
     """One round: every (shape, format) in turn, in this process; microseconds per call of each."""
     x = {}
@@ -126,8 +140,10 @@ def stub_matmuls(src: Path, dst: Path) -> None:
     import onnx
     from onnx import helper, numpy_helper
 
+    model = onnx.load(str(_graph_file(src)))
+    if not any(node.op_type == "MatMulNBits" for node in model.graph.node):
+        raise SystemExit(f"{src / 'model.onnx'} has no MatMulNBits node: pass --folder a matmul_nbits candidate")
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.onnx*"))
-    model = onnx.load(str(src / "model.onnx"))
     nodes, consts = [], []
 
     def const(name: str, values: list[int]) -> str:
@@ -182,12 +198,7 @@ def step(folder: Path, *, turns: int, threads: int) -> None:
         stub_matmuls(folder, stub)
         before = quiet.wait_for_quiet(LIMITS, max_wait_s=30.0)
         spec = {"folders": [str(folder), str(stub)], "turns": turns, "threads": threads}
-        done = subprocess.run(
-            [sys.executable, __file__, "--step-child", json.dumps(spec)], capture_output=True, text=True, check=False
-        )
-    if done.returncode:
-        raise SystemExit(f"the step run failed:\n{done.stderr[-2000:]}")
-    ms = json.loads(done.stdout.splitlines()[-1])
+        ms = _in_fresh_process("--step-child", spec, "the step run")
     full, rest = ms[str(folder)], ms[str(stub)]
     share = [(a - b) / a for a, b in zip(full, rest, strict=True)]
     print(f"decode step of {folder.name} after 128 tokens, {threads} threads, {turns} turns of 64 steps each "
@@ -218,7 +229,6 @@ def main() -> None:
         print(json.dumps(step_child(json.loads(args.step_child))))
         return
     if args.step:
-        graph_shapes(args.folder)  # a matmul_nbits candidate, or a clear error
         step(args.folder, turns=args.turns, threads=args.threads)
         return
     try:
@@ -243,13 +253,8 @@ def main() -> None:
         spec = {"shapes": shapes, "formats": formats, "mb": args.mb, "seconds": args.seconds,
                 "threads": args.threads, "round": r}  # fmt: skip
         before = quiet.wait_for_quiet(LIMITS, max_wait_s=30.0)
-        done = subprocess.run(
-            [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, check=False
-        )
-        if done.returncode:
-            raise SystemExit(f"round {r + 1} failed:\n{done.stderr[-2000:]}")
-        busy = LIMITS.why_busy(before)
-        rounds.append({"us": json.loads(done.stdout.splitlines()[-1]), "busy": busy})
+        us_per_call = _in_fresh_process("--child", spec, f"round {r + 1}")
+        rounds.append({"us": us_per_call, "busy": LIMITS.why_busy(before)})
     kept = [r["us"] for r in rounds if not r["busy"]] or [r["us"] for r in rounds]
 
     def us(k: int, n: int, bits: int, block: int) -> list[float]:
