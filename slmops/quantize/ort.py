@@ -135,6 +135,7 @@ def _low_bits(model, src: Path, recipe: Recipe, exclude: list[str]) -> None:
         entries=recipe.low_bits,
         accuracy_level=recipe.accuracy_level if recipe.accuracy_level is not None else 0,
         threads=default_threads(),
+        awq_alphas=recipe.awq_alphas,
     )
 
 

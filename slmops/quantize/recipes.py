@@ -77,6 +77,9 @@ class Recipe(BaseModel):
     # matmul_nbits: the MatMuls whose names match an entry's nodes at its bits, by GPTQ (calibrated); one mapping
     # or a list of them (each pattern with its own options; a MatMul matched by two entries is refused)
     low_bits: list[LowBits] = Field(default_factory=list)
+    # matmul_nbits with low_bits: activation-aware scales (AWQ) folded into the norm before the low_bits MatMuls,
+    # their exponent chosen per norm from these by the least GPTQ output error (slmops/quantize/gptq.py)
+    awq_alphas: list[float] = Field(default_factory=list)
 
     @field_validator("low_bits", mode="before")
     @classmethod
@@ -122,6 +125,13 @@ class Recipe(BaseModel):
                     f"low_bits applies to method matmul_nbits with bits above {low.bits}, "
                     f"not {self.method!r} with bits={self.bits}"
                 )
+        if self.awq_alphas and not self.low_bits:
+            raise ValueError("awq_alphas scales the inputs of low_bits MatMuls: give low_bits too, or drop awq_alphas")
+        bad = [a for a in self.awq_alphas if not 0.0 <= a <= 1.0]
+        if bad or len(set(self.awq_alphas)) != len(self.awq_alphas):
+            raise ValueError(
+                f"awq_alphas {self.awq_alphas}: give distinct exponents between 0 and 1, e.g. [0, 0.25, 0.5]"
+            )
         if self.fusion is not None and self.method != "dynamic_int8":
             raise ValueError(f"fusion applies to method dynamic_int8 only, not {self.method!r}")
         if self.method == "none" and self.precision != "fp32":
@@ -144,7 +154,8 @@ class Recipe(BaseModel):
             head = self.lm_head_block_size
             groups: dict[str, list[str]] = {}
             for low in self.low_bits:
-                groups.setdefault(f"{low.bits}-bit block-{low.block_size} {low.algorithm}", []).append(low.nodes)
+                kind = f"{low.bits}-bit block-{low.block_size} {low.algorithm}" + ("+awq" if self.awq_alphas else "")
+                groups.setdefault(kind, []).append(low.nodes)
             return (
                 f"block-{self.block_size}"
                 + (f", lm_head block-{head}" if head and head != self.block_size else "")

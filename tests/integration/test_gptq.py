@@ -155,3 +155,69 @@ def test_bytes_per_weight_follow_the_bit_widths(built) -> None:
     )
     # tiny Llama, hidden 64: wo-int8's blocks of 128 hold 64 weights (one fp32 scale each, the padding not counted)
     assert fp32 is None and int8 == pytest.approx(1 + 4 / 64, rel=0.02) and 0.6 < mixed < int8
+
+
+def test_activation_scales_fold_into_the_genai_norms_without_changing_the_fp32_logits(built, tmp_path: Path) -> None:
+    import re
+
+    from onnx import numpy_helper
+
+    from slmops.quantize.gptq import fold_activation_scales, hessians
+    from slmops.quantize.ort import save_onnx
+    from slmops.runtime.card import read_model_card
+
+    _, root, recipe = built
+    export = root / "genai" / "export"
+    model = onnx.load(str(export / "model.onnx"))
+    entries = {"mlp/gate_proj": recipe.low_bits[0], "attn/qkv_proj": recipe.low_bits[1]}
+    targets = {
+        n.name: (n, entry)
+        for n in model.graph.node
+        for pattern, entry in entries.items()
+        if n.op_type == "MatMul" and re.search(pattern, n.name)
+    }
+    h = hessians(
+        model,
+        inputs=sorted({(n.input[0], e.first_token_weight) for n, e in targets.values()}),
+        folder=export,
+        card=read_model_card(export),
+        tokens=256,
+        window=64,
+        threads=1,
+    )
+    before = {i.name: numpy_helper.to_array(i).copy() for i in model.graph.initializer if "layernorm" in i.name}
+    codes = fold_activation_scales(model, targets, h, alphas=[0.5])  # alpha forced above 0: every norm scales
+    assert sorted(codes) == sorted(targets)
+    after = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in before}
+    changed = [name for name in before if not np.array_equal(before[name], after[name])]
+    # per layer of two: the norm before qkv (input_layernorm) and the one before gate and up (post_attention_layernorm)
+    kinds = sorted(re.sub(r"layers\.\d+", "layers.N", name) for name in changed)
+    assert kinds == sorted(
+        ["model.layers.N.input_layernorm.weight", "model.layers.N.post_attention_layernorm.weight"] * 2
+    )
+    shutil.copytree(export, tmp_path / "scaled", ignore=shutil.ignore_patterns("model.onnx*"))
+    save_onnx(model, tmp_path / "scaled" / "model.onnx")
+    scaled = open_folder(tmp_path / "scaled", verify=False)
+    ref = _logits(export)
+    np.testing.assert_allclose(scaled.logits(scaled.tokenizer.encode(TEXT)), ref, atol=1e-4 * np.abs(ref).max())
+
+
+def test_a_recipe_with_awq_alphas_scales_the_norms_and_keeps_the_logits_close(built, tmp_path: Path) -> None:
+    from onnx import numpy_helper
+
+    variant, root, recipe = built
+    scaled = recipe.model_copy(update={"name": "awq", "awq_alphas": [0.5]})  # one exponent above 0: every norm
+    assert "gptq+awq" in scaled.granularity
+    quantize(variant, scaled, src=root / "genai" / "export", out=tmp_path / "awq")
+
+    def norms(folder: Path) -> dict[str, np.ndarray]:
+        graph = onnx.load(str(folder / "model.onnx")).graph
+        return {i.name: numpy_helper.to_array(i) for i in graph.initializer if "layernorm.weight" in i.name}
+
+    before, after = norms(root / "genai" / "export"), norms(tmp_path / "awq")
+    changed = sorted(name for name in before if not np.array_equal(before[name], after[name]))
+    assert len(changed) == 4 and all("input_layernorm" in n or "post_attention_layernorm" in n for n in changed)
+    ref, plain, awq = (_logits(f) for f in (root / "genai" / "fp32", root / "genai" / recipe.name, tmp_path / "awq"))
+    # the tiny random model (hidden 64, one block per row): mean error 0.3 of the mean |logit| with or without
+    assert _error(awq, ref) < 0.45 and (awq.argmax(-1) == ref.argmax(-1)).mean() >= 0.5
+    assert not np.array_equal(awq, plain)

@@ -260,3 +260,16 @@ def test_low_bits_apply_to_a_wider_matmul_nbits_recipe_with_a_valid_pattern() ->
     assert Recipe.model_validate({**mixed, "low_bits": None}).low_bits == []
     with pytest.raises(ValueError, match="Extra inputs are not permitted"):
         Recipe.model_validate({**mixed, "low_bits": {**low, "group": 32}})
+
+
+def test_awq_alphas_need_low_bits_and_distinct_exponents_between_0_and_1() -> None:
+    mixed = {**load_recipes(REAL / "recipes.yaml")["wo-int8-gptq4"].model_dump(), "awq_alphas": [0, 0.25, 0.5]}
+    with pytest.raises(ValueError, match="awq_alphas scales the inputs of low_bits MatMuls: give low_bits too"):
+        Recipe.model_validate({**mixed, "low_bits": []})
+    with pytest.raises(ValueError, match=r"awq_alphas \[0.0, 1.5\]: give distinct exponents between 0 and 1"):
+        Recipe.model_validate({**mixed, "awq_alphas": [0, 1.5]})
+    with pytest.raises(ValueError, match=r"awq_alphas \[0.25, 0.25\]"):
+        Recipe.model_validate({**mixed, "awq_alphas": [0.25, 0.25]})
+    granularity = Recipe.model_validate(mixed).granularity
+    assert "gptq+awq" in granularity
+    assert "gptq+awq" not in Recipe.model_validate({**mixed, "awq_alphas": []}).granularity

@@ -81,3 +81,91 @@ def test_inputs_never_active_get_zero_weights_and_no_error() -> None:
     codes = gptq(weight, h)
     assert np.isfinite(codes.scales).all()
     assert abs(codes.dequantized()[5]).max() <= codes.scales.max()  # the dead input's weight went to ~0
+
+
+def _norm_graph(k: int, gamma: np.ndarray, weights: list[np.ndarray], *, also_add: bool = False):
+    """x -> SimplifiedLayerNormalization(gamma) -> one MatMul per weight (and, with ``also_add``, an Add of the
+    normed tensor to itself: a reader that is not a MatMul)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("SimplifiedLayerNormalization", ["x", "gamma"], ["normed"], name="norm", axis=-1)]
+    outputs, inits = [], [numpy_helper.from_array(gamma, "gamma")]
+    for i, w in enumerate(weights):
+        nodes.append(helper.make_node("MatMul", ["normed", f"w{i}"], [f"y{i}"], name=f"proj{i}/MatMul"))
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None))
+    if also_add:
+        nodes.append(helper.make_node("Add", ["normed", "normed"], ["twice"], name="add"))
+        outputs.append(helper.make_tensor_value_info("twice", TensorProto.FLOAT, None))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])], outputs, inits
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run(model, x: np.ndarray) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})
+
+
+def _normed(x: np.ndarray, gamma: np.ndarray) -> np.ndarray:
+    return x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-5) * gamma
+
+
+def _fold_setup(also_add: bool = False):
+    from slmops.quantize.recipes import LowBits
+
+    rng = np.random.default_rng(3)
+    k = 128
+    gamma = rng.uniform(0.5, 1.5, k).astype(np.float32)
+    x = rng.normal(size=(2048, k)).astype(np.float32)
+    x[:, rng.choice(k, 6, replace=False)] *= 20.0  # a few loud channels, as after a transformer's norms
+    weights = [rng.normal(scale=0.05, size=(k, n)).astype(np.float32) for n in (48, 40)]
+    model = _norm_graph(k, gamma, weights, also_add=also_add)
+    normed = _normed(x, gamma)
+    h = {("normed", 1.0): normed.T @ normed}
+    low = next(n for n in model.graph.node if n.name == "proj0/MatMul")
+    targets = {low.name: (low, LowBits(nodes="proj0", block_size=64))}
+    return model, x, weights, h, targets
+
+
+def test_activation_scales_fold_exactly_and_cut_the_gptq_output_error() -> None:
+    import copy
+
+    from onnx import numpy_helper
+
+    from slmops.quantize.gptq import fold_activation_scales
+
+    model, x, weights, h, targets = _fold_setup()
+    before = _run(model, x[:64])
+    h_before = h[("normed", 1.0)].copy()
+    scaled = copy.deepcopy(model)
+    (node, entry) = targets["proj0/MatMul"]
+    codes = fold_activation_scales(scaled, {node.name: (node, entry)}, h, alphas=[0.0, 0.25, 0.5])
+    after = _run(scaled, x[:64])
+    for a, b in zip(before, after, strict=True):  # the graph computes the same function
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+    inits = {i.name: numpy_helper.to_array(i) for i in scaled.graph.initializer}
+    s = inits["w0"][:, 0] / weights[0][:, 0]
+    assert not np.allclose(s, 1.0)  # an alpha above 0 won on the loud channels
+    np.testing.assert_allclose(inits["w1"], weights[1] * s[:, None], rtol=1e-5)  # the 8-bit reader scaled too
+    np.testing.assert_allclose(h[("normed", 1.0)], h_before / np.outer(s, s), rtol=1e-6)
+    # the codes returned are those of the scaled weight; in the original space they beat GPTQ without scales
+    approx = codes["proj0/MatMul"].dequantized() / s[:, None]
+    plain = gptq(weights[0], h_before, block=64).dequantized()
+    assert _output_error(weights[0], approx, h_before) < 0.9 * _output_error(weights[0], plain, h_before)
+
+
+def test_a_norm_read_by_other_nodes_than_matmuls_is_not_scaled() -> None:
+    from onnx import numpy_helper
+
+    from slmops.quantize.gptq import fold_activation_scales
+
+    model, _, weights, h, targets = _fold_setup(also_add=True)
+    h_before = h[("normed", 1.0)].copy()
+    assert fold_activation_scales(model, targets, h, alphas=[0.0, 0.5]) == {}
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    np.testing.assert_array_equal(inits["w0"], weights[0])
+    np.testing.assert_array_equal(h[("normed", 1.0)], h_before)
