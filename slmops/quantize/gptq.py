@@ -310,7 +310,8 @@ def fold_activation_scales(
             logger.info("%s: not written by a norm alone or not only read by MatMuls; no activation scales", tensor)
             continue
         diagonal = np.diag(hessians[(tensor, low[0][1].first_token_weight)])
-        rms = np.sqrt(np.where(diagonal > 0, diagonal, diagonal[diagonal > 0].min(initial=1.0)))
+        live = diagonal[diagonal > 0]  # a channel never active gets the quietest live one's rms
+        rms = np.sqrt(np.where(diagonal > 0, diagonal, live.min() if live.size else 1.0))
         weights = {n.name: numpy_helper.to_array(inits[n.input[1]]).astype(np.float64) for n, _ in low}
         best: tuple[float, float, np.ndarray, dict[str, Codes]] | None = None
         errors = []

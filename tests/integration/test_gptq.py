@@ -157,10 +157,19 @@ def test_bytes_per_weight_follow_the_bit_widths(built) -> None:
     assert fp32 is None and int8 == pytest.approx(1 + 4 / 64, rel=0.02) and 0.6 < mixed < int8
 
 
+def _changed_norms(before, after) -> list[str]:
+    """Names of the norm weights (``*layernorm.weight``) that differ between two graphs, sorted."""
+    from onnx import numpy_helper
+
+    def norms(graph) -> dict[str, np.ndarray]:
+        return {i.name: numpy_helper.to_array(i) for i in graph.initializer if "layernorm.weight" in i.name}
+
+    old, new = norms(before), norms(after)
+    return sorted(name for name in old if not np.array_equal(old[name], new[name]))
+
+
 def test_activation_scales_fold_into_the_genai_norms_without_changing_the_fp32_logits(built, tmp_path: Path) -> None:
     import re
-
-    from onnx import numpy_helper
 
     from slmops.quantize.gptq import fold_activation_scales, hessians
     from slmops.quantize.ort import save_onnx
@@ -185,11 +194,10 @@ def test_activation_scales_fold_into_the_genai_norms_without_changing_the_fp32_l
         window=64,
         threads=1,
     )
-    before = {i.name: numpy_helper.to_array(i).copy() for i in model.graph.initializer if "layernorm" in i.name}
+    before = onnx.load(str(export / "model.onnx")).graph
     codes = fold_activation_scales(model, targets, h, alphas=[0.5])  # alpha forced above 0: every norm scales
     assert sorted(codes) == sorted(targets)
-    after = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in before}
-    changed = [name for name in before if not np.array_equal(before[name], after[name])]
+    changed = _changed_norms(before, model.graph)
     # per layer of two: the norm before qkv (input_layernorm) and the one before gate and up (post_attention_layernorm)
     kinds = sorted(re.sub(r"layers\.\d+", "layers.N", name) for name in changed)
     assert kinds == sorted(
@@ -203,19 +211,16 @@ def test_activation_scales_fold_into_the_genai_norms_without_changing_the_fp32_l
 
 
 def test_a_recipe_with_awq_alphas_scales_the_norms_and_keeps_the_logits_close(built, tmp_path: Path) -> None:
-    from onnx import numpy_helper
 
     variant, root, recipe = built
     scaled = recipe.model_copy(update={"name": "awq", "awq_alphas": [0.5]})  # one exponent above 0: every norm
     assert "gptq+awq" in scaled.granularity
     quantize(variant, scaled, src=root / "genai" / "export", out=tmp_path / "awq")
 
-    def norms(folder: Path) -> dict[str, np.ndarray]:
-        graph = onnx.load(str(folder / "model.onnx")).graph
-        return {i.name: numpy_helper.to_array(i) for i in graph.initializer if "layernorm.weight" in i.name}
-
-    before, after = norms(root / "genai" / "export"), norms(tmp_path / "awq")
-    changed = sorted(name for name in before if not np.array_equal(before[name], after[name]))
+    changed = _changed_norms(
+        onnx.load(str(root / "genai" / "export" / "model.onnx")).graph,
+        onnx.load(str(tmp_path / "awq" / "model.onnx")).graph,
+    )
     assert len(changed) == 4 and all("input_layernorm" in n or "post_attention_layernorm" in n for n in changed)
     ref, plain, awq = (_logits(f) for f in (root / "genai" / "fp32", root / "genai" / recipe.name, tmp_path / "awq"))
     # the tiny random model (hidden 64, one block per row): mean error 0.3 of the mean |logit| with or without
