@@ -1251,7 +1251,10 @@ def _print_paired(rows: dict, spec: dict) -> None:
         f"{spec['rounds']} rounds\n"
         f"{spec['machine']}"
     )
-    head = f"{'runtime':36} {'TTFT ms':>8} {'vs llama (range)':>18} {'tok/s':>7} {'vs llama (range)':>18} {'range':>7}"
+    head = (
+        f"{'runtime':36} {'TTFT ms':>8} {'vs llama (range)':>18} {'tok/s':>7} {'vs llama (range)':>18} {'range':>7} "
+        f"{'own tok/s range':>21}"
+    )
     print(head + "\n" + "-" * len(head))
     for name, r in rows.items():
         if "error" in r:
@@ -1262,7 +1265,17 @@ def _print_paired(rows: dict, spec: dict) -> None:
             values = r.get(f"{key}_rounds", [])
             cells.append(f"{r[key]:.2f}x ({min(values):.2f}-{max(values):.2f})" if values else "-")
         width = f"+-{100 * spread(r['vs_llama_rounds']):.1f}%" if r.get("vs_llama_rounds") else "-"
-        print(f"{name:36} {r['ttft_ms']:8.0f} {cells[0]:>18} {r['decode_tok_s']:7.1f} {cells[1]:>18} {width:>7}")
+        busy = r.get("busy_rounds") or []
+        own = [v for i, v in enumerate(r.get("decode_tok_s_rounds", [])) if v and not (i < len(busy) and busy[i])]
+        own_cell = f"{min(own):.0f}-{max(own):.0f} +-{100 * spread(own):.1f}%" if own else "-"
+        print(
+            f"{name:36} {r['ttft_ms']:8.0f} {cells[0]:>18} {r['decode_tok_s']:7.1f} {cells[1]:>18} {width:>7} "
+            f"{own_cell:>21}"
+        )
+    print(
+        "own tok/s range: each runtime's speed across the rounds (not busy). Where the ratio's range is narrower, "
+        "taking turns took the machine's drift out; where it is as wide, the runtimes' speeds moved apart"
+    )
     for name, r in rows.items():
         if r.get("build"):
             print(f"{name}: {r['build']}")

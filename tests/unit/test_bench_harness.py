@@ -181,7 +181,9 @@ def test_the_paired_table_prints_each_ratio_and_its_spread(harness, capsys: pyte
     compare._print_paired(rows, {"prompt_tokens": 128, "new_tokens": 64, "rounds": 2, "repeats": 8, "machine": "m"})
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith("slmops wo-int8"))
-    assert "1.15x (1.10-1.20)" in line and line.endswith("+-4.3%")  # (1.20 - 1.10) / (1.20 + 1.10)
+    assert "1.15x (1.10-1.20)  +-4.3%" in line  # (1.20 - 1.10) / (1.20 + 1.10)
+    assert line.endswith("110-120 +-4.3%")  # its own speed across the rounds
+    assert next(x for x in out.splitlines() if x.startswith("llama ")).endswith("100-100 +-0.0%")
     assert "8 generations each" in out and "KeyError: 'recipe'" in out
     rows["llama"]["build"] = "llama-cpp-python 0.3.36 in /x: AVX2 FMA"
     compare._print_paired(rows, {"prompt_tokens": 128, "new_tokens": 64, "rounds": 2, "repeats": 8, "machine": "m"})
