@@ -173,8 +173,10 @@ def stub_matmuls(src: Path, dst: Path) -> None:
 def step_child(spec: dict) -> dict:
     """Decode step milliseconds of each folder in ``spec``, taking turns in this process."""
     from slmops.runtime.open import open_folder
+    from slmops.runtime.pages import wait_for_huge_pages
 
     models = {f: open_folder(Path(f), threads=spec["threads"], verify=False) for f in spec["folders"]}
+    wait_for_huge_pages()
     ms: dict[str, list[float]] = {f: [] for f in models}
     for _ in range(spec["turns"]):
         for folder, model in models.items():

@@ -34,7 +34,7 @@ from slmops.artifacts import file_identity
 from slmops.errors import ModelLoadError
 from slmops.runtime.pages import (
     anonymous_mappings,
-    collapse_new_mappings,
+    collapse_in_background,
     read_regions,
     read_sparsely,
     release_clean_pages,
@@ -95,8 +95,8 @@ def create_session(
         regions = read_regions()  # once for both: the release touches file mappings, the collapse anonymous ones
         release_clean_pages(files, regions=regions)
         read_sparsely(files, regions=regions)
-        if before is not None:
-            collapse_new_mappings(before, regions=regions)
+        if before is not None:  # in a thread: the first token needs none of it (slmops/runtime/pages.py)
+            collapse_in_background(before, regions=regions)
         return session
 
     if optimized_dir is not None:

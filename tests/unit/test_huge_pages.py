@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from slmops.runtime.pages import HUGE_PAGE, anonymous_mappings, collapse_new_mappings, huge_pages_available
+from slmops.runtime.pages import (
+    HUGE_PAGE,
+    anonymous_mappings,
+    collapse_in_background,
+    collapse_new_mappings,
+    huge_pages_available,
+    wait_for_huge_pages,
+)
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="needs Linux /proc/self/smaps")
 
@@ -72,3 +79,31 @@ def test_collapse_moves_a_new_resident_mapping_onto_huge_pages() -> None:
     assert _huge_kb(_address(sparse), _address(sparse) + len(sparse)) == 0
     full.close()
     sparse.close()
+
+
+def _kernel_collapses() -> bool:
+    before = anonymous_mappings()
+    probe = _private(5 * HUGE_PAGE)
+    probe.write(b"\1" * len(probe))
+    try:
+        return collapse_new_mappings(before) > 0
+    finally:
+        probe.close()
+
+
+def test_an_open_collapses_in_a_thread_that_can_be_waited_for() -> None:
+    if not huge_pages_available() or not _kernel_collapses():
+        pytest.skip("no transparent huge pages or no MADV_COLLAPSE (Linux 6.1+) on this machine")
+    data = os.urandom(8 * HUGE_PAGE)
+    before = anonymous_mappings()
+    full = _private(9 * HUGE_PAGE)
+    full[: len(data)] = data
+    full[len(data) :] = b"\1" * HUGE_PAGE
+    thread = collapse_in_background(before)
+    assert thread is not None and thread.daemon
+    assert wait_for_huge_pages(timeout=60)
+    assert not thread.is_alive()
+    start = _address(full)
+    assert _huge_kb(start, start + len(full)) >= 8 * HUGE_PAGE // 1024
+    assert full[: len(data)] == data
+    full.close()
