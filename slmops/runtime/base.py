@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from slmops.errors import ModelLoadError
 from slmops.runtime.card import ModelCard
+from slmops.runtime.pages import wait_for_huge_pages
 
 # Resident memory of the runtime before any weights: Python, numpy, onnxruntime, tokenizers, slmops (60 MB
 # measured by benchmarks/memory.py on 2026-12-01, after the loader's records replaced pydantic) and an
@@ -44,6 +45,9 @@ class LoadedModel:
     def unload(self) -> None:
         """Release the onnxruntime session (and with it the weights); the model cannot be used afterwards."""
         if self._loaded:
+            # an open's huge-page collapse may still run on these weights: freed under it, their addresses could be
+            # reused by a new mapping, which MADV_COLLAPSE would fill in (slmops/runtime/pages.py)
+            wait_for_huge_pages(timeout=10.0)
             self._release()
             self._loaded = False
 

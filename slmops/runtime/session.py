@@ -61,7 +61,8 @@ def create_session(
 
     With ``optimized_dir``, the graph optimized by a previous open is reused (and written on the first),
     its weights in an external file that onnxruntime memory-maps. ``config``: extra session config entries.
-    ``huge_pages``: on CPU, move the prepacked weights onto 2 MB pages after the open (:mod:`slmops.runtime.pages`).
+    ``huge_pages``: on CPU, move the prepacked weights onto 2 MB pages after the open, in a thread it does not wait
+    for (:mod:`slmops.runtime.pages`).
     """
     import onnxruntime as ort
 
