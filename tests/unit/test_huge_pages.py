@@ -56,14 +56,20 @@ def test_anonymous_mappings_see_a_new_allocation() -> None:
     block.close()
 
 
-def test_collapse_moves_a_new_resident_mapping_onto_huge_pages() -> None:
-    if not huge_pages_available():
-        pytest.skip("transparent huge pages are 'never' on this machine")
+def _new_resident_mapping() -> tuple[bytes, list, mmap.mmap]:
+    """8 huge pages of random bytes and one more of ones, fully resident, mapped after ``before`` was read."""
     data = os.urandom(8 * HUGE_PAGE)
     before = anonymous_mappings()
     full = _private(9 * HUGE_PAGE)
     full[: len(data)] = data
     full[len(data) :] = b"\1" * HUGE_PAGE
+    return data, before, full
+
+
+def test_collapse_moves_a_new_resident_mapping_onto_huge_pages() -> None:
+    if not huge_pages_available():
+        pytest.skip("transparent huge pages are 'never' on this machine")
+    data, before, full = _new_resident_mapping()
     collapsed = collapse_new_mappings(before)
     if collapsed == 0:
         pytest.skip("this kernel has no MADV_COLLAPSE (Linux 6.1+)")
@@ -94,11 +100,7 @@ def _kernel_collapses() -> bool:
 def test_an_open_collapses_in_a_thread_that_can_be_waited_for() -> None:
     if not huge_pages_available() or not _kernel_collapses():
         pytest.skip("no transparent huge pages or no MADV_COLLAPSE (Linux 6.1+) on this machine")
-    data = os.urandom(8 * HUGE_PAGE)
-    before = anonymous_mappings()
-    full = _private(9 * HUGE_PAGE)
-    full[: len(data)] = data
-    full[len(data) :] = b"\1" * HUGE_PAGE
+    data, before, full = _new_resident_mapping()
     thread = collapse_in_background(before)
     assert thread is not None and thread.daemon
     assert wait_for_huge_pages(timeout=60)
