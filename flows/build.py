@@ -212,7 +212,7 @@ def _slmops_logs_in_flow_run() -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from slmops.cli.common import cli_errors, console, setup_logging
+    from slmops.cli.common import cli_errors, console, setup_logging, stop_children_on_sigterm
 
     parser = argparse.ArgumentParser(prog="python -m flows.build", description="Build, gate, benchmark and register.")
     parser.add_argument("variants", nargs="*", help="Variant ids (default: the selection in configs/pipeline.yaml).")
@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     recipes = [r for r in (args.recipes or "").split(",") if r] or None
     setup_logging(0)  # slmops's own log format and SLMOPS_LOG_LEVEL, as under the `slmops` command
+    stop_children_on_sigterm()  # Prefect's temporary API server is a child process: stop it with the build
     decisions = cli_errors(lambda: build(args.variants or None, recipes))()
     chosen = sum(d.chosen is not None for d in decisions.usecases.values())
     console.print(f"built; {chosen} of {len(decisions.usecases)} use cases have a model")

@@ -10,7 +10,7 @@ from slmops.cli import catalog as catalog_cmds
 from slmops.cli import run as run_cmds
 from slmops.cli import stack as stack_cmds
 from slmops.cli import stages
-from slmops.cli.common import cli_errors, setup_logging
+from slmops.cli.common import cli_errors, setup_logging, stop_children_on_sigterm
 from slmops.cli.doctor import doctor
 
 app = typer.Typer(
@@ -23,8 +23,13 @@ app = typer.Typer(
 
 @app.callback()
 @cli_errors  # a bad SLMOPS_* variable is one red line, not a traceback
-def _root(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="-v info, -vv debug.")] = 0) -> None:
+def _root(
+    ctx: typer.Context,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="-v info, -vv debug.")] = 0,
+) -> None:
     setup_logging(verbose)
+    if ctx.invoked_subcommand in stages.COMMANDS:  # a stage's benchmark or builder subprocess ends with it
+        stop_children_on_sigterm()
 
 
 app.add_typer(catalog_cmds.app, name="catalog")

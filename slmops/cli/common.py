@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -47,6 +49,41 @@ def setup_logging(verbose: int) -> None:
     logging.getLogger("slmops").setLevel(level)
     # progress lines of long work (slmops.fetch.progress: downloads off a terminal) stand in for a bar: shown by default
     logging.getLogger("slmops.progress").setLevel(min(logging.INFO, logging.getLogger("slmops").level))
+
+
+# How long a child process (Prefect's temporary API server, a benchmark worker) gets to end after SIGTERM
+CHILD_STOP_S = 5.0
+
+
+def stop_children_on_sigterm() -> None:
+    """From now on, SIGTERM ends this process's child processes and then the process, with status 143.
+
+    Python's default SIGTERM ends a process where it stands, running no atexit handler and telling no child: a
+    ``python -m flows.build`` stopped that way left Prefect's temporary API server (a uvicorn child, ~200 MB)
+    running for good, holding the build's stdout open, so a pipe reading it (``make run | tee``, a CI log)
+    never ended; a stage left its benchmark worker or model-builder subprocess running. While a flow runs,
+    Prefect's engine puts its own handler first (it records the run as crashed), then sends the signal again
+    to the handler it replaced: this one. The process ends with ``os._exit``: the interpreter's normal exit
+    would wait for a stage running in a task runner's thread (minutes); what that stage was writing is a temp
+    folder the next build removes, as after SIGKILL, and the build lock goes with the process.
+    """
+
+    def stop(signum: int, _frame: object) -> None:
+        import psutil
+
+        from slmops.stack.process import stop_processes
+
+        children = psutil.Process().children(recursive=True)
+        survivors = stop_processes(children, timeout_s=CHILD_STOP_S)
+        ended = f"; ended its child processes {', '.join(str(c.pid) for c in children)}" if children else ""
+        left = f"; pids {survivors} survive SIGKILL: stop them by hand" if survivors else ""
+        err_console.print(f"stopped by {signal.Signals(signum).name}{ended}{left}", highlight=False, soft_wrap=True)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def project() -> Any:

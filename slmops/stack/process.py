@@ -100,6 +100,16 @@ def _signal(proc: psutil.Process, sig: int, *, group: bool) -> None:
             proc.send_signal(sig)
 
 
+def stop_processes(procs: list[psutil.Process], *, timeout_s: float) -> list[int]:
+    """SIGTERM each of ``procs``, SIGKILL those still running after ``timeout_s``; the pids that survive even that."""
+    for proc in procs:
+        _signal(proc, signal.SIGTERM, group=False)
+    left = _wait_gone(procs, timeout_s)
+    for proc in left:
+        _signal(proc, signal.SIGKILL, group=False)
+    return sorted(p.pid for p in _wait_gone(left, 10.0))
+
+
 def stop_tree(recorded: Recorded, *, sig: int = signal.SIGTERM, timeout_s: float, what: str) -> None:
     """Send ``sig`` to the service's process group; SIGKILL the group and every descendant still there after
     ``timeout_s``. Raises StackError naming the pids that survive even that."""

@@ -172,3 +172,31 @@ def test_a_stage_command_waits_for_a_running_flow_and_both_end_well(hub, tiny_mo
         read_manifest(artifacts / folder, verify=True)
     assert sorted(p.name for p in (artifacts / "candidates" / "tiny-bert").iterdir()) == ["fp32"]
     assert [p for p in artifacts.rglob(".*")] == []  # no temp folder, temp file or lock file anywhere
+
+
+def test_a_build_stopped_by_sigterm_ends_its_children_and_the_next_build_completes(
+    slow_hub, isolated, monkeypatch
+) -> None:
+    """SIGTERM to `python -m flows.build` mid-download: it exits 143 and takes Prefect's temporary API server (its
+    child, which once outlived it holding its stdout open) with it; the next build completes."""
+    import psutil
+
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # a busy test machine
+    slow_hub.state.inject("slow", "*/model.safetensors", times=1, arg=RATE)
+    artifacts = isolated / "artifacts"
+    flow = subprocess.Popen(
+        [sys.executable, "-m", "flows.build", "tiny-llama", "--recipes", "fp32"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _wait_for_lock(artifacts, flow)  # fetching, slowly
+    children = psutil.Process(flow.pid).children(recursive=True)
+    assert any("uvicorn" in " ".join(child.cmdline()) for child in children), [c.cmdline() for c in children]
+    flow.send_signal(signal.SIGTERM)
+    out, _ = flow.communicate(timeout=120)  # returns once nothing holds the pipe: no child outlived the build
+    assert flow.returncode == 128 + signal.SIGTERM, out
+    assert "stopped by SIGTERM; ended its child processes " in _flat(out), out[-3000:]
+    assert [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE] == []
+    assert _fetch().wait(timeout=300) == 0
+    _assert_clean(artifacts)

@@ -16,7 +16,7 @@ from slmops.artifacts import write_json_atomic
 from slmops.cli import app
 from slmops.errors import StackError
 from slmops.stack import StackConfig, down, status, up
-from slmops.stack.process import Recorded, spawn
+from slmops.stack.process import Recorded, spawn, stop_processes
 from tests.support.process import running
 
 
@@ -64,6 +64,18 @@ def test_a_service_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
     tree = _tree_when_ready(recorded.pid, 2)
     down(config)
     assert running(tree) == set()
+
+
+def test_stop_processes_ends_each_and_kills_one_ignoring_sigterm() -> None:
+    import subprocess
+
+    polite = subprocess.Popen(["sleep", "300"])
+    deaf = subprocess.Popen(
+        ["sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.1; done"], stdout=subprocess.PIPE
+    )
+    assert deaf.stdout is not None and deaf.stdout.readline() == b"ready\n"  # its trap is set
+    assert stop_processes([psutil.Process(polite.pid), psutil.Process(deaf.pid)], timeout_s=1.0) == []
+    assert polite.wait(timeout=5) == -15 and deaf.wait(timeout=5) == -9  # the deaf one SIGKILLed
 
 
 def test_an_exited_service_and_a_reused_pid_count_as_exited(tmp_path: Path) -> None:
