@@ -118,12 +118,18 @@ ZOMBIE_AUTOMATION = "slmops: crash flow runs without a heartbeat"
 
 
 def ensure_zombie_automation(api: SyncPrefectClient, *, crashed_after_s: int) -> None:
-    """Create (or bring up to date) the automation that marks a running flow run Crashed once it has sent no
-    heartbeat for ``crashed_after_s`` seconds: its worker died with it (a killed process, a lost machine).
+    """Create (or bring up to date) the automation that marks a flow run Crashed once it has sent no heartbeat for
+    ``crashed_after_s`` seconds: its worker died with it (a killed process, a lost machine).
 
     Prefect's own recipe (docs: "Detect zombie flows"); the flow runs must send heartbeats, which the
     distributed deployments ask for (PREFECT_FLOWS_HEARTBEAT_FREQUENCY in their job variables). A run left
-    Running forever would hold its pool's one slot and block whoever waits on it.
+    Running forever would hold its pool's one slot and block whoever waits on it. The recipe arms the timer on
+    a heartbeat only, so a run whose worker died after taking it (Pending: the worker starts the flow's process)
+    stayed Pending until the build gave up waiting (``deploy.bench_wait_s``, an hour by default); entering
+    Pending arms it too, and Running answers it. Running does not arm it: an in-process run against this server
+    (``python -m flows.build`` with the stack's environment) sends no heartbeat and must not be crashed. Left
+    uncovered: a worker dying between its run's Running and the first heartbeat, which the engine sends as the
+    run starts.
     """
     from datetime import timedelta
 
@@ -136,9 +142,10 @@ def ensure_zombie_automation(api: SyncPrefectClient, *, crashed_after_s: int) ->
         name=ZOMBIE_AUTOMATION,
         description=f"A running flow run with no heartbeat for {crashed_after_s} s is marked Crashed (slmops).",
         trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
+            after={"prefect.flow-run.heartbeat", "prefect.flow-run.Pending"},
             expect={
                 "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Running",
                 "prefect.flow-run.Completed",
                 "prefect.flow-run.Failed",
                 "prefect.flow-run.Cancelled",

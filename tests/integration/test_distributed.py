@@ -334,6 +334,46 @@ def test_a_benchmark_worker_killed_mid_run_is_started_again_and_the_run_complete
     assert client.get_registered_model(model).aliases == {"chat-test": before[0][0]}
 
 
+def test_a_run_whose_worker_died_starting_it_is_crashed_and_a_run_without_heartbeats_is_not(
+    distributed: Distributed,
+) -> None:
+    """A run left Pending (a worker took it and died starting the flow's process) is marked Crashed by the zombie
+    automation after deploy.crashed_after_s (60 s here), instead of holding its pool's slot until the build stops
+    waiting (bench_wait_s); a run that went on to Running and sends no heartbeat (an in-process flow against this
+    server) is left alone. The runs are the benchmark deployment's, put in those states through the API; neither is
+    due, so no live worker takes them."""
+    from datetime import UTC, datetime, timedelta
+
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled, Pending, Running, Scheduled
+
+    later = datetime.now(UTC) + timedelta(days=1)
+    with prefect_client(distributed) as api:
+        deployment = api.read_deployment_by_name("slmops-bench/cpu-1t")
+        runs = {}
+        for name, states in (("orphaned", [Pending]), ("in-process", [Pending, Running])):
+            run = api.create_flow_run_from_deployment(
+                deployment.id,
+                parameters={"model": "heartbeat-test", "version": "1", "profile": "cpu-1t"},  # never run
+                state=Scheduled(scheduled_time=later),
+                name=f"heartbeat-test-{name}",
+            )
+            for state in states:
+                api.set_flow_run_state(run.id, state(), force=True)
+            runs[name] = run.id
+        deadline = time.monotonic() + 60 + RUN_TIMEOUT_S  # the automation's window, then its evaluation's delay
+        orphaned = api.read_flow_run(runs["orphaned"]).state
+        while time.monotonic() < deadline and not (orphaned is not None and orphaned.is_final()):
+            time.sleep(2)
+            orphaned = api.read_flow_run(runs["orphaned"]).state
+        time.sleep(15)  # the automation's next evaluations, which would have crashed both together
+        in_process = api.read_flow_run(runs["in-process"]).state
+        api.set_flow_run_state(runs["in-process"], Cancelled(), force=True)  # it stands for nothing running
+    assert orphaned is not None and orphaned.type == StateType.CRASHED, orphaned
+    assert "no heartbeat for 60 s" in str(orphaned.message)
+    assert in_process is not None and in_process.type == StateType.RUNNING, in_process
+
+
 def test_down_stops_the_workers_and_their_flow_runs(distributed: Distributed) -> None:
     """Last in the module: `down` leaves no process of the stack, workers and their children included."""
     pids = [s["pid"] for s in distributed.status["services"]]
