@@ -54,9 +54,11 @@ dvc-repro: setup
 
 # llama-cpp-python for the llama.cpp peer: built once (about 10 min on 2 cores), then reused.
 bench-deps: setup
+	# --no-cache-dir: pip's wheel cache is keyed by the sdist, not CMAKE_ARGS, and would hand back a wheel built
+	# with other flags (GGML_NATIVE=ON on another CPU) instead of building this one
 	ls $(LLAMA_WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
 	  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" CMAKE_BUILD_PARALLEL_LEVEL=2 \
-	  $(BIN)/python -m pip wheel --no-deps llama-cpp-python==0.3.36 -w $(LLAMA_WHEELS)
+	  $(BIN)/python -m pip wheel --no-cache-dir --no-deps llama-cpp-python==0.3.36 -w $(LLAMA_WHEELS)
 	$(BIN)/python -m pip install -q --no-deps $(LLAMA_WHEELS)/llama_cpp_python-0.3.36-*.whl
 	$(BIN)/python -m pip install -q 'diskcache>=5.6' 'sse-starlette>=2' 'starlette-context>=0.3'  # llama_cpp.server's deps
 
