@@ -5,7 +5,7 @@
 
 Each run is a fresh Python process (``-X importtime`` free), so imports are paid every time, as
 by an app starting up. Phases: import (``slmops.runtime.loader``), resolve (alias -> version),
-fetch (download and/or verify the cached copy), open (onnxruntime session, tokenizer), first
+fetch (download and/or verify the cached copy), open (onnxruntime session, tokenizer; printed split too), first
 token (tokenize a short prompt, prefill, pick one token). Rows:
 
 * cold: empty cache, so the version is downloaded and hashed;
@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,7 @@ def child_slmops(target: str, resolver: str, optimized_cache: bool) -> dict:
     t_resolve = time.perf_counter()
     folder = fetch_version(ref, cache_dir=settings.cache_dir, notify=lambda p: None)
     optimized = settings.cache_dir / "optimized" if optimized_cache else None
+    parts = _time_open_parts()
     t_fetch = time.perf_counter()
     model = open_folder(folder, threads=THREADS, verify=False, optimized_dir=optimized)  # as load() does
     t_open = time.perf_counter()
@@ -63,9 +65,30 @@ def child_slmops(target: str, resolver: str, optimized_cache: bool) -> dict:
         "fetch": t_fetch - t_resolve,
         "open": t_open - t_fetch,
         "first_token": t_first - t_open,
+        **{f"open_{name}": seconds for name, seconds in parts.items()},
         "mlflow_imported": "mlflow" in sys.modules,
         "version": ref.uri,
     }
+
+
+def _time_open_parts() -> dict[str, float]:
+    """Seconds the open spends in the tokenizer's parse and in the onnxruntime session (its optimized-graph cache
+    and prepacking), filled in as the open calls them: the open's own calls, timed where it makes them."""
+    import slmops.runtime.open as opening
+
+    parts: dict[str, float] = {}
+    for name, attr in (("tokenizer", "Tokenizer"), ("session", "create_session")):
+        made = getattr(opening, attr)
+
+        def timed(*args, _made=made, _name=name, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _made(*args, **kwargs)
+            finally:
+                parts[_name] = parts.get(_name, 0.0) + time.perf_counter() - start
+
+        setattr(opening, attr, timed)
+    return parts
 
 
 def _first_output(model) -> None:
@@ -114,8 +137,6 @@ def _run_child(args: list[str], env: dict[str, str]) -> dict:
 
 
 def _median(runs: list[dict]) -> dict:
-    import statistics
-
     out = {p: statistics.median(r[p] for r in runs) for p in PHASES}
     out["total"] = statistics.median(sum(r[p] for p in PHASES) for r in runs)
     return out
@@ -181,6 +202,12 @@ def main() -> int:
     for name, r in table.items():
         ratio = f"{r['total'] / base['total']:9.2f}x" if base else ""
         print(f"{name:34}" + "".join(f"{r[p]:12.3f}" for p in (*PHASES, "total")) + ratio)
+    print("\nopen, split (medians): tokenizer parse | onnxruntime session | the rest")
+    for name, runs in rows.items():
+        if all("open_session" in r for r in runs):
+            tok, sess = (statistics.median(r[f"open_{part}"] for r in runs) for part in ("tokenizer", "session"))
+            rest = statistics.median(r["open"] - r["open_tokenizer"] - r["open_session"] for r in runs)
+            print(f"{name:34}{tok:12.3f}{sess:12.3f}{rest:12.3f}")
     mlflow_rows = [name for name, runs in rows.items() if any(r.get("mlflow_imported") for r in runs)]
     print(f"\nmlflow imported in: {', '.join(mlflow_rows) or 'none'}")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -44,8 +44,8 @@ def open_folder(
     """The runtime model for an artifact folder. Raises IntegrityError on a bad manifest/hash, ModelLoadError otherwise.
 
     ``optimized_dir`` keeps onnxruntime's optimized graph between opens (see :mod:`slmops.runtime.session`);
-    ``huge_pages`` moves the prepacked CPU weights onto 2 MB pages in a thread the open does not wait for
-    (:mod:`slmops.runtime.pages`; ``wait_for_huge_pages`` there waits for it).
+    ``huge_pages`` moves the prepacked CPU weights onto 2 MB pages in a thread started when the model's first run
+    ends (:mod:`slmops.runtime.pages`; ``wait_for_huge_pages`` there starts it at once and waits for it).
     """
     folder = Path(folder)
     read_manifest(folder, verify=verify)

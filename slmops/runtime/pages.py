@@ -13,11 +13,15 @@ new processes: ``slmops.load('chat-cpu')`` (SmolLM2-135M wo-int8, 64 tokens afte
 dyn-int8-pc 2.968x torch against 2.886x (6 rounds). Peak RSS is unchanged (270.8 against 268.9 MB, one request).
 The collapse takes about 0.6 ms per 2 MB (40 ms for wo-int8's 180 MB), but up to 11 ms per 2 MB where the kernel
 hands out memory the hypervisor has not backed yet (0.4 s once on a fresh VM). ``SLMOPS_HUGE_PAGES=0`` turns it off.
-An open therefore starts the collapse in a thread and returns (:func:`collapse_in_background`): on the AMD EPYC
-(AVX2) VM of 2026-12-07 it took 0.04-0.65 s for SmolLM2 wo-int8-gptq4's 148 MB (five opens: 0.650, 0.043, 0.046,
-0.289, 0.045), which put the warm cold start at 0.78 s when the open waited for it, while the first token
-needs none of it (4 KB pages decode about 10% slower than huge ones there: 1.098x the step time, two processes
-each holding both, 12 turns of 64 steps).
+An open therefore leaves the collapse to a thread (:func:`collapse_in_background`), which starts it once the
+session has finished its first run: on the AMD EPYC (AVX2) VM of 2026-12-07 it took 0.04-0.65 s for SmolLM2
+wo-int8-gptq4's 148 MB (five opens: 0.650, 0.043, 0.046, 0.289, 0.045), which put the warm cold start at 0.78 s
+when the open waited for it, while the first token needs none of it (4 KB pages decode about 10% slower than huge
+ones there: 1.098x the step time, two processes each holding both, 12 turns of 64 steps). Started as the open
+returned, it stalled that first run until it was done (the run's page faults wait for the kernel's collapse):
+first token 0.26-0.57 s against 0.025-0.029 s with no collapse; at idle priority (``SCHED_IDLE``) 0.13-0.40 s;
+started after the first token, 0.026-0.034 s, and it took 0.12-0.20 s beside the next 64 tokens (95-107 tok/s
+for those, 114-136 after; three rounds of fresh processes, the four ways in turn, 22:05).
 The KV cache on 2 MB pages too (one block for all layers, marked before it is written) measured nothing at a
 512-token prompt (1.006x, 0.957-1.084 over 10 rounds of fresh processes), so it stays on 4 KB pages.
 """
@@ -172,40 +176,77 @@ def huge_pages_available(enabled: Path = THP_ENABLED) -> bool:
         return False
 
 
-_collapses: list[threading.Thread] = []
+class PendingCollapse:
+    """A collapse an open left to do: a daemon thread that waits for :meth:`start`."""
+
+    def __init__(self, before: list[Mapping], regions: list[Region] | None) -> None:
+        self._go = threading.Event()
+
+        def run() -> None:
+            self._go.wait()
+            try:
+                collapse_new_mappings(before, regions=regions)
+            except Exception:  # a failed collapse leaves the weights on 4 KB pages: slower, never wrong
+                logger.debug("collapsing onto huge pages failed", exc_info=True)
+
+        self.thread = threading.Thread(target=run, name="slmops-huge-pages", daemon=True)
+        self.thread.start()
+
+    def start(self) -> None:
+        """Let the collapse run now (the session's first run is done, or the steady state is wanted now)."""
+        self._go.set()
+
+    @property
+    def started(self) -> bool:
+        return self._go.is_set()
+
+
+_collapses: list[PendingCollapse] = []
 _collapses_lock = threading.Lock()
 
 
-def collapse_in_background(before: list[Mapping], *, regions: list[Region] | None = None) -> threading.Thread | None:
-    """:func:`collapse_new_mappings` in a daemon thread (``madvise`` releases the GIL), so that an open returns
-    without waiting for the kernel; the weights move onto huge pages while the first tokens decode on 4 KB ones.
-    None where there is nothing to do (no transparent huge pages). :func:`wait_for_huge_pages` waits for it."""
-    if not huge_pages_available():
-        return None
-
-    def run() -> None:
-        try:
-            collapse_new_mappings(before, regions=regions)
-        except Exception:  # a failed collapse leaves the weights on 4 KB pages: slower, never wrong
-            logger.debug("collapsing onto huge pages failed", exc_info=True)
-
-    thread = threading.Thread(target=run, name="slmops-huge-pages", daemon=True)
+def collapse_in_background(before: list[Mapping], *, regions: list[Region] | None = None) -> PendingCollapse | None:
+    """:func:`collapse_new_mappings` in a daemon thread (``madvise`` releases the GIL), from the moment
+    :meth:`PendingCollapse.start` is called: the session calls it after its first run (:mod:`slmops.runtime.session`),
+    so that neither the open nor the first token waits for the kernel. None where there is nothing to do (no
+    transparent huge pages, or no mapping the open made large and resident enough). :func:`wait_for_huge_pages`
+    starts and waits for it."""
+    if not huge_pages_available() or not _collapsible(before, regions=regions):
+        return None  # no thread left waiting for a run that may never come
+    pending = PendingCollapse(before, regions)
     with _collapses_lock:
-        _collapses[:] = [t for t in _collapses if t.is_alive()]
-        _collapses.append(thread)
-    thread.start()
-    return thread
+        _collapses[:] = [c for c in _collapses if c.thread.is_alive()]
+        _collapses.append(pending)
+    return pending
 
 
 def wait_for_huge_pages(timeout: float | None = None) -> bool:
-    """Wait (at most ``timeout`` seconds in all) for the collapses the opens of this process started; True when
-    none is still running. For measurements of the steady state (resident memory, decode speed)."""
+    """Start the collapses the opens of this process left, and wait at most ``timeout`` seconds in all for them;
+    True when none is still running. For measurements of the steady state (resident memory, decode speed), for a
+    server swapping a model in, and before weights are freed (a collapse must not run on freed memory)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     with _collapses_lock:
         pending = list(_collapses)
-    for thread in pending:
-        thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-    return not any(t.is_alive() for t in pending)
+    for collapse in pending:
+        collapse.start()
+    for collapse in pending:
+        collapse.thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    return not any(c.thread.is_alive() for c in pending)
+
+
+def _collapsible(
+    before: list[Mapping], *, regions: list[Region] | None, min_bytes: int = 4 << 20, resident: float = 0.9
+) -> list[tuple[int, int]]:
+    """The 2 MB-aligned ranges of the anonymous mappings not in ``before``, at least ``min_bytes`` and ``resident``."""
+    known = {(start, end) for start, end, _ in before}
+    ranges = []
+    for start, end, anonymous in anonymous_mappings(regions=regions):
+        if (start, end) in known or anonymous < max(min_bytes, resident * (end - start)):
+            continue
+        first, last = -(-start // HUGE_PAGE) * HUGE_PAGE, end // HUGE_PAGE * HUGE_PAGE
+        if last > first:
+            ranges.append((first, last))
+    return ranges
 
 
 def collapse_new_mappings(
@@ -223,14 +264,8 @@ def collapse_new_mappings(
         return 0
     t0 = time.perf_counter()
     madvise = _madvise()
-    known = {(start, end) for start, end, _ in before}
     collapsed = 0
-    for start, end, anonymous in anonymous_mappings(regions=regions):
-        if (start, end) in known or anonymous < max(min_bytes, resident * (end - start)):
-            continue
-        first, last = -(-start // HUGE_PAGE) * HUGE_PAGE, end // HUGE_PAGE * HUGE_PAGE
-        if last <= first:
-            continue
+    for first, last in _collapsible(before, regions=regions, min_bytes=min_bytes, resident=resident):
         madvise(first, last - first, MADV_HUGEPAGE)  # keeps them huge if khugepaged or a fault touches them later
         if madvise(first, last - first, MADV_COLLAPSE) != 0:
             errno = ctypes.get_errno()

@@ -101,11 +101,47 @@ def test_an_open_collapses_in_a_thread_that_can_be_waited_for() -> None:
     if not huge_pages_available() or not _kernel_collapses():
         pytest.skip("no transparent huge pages or no MADV_COLLAPSE (Linux 6.1+) on this machine")
     data, before, full = _new_resident_mapping()
-    thread = collapse_in_background(before)
-    assert thread is not None and thread.daemon
-    assert wait_for_huge_pages(timeout=60)
-    assert not thread.is_alive()
+    collapse = collapse_in_background(before)
+    assert collapse is not None and collapse.thread.daemon
+    collapse.thread.join(timeout=0.5)
+    start = _address(full)
+    assert collapse.thread.is_alive() and not collapse.started  # it waits to be started
+    assert _huge_kb(start, start + len(full)) == 0
+    assert wait_for_huge_pages(timeout=60)  # which starts it
+    assert collapse.started and not collapse.thread.is_alive()
     start = _address(full)
     assert _huge_kb(start, start + len(full)) >= 8 * HUGE_PAGE // 1024
     assert full[: len(data)] == data
     full.close()
+
+
+def test_a_session_starts_its_collapse_when_its_first_run_ends(tmp_path: Path) -> None:
+    """create_session leaves the collapse to the end of the first run (beside a run, it stalls it); the session it
+    returns runs and answers as onnxruntime's own."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from slmops.runtime.session import CollapsingSession, create_session
+
+    if not huge_pages_available():
+        pytest.skip("no transparent huge pages on this machine")
+    # 8 MB of weights: the open prepacks them into a new mapping of that size, which the collapse will take
+    weight = (np.arange(1024 * 2048, dtype=np.float32).reshape(1024, 2048) % 97) / 100
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1024])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2048])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), tmp_path / "m.onnx")
+    session = create_session(tmp_path / "m.onnx", threads=1, huge_pages=True)
+    assert isinstance(session, CollapsingSession)
+    assert not session.collapse.started and session.get_inputs()[0].name == "x"
+    x = np.ones((1, 1024), dtype=np.float32)
+    (y,) = session.run(None, {"x": x})
+    assert session.collapse.started
+    np.testing.assert_allclose(y, x @ weight, rtol=1e-4)
+    assert wait_for_huge_pages(timeout=60)
+    assert not isinstance(create_session(tmp_path / "m.onnx", threads=1, huge_pages=False), CollapsingSession)
