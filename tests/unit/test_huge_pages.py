@@ -126,20 +126,22 @@ def test_a_session_starts_its_collapse_when_its_first_run_ends(tmp_path: Path) -
 
     if not huge_pages_available():
         pytest.skip("no transparent huge pages on this machine")
-    # 8 MB of weights: the open prepacks them into a new mapping of that size, which the collapse will take
-    weight = (np.arange(1024 * 2048, dtype=np.float32).reshape(1024, 2048) % 97) / 100
+    # 48 MB of weights: the open prepacks them into a new mapping of that size, which the collapse will take. Not
+    # less: once a process has freed a large block, glibc serves blocks up to 32 MB from its heap (the dynamic mmap
+    # threshold), not from new mappings; an 8 MB weight made none in the whole suite's process.
+    weight = (np.arange(3072 * 4096, dtype=np.float32).reshape(3072, 4096) % 97) / 100
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"])],
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1024])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2048])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3072])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4096])],
         [numpy_helper.from_array(weight, "w")],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), tmp_path / "m.onnx")
     session = create_session(tmp_path / "m.onnx", threads=1, huge_pages=True)
     assert isinstance(session, CollapsingSession)
     assert not session.collapse.started and session.get_inputs()[0].name == "x"
-    x = np.ones((1, 1024), dtype=np.float32)
+    x = np.ones((1, 3072), dtype=np.float32)
     (y,) = session.run(None, {"x": x})
     assert session.collapse.started
     np.testing.assert_allclose(y, x @ weight, rtol=1e-4)
