@@ -115,35 +115,57 @@ def test_an_open_collapses_in_a_thread_that_can_be_waited_for() -> None:
     full.close()
 
 
+SESSION_CHECK = """
+import json, sys
+import numpy as np, onnx
+from onnx import TensorProto, helper, numpy_helper
+from slmops.runtime.pages import wait_for_huge_pages
+from slmops.runtime.session import CollapsingSession, create_session
+folder = sys.argv[1]
+weight = (np.arange(3072 * 4096, dtype=np.float32).reshape(3072, 4096) % 97) / 100
+graph = helper.make_graph(
+    [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3072])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4096])],
+    [numpy_helper.from_array(weight, "w")],
+)
+onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), folder + "/m.onnx")
+session = create_session(folder + "/m.onnx", threads=1, huge_pages=True)
+out = {"collapsing": isinstance(session, CollapsingSession)}
+if out["collapsing"]:
+    out["started_before_run"] = session.collapse.started
+    out["input"] = session.get_inputs()[0].name
+    x = np.ones((1, 3072), dtype=np.float32)
+    (y,) = session.run(None, {"x": x})
+    out["started_after_run"] = session.collapse.started
+    out["matches"] = bool(np.allclose(y, x @ weight, rtol=1e-4))
+    out["waited"] = wait_for_huge_pages(timeout=60)
+plain = create_session(folder + "/m.onnx", threads=1, huge_pages=False)
+out["plain_without"] = not isinstance(plain, CollapsingSession)
+print(json.dumps(out))
+"""
+
+
 def test_a_session_starts_its_collapse_when_its_first_run_ends(tmp_path: Path) -> None:
     """create_session leaves the collapse to the end of the first run (beside a run, it stalls it); the session it
-    returns runs and answers as onnxruntime's own."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from slmops.runtime.session import CollapsingSession, create_session
+    returns runs and answers as onnxruntime's own. In a fresh process: the open prepacks the 48 MB weight into a
+    new mapping there, while a long-lived one (this suite's) may serve it from memory it already maps."""
+    import json
+    import subprocess
+    import sys
 
     if not huge_pages_available():
         pytest.skip("no transparent huge pages on this machine")
-    # 48 MB of weights: the open prepacks them into a new mapping of that size, which the collapse will take. Not
-    # less: once a process has freed a large block, glibc serves blocks up to 32 MB from its heap (the dynamic mmap
-    # threshold), not from new mappings; an 8 MB weight made none in the whole suite's process.
-    weight = (np.arange(3072 * 4096, dtype=np.float32).reshape(3072, 4096) % 97) / 100
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3072])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4096])],
-        [numpy_helper.from_array(weight, "w")],
+    done = subprocess.run(
+        [sys.executable, "-c", SESSION_CHECK, str(tmp_path)], capture_output=True, text=True, timeout=300, check=False
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), tmp_path / "m.onnx")
-    session = create_session(tmp_path / "m.onnx", threads=1, huge_pages=True)
-    assert isinstance(session, CollapsingSession)
-    assert not session.collapse.started and session.get_inputs()[0].name == "x"
-    x = np.ones((1, 3072), dtype=np.float32)
-    (y,) = session.run(None, {"x": x})
-    assert session.collapse.started
-    np.testing.assert_allclose(y, x @ weight, rtol=1e-4)
-    assert wait_for_huge_pages(timeout=60)
-    assert not isinstance(create_session(tmp_path / "m.onnx", threads=1, huge_pages=False), CollapsingSession)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "collapsing": True,
+        "started_before_run": False,
+        "input": "x",
+        "started_after_run": True,
+        "matches": True,
+        "waited": True,
+        "plain_without": True,
+    }
