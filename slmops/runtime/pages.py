@@ -177,15 +177,16 @@ def huge_pages_available(enabled: Path = THP_ENABLED) -> bool:
 
 
 class PendingCollapse:
-    """A collapse an open left to do: a daemon thread that waits for :meth:`start`."""
+    """A collapse an open left to do (``ranges``, from :func:`_collapsible`): a daemon thread that waits for
+    :meth:`start`."""
 
-    def __init__(self, before: list[Mapping], regions: list[Region] | None) -> None:
+    def __init__(self, ranges: list[tuple[int, int]]) -> None:
         self._go = threading.Event()
 
         def run() -> None:
             self._go.wait()
             try:
-                collapse_new_mappings(before, regions=regions)
+                _collapse(ranges)
             except Exception:  # a failed collapse leaves the weights on 4 KB pages: slower, never wrong
                 logger.debug("collapsing onto huge pages failed", exc_info=True)
 
@@ -211,9 +212,12 @@ def collapse_in_background(before: list[Mapping], *, regions: list[Region] | Non
     so that neither the open nor the first token waits for the kernel. None where there is nothing to do (no
     transparent huge pages, or no mapping the open made large and resident enough). :func:`wait_for_huge_pages`
     starts and waits for it."""
-    if not huge_pages_available() or not _collapsible(before, regions=regions):
+    if not huge_pages_available():
+        return None
+    ranges = _collapsible(before, regions=regions)
+    if not ranges:
         return None  # no thread left waiting for a run that may never come
-    pending = PendingCollapse(before, regions)
+    pending = PendingCollapse(ranges)
     with _collapses_lock:
         _collapses[:] = [c for c in _collapses if c.thread.is_alive()]
         _collapses.append(pending)
@@ -262,10 +266,15 @@ def collapse_new_mappings(
     ``regions``: :func:`read_regions` already read after the open."""
     if not huge_pages_available():
         return 0
+    return _collapse(_collapsible(before, regions=regions, min_bytes=min_bytes, resident=resident))
+
+
+def _collapse(ranges: list[tuple[int, int]]) -> int:
+    """``MADV_COLLAPSE`` each 2 MB-aligned range; the bytes collapsed."""
     t0 = time.perf_counter()
     madvise = _madvise()
     collapsed = 0
-    for first, last in _collapsible(before, regions=regions, min_bytes=min_bytes, resident=resident):
+    for first, last in ranges:
         madvise(first, last - first, MADV_HUGEPAGE)  # keeps them huge if khugepaged or a fault touches them later
         if madvise(first, last - first, MADV_COLLAPSE) != 0:
             errno = ctypes.get_errno()

@@ -140,7 +140,8 @@ def ensure_zombie_automation(api: SyncPrefectClient, *, crashed_after_s: int) ->
 
     wanted = AutomationCore(
         name=ZOMBIE_AUTOMATION,
-        description=f"A running flow run with no heartbeat for {crashed_after_s} s is marked Crashed (slmops).",
+        description=f"A flow run Pending, or Running after a heartbeat, with no heartbeat for {crashed_after_s} s "
+        "is marked Crashed (slmops).",
         trigger=EventTrigger(
             after={"prefect.flow-run.heartbeat", "prefect.flow-run.Pending"},
             expect={

@@ -67,6 +67,15 @@ def _wait_for_lock(artifacts: Path, proc: subprocess.Popen[str]) -> None:
     raise AssertionError("the first build never took the lock")
 
 
+def _until_downloading(proc: subprocess.Popen[str]) -> None:
+    """Read ``proc``'s stderr until its first download progress line."""
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if PROGRESS.search(line):
+            return
+    raise AssertionError(f"no progress line; exit code {proc.wait()}")
+
+
 def _assert_clean(artifacts: Path) -> None:
     """A finished fetch: the variant's folder verifies, and nothing else is left (no temp, no lock file)."""
     read_manifest(artifacts / "fetch" / "tiny-llama", verify=True)
@@ -120,12 +129,7 @@ def test_a_fetch_killed_mid_download_leaves_a_state_the_next_completes(slow_hub,
         blob.unlink()
     slow_hub.state.inject("slow", "*/model.safetensors", times=1, arg=RATE)
     killed = _fetch()
-    assert killed.stderr is not None
-    for line in killed.stderr:  # until the download is under way
-        if PROGRESS.search(line):
-            break
-    else:
-        raise AssertionError(f"no progress line; exit code {killed.wait()}")
+    _until_downloading(killed)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     left = sorted(p.name for p in (artifacts / "fetch").iterdir())
@@ -179,12 +183,7 @@ def test_a_stage_stopped_by_sigterm_exits_143_and_the_next_completes(slow_hub, i
     saying so; the next fetch completes and leaves nothing else."""
     slow_hub.state.inject("slow", "*/model.safetensors", times=1, arg=RATE)
     stopped = _fetch()
-    assert stopped.stderr is not None
-    for line in stopped.stderr:  # until the download is under way
-        if PROGRESS.search(line):
-            break
-    else:
-        raise AssertionError(f"no progress line; exit code {stopped.wait()}")
+    _until_downloading(stopped)
     stopped.send_signal(signal.SIGTERM)
     _, err = stopped.communicate(timeout=120)
     assert stopped.returncode == 128 + signal.SIGTERM, err
