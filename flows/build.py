@@ -21,6 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from slmops import dvcsync, pipeline
 from slmops.cli import report
+from slmops.cli.common import sigterm_watchdog
 from slmops.errors import BuildError
 from slmops.project import Project
 from slmops.results import BenchReport, GateReport, Recommendations, RegistryRecord
@@ -102,7 +103,11 @@ def build(variants: list[str] | None = None, recipes: list[str] | None = None) -
     configured = Project.load()  # fail fast on bad configs and parameters, before any work
     project = configured.narrowed(variants=variants, recipes=recipes) if variants or recipes else configured
     selected = list(project.config.selection)
-    with _slmops_logs_in_flow_run(), pipeline.build_lock(project, what="build flow " + " ".join(selected)):
+    with (
+        sigterm_watchdog(),  # should Prefect's handler lose a SIGTERM, the build still stops
+        _slmops_logs_in_flow_run(),
+        pipeline.build_lock(project, what="build flow " + " ".join(selected)),
+    ):
         gates: dict[str, GateReport] = {}
         benched: dict[str, dict[str, BenchReport]] = {}
         failed: dict[str, str] = {}

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import typer
@@ -53,6 +56,8 @@ def setup_logging(verbose: int) -> None:
 
 # How long a child process (Prefect's temporary API server, a benchmark worker) gets to end after SIGTERM
 CHILD_STOP_S = 5.0
+# How long a flow gets to stop on its own after SIGTERM before sigterm_watchdog ends the process
+SIGTERM_GRACE_S = 10.0
 
 
 def stop_children_on_sigterm() -> None:
@@ -65,25 +70,68 @@ def stop_children_on_sigterm() -> None:
     Prefect's engine puts its own handler first (it records the run as crashed), then sends the signal again
     to the handler it replaced: this one. The process ends with ``os._exit``: the interpreter's normal exit
     would wait for a stage running in a task runner's thread (minutes); what that stage was writing is a temp
-    folder the next build removes, as after SIGKILL, and the build lock goes with the process.
+    folder the next build removes, as after SIGKILL, and the build lock goes with the process. Where Prefect's
+    handler loses the signal, :func:`sigterm_watchdog` ends the process instead.
     """
+    signal.signal(signal.SIGTERM, lambda signum, _frame: _end_process(signum))
 
-    def stop(signum: int, _frame: object) -> None:
-        import psutil
 
-        from slmops.stack.process import stop_processes
+@contextlib.contextmanager
+def sigterm_watchdog(grace_s: float = SIGTERM_GRACE_S) -> Iterator[None]:
+    """Inside: the first SIGTERM also starts a timer that ends the process as :func:`stop_children_on_sigterm`
+    does (children first, status 143) if it is still running ``grace_s`` seconds later; the handler in place
+    (Prefect's, inside a flow) runs as before.
 
-        children = psutil.Process().children(recursive=True)
-        survivors = stop_processes(children, timeout_s=CHILD_STOP_S)
-        ended = f"; ended its child processes {', '.join(str(c.pid) for c in children)}" if children else ""
-        left = f"; pids {survivors} survive SIGKILL: stop them by hand" if survivors else ""
-        err_console.print(f"stopped by {signal.Signals(signum).name}{ended}{left}", highlight=False, soft_wrap=True)
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(128 + signum)
+    Prefect's SIGTERM handler raises its TerminationSignal wherever the main thread stands; where that is an
+    object's ``__del__`` (an asyncio transport's, once in CI), Python prints "Exception ignored", the signal
+    is lost, and the build goes on. Entered in the flow body, so it wraps Prefect's handler; a no-op off the
+    main thread, where handlers cannot be set.
+    """
+    try:
+        inner = signal.getsignal(signal.SIGTERM)
+        armed = threading.Event()
 
-    signal.signal(signal.SIGTERM, stop)
+        def handler(signum: int, frame: Any) -> None:
+            if not armed.is_set():
+                armed.set()
+                threading.Thread(target=_end_after, args=(grace_s, signum), name="slmops-sigterm", daemon=True).start()
+            if callable(inner):
+                inner(signum, frame)
+            elif inner != signal.SIG_IGN:  # SIG_DFL, or a handler set outside Python
+                _end_process(signum)
+
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGTERM) is handler:
+            signal.signal(signal.SIGTERM, inner)
+
+
+def _end_after(grace_s: float, signum: int) -> None:
+    time.sleep(grace_s)
+    _end_process(signum, f"still running {grace_s:g} s after it")
+
+
+def _end_process(signum: int, why: str = "") -> None:
+    """End this process's child processes, then the process (status 128 + ``signum``), saying so on stderr."""
+    import psutil
+
+    from slmops.stack.process import stop_processes
+
+    children = psutil.Process().children(recursive=True)
+    survivors = stop_processes(children, timeout_s=CHILD_STOP_S)
+    ended = f"; ended its child processes {', '.join(str(c.pid) for c in children)}" if children else ""
+    left = f"; pids {survivors} survive SIGKILL: stop them by hand" if survivors else ""
+    why = f" ({why})" if why else ""
+    err_console.print(f"stopped by {signal.Signals(signum).name}{why}{ended}{left}", highlight=False, soft_wrap=True)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 def project() -> Any:

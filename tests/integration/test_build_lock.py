@@ -190,3 +190,35 @@ def test_a_stage_stopped_by_sigterm_exits_143_and_the_next_completes(slow_hub, i
     assert "stopped by SIGTERM" in _flat(err), err[-3000:]
     assert _fetch().wait(timeout=300) == 0
     _assert_clean(isolated / "artifacts")
+
+
+def test_a_build_stopped_by_sigterm_ends_its_children_and_the_next_build_completes(
+    slow_hub, isolated, monkeypatch
+) -> None:
+    """SIGTERM to `python -m flows.build` mid-download: it exits 143 and takes Prefect's temporary API server (its
+    child, which once outlived it holding its stdout open) with it, through Prefect's handler and ours, or, should
+    Prefect's lose the signal (it did once, inside a __del__), through the watchdog 10 s later; the next build
+    completes."""
+    import psutil
+
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # a busy test machine
+    slow_hub.state.inject("slow", "*/model.safetensors", times=1, arg=RATE)
+    artifacts = isolated / "artifacts"
+    flow = subprocess.Popen(
+        [sys.executable, "-m", "flows.build", "tiny-llama", "--recipes", "fp32"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _wait_for_lock(artifacts, flow)  # fetching, slowly
+    children = psutil.Process(flow.pid).children(recursive=True)
+    assert any("uvicorn" in " ".join(child.cmdline()) for child in children), [c.cmdline() for c in children]
+    flow.send_signal(signal.SIGTERM)
+    out, _ = flow.communicate(timeout=120)  # returns once nothing holds the pipe: no child outlived the build
+    assert flow.returncode == 128 + signal.SIGTERM, out
+    assert re.search(
+        r"stopped by SIGTERM( \(still running 10 s after it\))?; ended its child processes ", _flat(out)
+    ), out[-3000:]
+    assert [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE] == []
+    assert _fetch().wait(timeout=300) == 0
+    _assert_clean(artifacts)
