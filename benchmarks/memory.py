@@ -75,14 +75,17 @@ def child_slmops(spec: dict) -> list[dict]:
     from slmops.runtime.card import read_model_card
     from slmops.runtime.pages import wait_for_huge_pages
     from slmops.runtime.session import create_session
-    from slmops.runtime.tokenizer import Tokenizer
+    from slmops.runtime.tokenizer import Tokenizer, quick_parse_copy
     from slmops.tasks import get_task
 
     steps.append({"step": "imports", **memory_now()})
     folder = Path(spec["folder"])
     card = read_model_card(folder)
     optimized = Path(spec["optimized_dir"]) if spec.get("optimized_dir") else None
+    parse_cache = optimized / "tokenizers" if optimized else None  # as slmops.load opens a folder
     if spec.get("session_only"):  # the session alone, with extra session config entries
+        if parse_cache is not None:  # warms the tokenizer's cache too, as a first open does
+            quick_parse_copy(folder / "tokenizer.json", parse_cache)
         t0 = time.perf_counter()
         create_session(
             folder / card.onnx_file, threads=THREADS, optimized_dir=optimized, config=spec.get("config") or None
@@ -91,7 +94,7 @@ def child_slmops(spec: dict) -> list[dict]:
         wait_for_huge_pages()  # the open moves the weights onto huge pages in a thread: the row is after it
         steps.append({"step": "session", "seconds": seconds, **memory_now()})
         return steps
-    tokenizer = Tokenizer(folder)  # before the session, as open_folder reads them
+    tokenizer = Tokenizer(folder, parse_cache=parse_cache)  # before the session, as open_folder reads them
     steps.append({"step": "tokenizer", **memory_now()})
     t0 = time.perf_counter()
     session = create_session(folder / card.onnx_file, threads=THREADS, optimized_dir=optimized)

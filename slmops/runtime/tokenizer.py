@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
+import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from slmops.artifacts import file_identity
 from slmops.errors import GenerationParamsError, ModelLoadError
+
+logger = logging.getLogger(__name__)
 
 
 def unpaired_surrogate(text: str) -> int | None:
@@ -27,17 +34,78 @@ def _check_unicode(text: str, what: str) -> None:
         )
 
 
-class Tokenizer:
-    """tokenizer.json plus tokenizer_config.json / chat_template.jinja from an artifact folder."""
+def quick_parse_copy(path: Path, cache_dir: Path) -> Path:
+    """``path`` (a tokenizer.json), or a copy of it under ``cache_dir`` that HF tokenizers parses faster.
 
-    def __init__(self, folder: Path) -> None:
+    tokenizers writes a BPE model's merges as pairs (``["a", "b"]``) and still reads the older ``"a b"`` strings,
+    which are unambiguous where no token holds a space (ByteLevel BPE writes a space as ``Ġ``). Reading the pairs
+    costs more: SmolLM2's tokenizer.json parsed in 0.099-0.120 s (median 0.107) against 0.076-0.111 s (median
+    0.080) as strings, and its parse's transient memory peaked 41.5 MB above the start against 21.3, with the same
+    ids (8 alternating fresh processes each, 2026-12-08, AMD EPYC VM). So the first open writes the copy (keyed
+    by the file's path and identity, as the optimized graph is) and later opens parse it; a tokenizer with nothing
+    to rewrite gets a marker instead, so it is read once. A cache that cannot be written leaves ``path`` in use.
+    """
+    try:
+        identity = file_identity(path)
+    except OSError:
+        return path  # the tokenizer's own open names what is missing
+    key = hashlib.sha256(f"{Path(path).resolve()}\n{identity}\nmerges-as-strings".encode()).hexdigest()
+    copy, as_is = cache_dir / f"{key[:32]}.json", cache_dir / f"{key[:32]}.as-is"
+    if copy.is_file():
+        return copy
+    if as_is.is_file():
+        return path
+    try:
+        data = json.loads(Path(path).read_bytes())
+        merges = data["model"]["merges"] if data.get("model", {}).get("type") == "BPE" else None
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return path  # the tokenizer's own parse names what is wrong with it
+    pairs = isinstance(merges, list) and all(
+        isinstance(m, list) and len(m) == 2 and all(isinstance(t, str) and " " not in t for t in m) for m in merges
+    )
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        if not merges or not pairs:
+            as_is.touch()
+            return path
+        data["model"]["merges"] = [" ".join(m) for m in merges]
+        fd, tmp = tempfile.mkstemp(prefix=f".{copy.name}.", dir=cache_dir)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh, ensure_ascii=False, separators=(",", ":"))
+            os.replace(tmp, copy)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        logger.info("cannot cache a quicker copy of %s: %s", path, exc)
+        return path
+    return copy
+
+
+class Tokenizer:
+    """tokenizer.json plus tokenizer_config.json / chat_template.jinja from an artifact folder.
+
+    ``parse_cache``: a folder for :func:`quick_parse_copy` (``slmops.load`` passes its optimized-graph cache).
+    """
+
+    def __init__(self, folder: Path, *, parse_cache: Path | None = None) -> None:
         from tokenizers import Tokenizer as _HFTokenizer
 
         folder = Path(folder)
+        source = folder / "tokenizer.json"
+        parsed = source if parse_cache is None else quick_parse_copy(source, parse_cache)
         try:
-            self._tok = _HFTokenizer.from_file(str(folder / "tokenizer.json"))
+            try:
+                self._tok = _HFTokenizer.from_file(str(parsed))
+            except Exception:
+                if parsed == source:
+                    raise
+                logger.warning("the cached copy %s of %s does not parse; reading the original", parsed, source)
+                parsed.unlink(missing_ok=True)
+                self._tok = _HFTokenizer.from_file(str(source))
         except Exception as exc:  # tokenizers raises a bare Exception
-            raise ModelLoadError(f"{folder / 'tokenizer.json'} cannot be read ({exc}); re-run the export") from None
+            raise ModelLoadError(f"{source} cannot be read ({exc}); re-run the export") from None
         config_path = folder / "tokenizer_config.json"
         self.config: dict[str, Any] = json.loads(config_path.read_text()) if config_path.is_file() else {}
         template_path = folder / "chat_template.jinja"
