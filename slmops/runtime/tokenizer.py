@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -83,6 +84,14 @@ def quick_parse_copy(path: Path, cache_dir: Path) -> Path:
     return copy
 
 
+def _read_as_is(copy: Path) -> None:
+    """Replace a copy that does not parse (another tokenizers, a damaged file) with the marker that makes later
+    opens read the original."""
+    with contextlib.suppress(OSError):
+        copy.with_suffix(".as-is").touch()
+        copy.unlink()
+
+
 class Tokenizer:
     """tokenizer.json plus tokenizer_config.json / chat_template.jinja from an artifact folder.
 
@@ -102,7 +111,7 @@ class Tokenizer:
                 if parsed == source:
                     raise
                 logger.warning("the cached copy %s of %s does not parse; reading the original", parsed, source)
-                parsed.unlink(missing_ok=True)
+                _read_as_is(parsed)
                 self._tok = _HFTokenizer.from_file(str(source))
         except Exception as exc:  # tokenizers raises a bare Exception
             raise ModelLoadError(f"{source} cannot be read ({exc}); re-run the export") from None

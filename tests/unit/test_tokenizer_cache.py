@@ -107,6 +107,7 @@ def test_a_damaged_copy_is_dropped_and_the_original_read(
         tok = Tokenizer(bpe_folder, parse_cache=cache)
     assert tok.encode(TEXTS[0]) == Tokenizer(bpe_folder).encode(TEXTS[0])
     assert "does not parse; reading the original" in caplog.text and not copy.exists()
+    assert quick_parse_copy(bpe_folder / "tokenizer.json", cache) == bpe_folder / "tokenizer.json"  # not again
 
 
 def test_a_corrupt_tokenizer_is_still_named_with_the_cache_in_use(bpe_folder: Path, tmp_path: Path) -> None:
